@@ -1,0 +1,74 @@
+//! `pgaas dev`: bring the platform up under a state directory and serve the API until Ctrl-C.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::Context;
+
+use crate::{
+    api::{self, AppState},
+    dev::{DevOptions, DevPlatform, install_deps},
+    settings::LoadOptions,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where the cluster, certificates and secrets live.
+    #[arg(long, default_value = ".pgaas", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Address the API listens on.
+    #[arg(long, default_value = "127.0.0.1:3000", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// PostgreSQL port of the local cluster.
+    #[arg(long, default_value_t = 55432)]
+    pub pg_port: u16,
+    /// PgBouncer port of the local platform.
+    #[arg(long, default_value_t = 56432)]
+    pub pgbouncer_port: u16,
+    /// Install PostgreSQL and PgBouncer with apt-get when missing (root only).
+    #[arg(long)]
+    pub install_deps: bool,
+    /// Bring everything up, print the summary, stop again (for scripts and checks).
+    #[arg(long, hide = true)]
+    pub exit_after_start: bool,
+}
+
+pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
+    let settings = match super::load_settings(LoadOptions::from_process(config)) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    if args.install_deps && crate::pg::binaries::PgBinaries::find(settings.postgres.version).is_err() {
+        install_deps()?;
+    }
+    let opts = DevOptions {
+        state_dir: args.state_dir.clone(),
+        listen: args.listen,
+        pg_port: args.pg_port,
+        pgbouncer_port: args.pgbouncer_port,
+    };
+    let rt = super::tokio_runtime()?;
+    rt.block_on(async move {
+        let platform = DevPlatform::up(settings, &opts).await?;
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                platform.down().ok();
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot listen on {} (is another program using it? choose another with --listen)",
+                    args.listen
+                )));
+            }
+        };
+        println!("{}", platform.summary());
+        let state = AppState { pool: platform.pool.clone(), settings: Arc::new(platform.settings.clone()) };
+        if args.exit_after_start {
+            drop(listener);
+        } else {
+            api::serve(listener, state, super::shutdown_signal()).await.context("serving the API")?;
+        }
+        eprintln!("==> stopping PostgreSQL");
+        platform.pool.close().await;
+        platform.down()?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

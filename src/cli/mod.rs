@@ -1,0 +1,89 @@
+//! The command line: one file per subcommand, each an `Args` struct and a `run()` that calls
+//! library code. Only this module knows clap.
+
+mod config;
+mod dev;
+mod render;
+mod serve;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::{LoadOptions, Settings};
+
+#[derive(Debug, Parser)]
+#[command(name = "pgaas", version, about = "Self-hosted PostgreSQL-as-a-service in one binary")]
+pub struct Cli {
+    /// Settings file (default /etc/pgaas/pgaas.yaml when it exists).
+    #[arg(long, global = true, env = "PGAAS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole platform locally without root: cluster, TLS, control DB and API.
+    Dev(dev::Args),
+    /// Serve the REST API.
+    Serve(serve::Args),
+    /// Render every managed file from settings; --check reports drift.
+    Render(render::Args),
+    /// Inspect the settings.
+    #[command(subcommand)]
+    Config(config::Command),
+}
+
+/// Parse, dispatch, and turn errors into the right exit code with the whole error chain.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Dev(args) => dev::run(cli.config, args),
+        Command::Serve(args) => serve::run(cli.config, args),
+        Command::Render(args) => render::run(cli.config, args),
+        Command::Config(cmd) => config::run(cli.config, cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Load settings for a command; on failure print every problem and exit 2.
+pub(crate) fn load_settings(options: LoadOptions) -> Result<Settings, ExitCode> {
+    Settings::load(&options).map_err(|errors| {
+        eprint!("{errors}");
+        eprintln!("Fix these in the settings file or environment, then run `pgaas config check`.");
+        ExitCode::from(2)
+    })
+}
+
+pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,44 @@
+//! `pgaas serve`: the REST API against an existing cluster and control database.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::Context;
+
+use crate::{
+    api::{self, AppState},
+    control_db,
+    settings::LoadOptions,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Override api.listen.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+}
+
+pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
+    let mut options = LoadOptions::from_process(config);
+    if let Some(l) = args.listen {
+        options = options.flag("api.listen", l);
+    }
+    let settings = match super::load_settings(options) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let password = settings.control_db_password().context("reading the control DB password file")?;
+    let rt = super::tokio_runtime()?;
+    rt.block_on(async move {
+        let pool = control_db::pool(control_db::connect_options(&settings, password.as_ref()), 16);
+        if let Err(e) = control_db::migrate(&pool).await {
+            tracing::warn!(error = %e, "control DB migrations not applied at start; /health will report it");
+        }
+        let listener = tokio::net::TcpListener::bind(settings.api.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.api.listen))?;
+        tracing::info!(listen = %settings.api.listen, "API listening");
+        let state = AppState { pool, settings: Arc::new(settings) };
+        api::serve(listener, state, super::shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,176 @@
+//! The control database (`postgres_control`): creating it and the API's least-privilege role,
+//! running migrations, and connecting. All SQL lives in this module, one file per table.
+
+pub mod api_keys;
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use sqlx::{
+    Connection, Executor, PgConnection, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions, PgSslMode},
+};
+
+use crate::{
+    pg::{quote::quote_ident, scram},
+    settings::{Secret, Settings},
+};
+
+/// The group every tenant role joins; pg_hba admits tenants over TLS by membership in it.
+pub const TENANT_GROUP: &str = "pgaas_tenants";
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlDbError {
+    #[error("control database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("control database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Connection options for the API role, from settings (socket directory or host, optional TLS).
+pub fn connect_options(settings: &Settings, password: Option<&Secret>) -> PgConnectOptions {
+    let db = &settings.control_db;
+    let mut opts = PgConnectOptions::new()
+        .username(&db.user)
+        .database(&db.name)
+        .application_name("pgaas-api");
+    opts = if db.host.starts_with('/') {
+        opts.socket(&db.host).port(db.port.unwrap_or(settings.postgres.port))
+    } else {
+        let mode = if db.ssl { PgSslMode::VerifyFull } else { PgSslMode::Prefer };
+        let mut o = opts.host(&db.host).port(db.port.unwrap_or(settings.postgres.port)).ssl_mode(mode);
+        if let Some(ca) = &settings.tls.ca_file {
+            o = o.ssl_root_cert(ca);
+        }
+        o
+    };
+    if let Some(p) = password {
+        opts = opts.password(p.expose());
+    }
+    opts
+}
+
+/// A pool for the API. Connecting is lazy so the API can start (and report 503 on /health)
+/// while the database is down.
+pub fn pool(options: PgConnectOptions, max: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options)
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), ControlDbError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Whether the control DB answers.
+pub async fn ping(pool: &PgPool) -> bool {
+    sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool).await.is_ok()
+}
+
+async fn role_exists(conn: &mut PgConnection, role: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+        .bind(role)
+        .fetch_one(conn)
+        .await
+}
+
+async fn database_exists(conn: &mut PgConnection, db: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(db)
+        .fetch_one(conn)
+        .await
+}
+
+/// Create (or bring up to date) the API role, the tenant group and the control database, as the
+/// superuser. Idempotent: each step checks before it acts. The API role gets exactly what it
+/// needs: CREATEDB, CREATEROLE, reloading configuration, reading pg_hba_file_rules and stats, and
+/// terminating tenant backends. Its password is set as a SCRAM verifier computed here, so the
+/// plaintext never reaches the server.
+pub async fn bootstrap(
+    admin_options: &PgConnectOptions,
+    settings: &Settings,
+    api_password: &Secret,
+) -> Result<(), ControlDbError> {
+    let mut admin = PgConnection::connect_with(&admin_options.clone().database("postgres")).await?;
+    let admin = &mut admin;
+    let api = &settings.control_db.user;
+    let control = &settings.control_db.name;
+    let api_q = quote_ident(api).map_err(|e| ControlDbError::Invalid(e.to_string()))?;
+    let control_q = quote_ident(control).map_err(|e| ControlDbError::Invalid(e.to_string()))?;
+    let group_q = quote_ident(TENANT_GROUP).map_err(|e| ControlDbError::Invalid(e.to_string()))?;
+    let verifier = scram::scram_sha256_verifier(api_password.expose())
+        .map_err(|e| ControlDbError::Invalid(e.to_string()))?;
+    // The verifier is not a secret in the sense the password is, but it still never goes to
+    // the log: statement logging is off for this session.
+    admin.execute("SET log_statement = 'none'").await?;
+
+    if !role_exists(admin, TENANT_GROUP).await? {
+        admin.execute(format!("CREATE ROLE {group_q} NOLOGIN").as_str()).await?;
+    }
+    let password_sql = format!("PASSWORD '{}'", verifier.replace('\'', "''"));
+    if role_exists(admin, api).await? {
+        admin
+            .execute(
+                format!("ALTER ROLE {api_q} LOGIN NOSUPERUSER CREATEDB CREATEROLE NOREPLICATION NOBYPASSRLS {password_sql}")
+                    .as_str(),
+            )
+            .await?;
+    } else {
+        admin
+            .execute(
+                format!("CREATE ROLE {api_q} LOGIN NOSUPERUSER CREATEDB CREATEROLE NOREPLICATION NOBYPASSRLS {password_sql}")
+                    .as_str(),
+            )
+            .await?;
+    }
+    for stmt in [
+        format!("GRANT {group_q} TO {api_q} WITH ADMIN OPTION"),
+        format!("GRANT pg_read_all_stats, pg_signal_backend TO {api_q}"),
+        format!("GRANT EXECUTE ON FUNCTION pg_catalog.pg_reload_conf() TO {api_q}"),
+        format!("GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {api_q}"),
+        format!("GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO {api_q}"),
+        // Nobody but the superuser and the owner connects to the maintenance databases.
+        "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC".to_string(),
+    ] {
+        admin.execute(stmt.as_str()).await?;
+    }
+    if !database_exists(admin, control).await? {
+        admin
+            .execute(format!("CREATE DATABASE {control_q} OWNER {api_q} ENCODING 'UTF8'").as_str())
+            .await?;
+    }
+    admin.execute(format!("REVOKE ALL ON DATABASE {control_q} FROM PUBLIC").as_str()).await?;
+    admin.execute(format!("GRANT ALL ON DATABASE {control_q} TO {api_q}").as_str()).await?;
+    // The API role creates its tables; lock PUBLIC out of the public schema of the control DB.
+    let mut control_conn =
+        PgConnection::connect_with(&admin_options.clone().database(control)).await?;
+    control_conn.execute("SET log_statement = 'none'").await?;
+    control_conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC").await?;
+    control_conn.execute(format!("GRANT ALL ON SCHEMA public TO {api_q}").as_str()).await?;
+    control_conn.execute(format!("ALTER SCHEMA public OWNER TO {api_q}").as_str()).await?;
+    control_conn.close().await?;
+    Ok(())
+}
+
+/// Parse a `postgresql://` URL or key=value string (for `--database-url` style flags).
+pub fn parse_options(s: &str) -> Result<PgConnectOptions, ControlDbError> {
+    PgConnectOptions::from_str(s).map_err(ControlDbError::Sql)
+}
+
+/// Write the API role's password file (0600) unless it exists; return the password.
+pub fn ensure_password_file(path: &Path) -> std::io::Result<Secret> {
+    if let Some(s) = crate::settings::read_secret_file(path)? {
+        if !s.expose().is_empty() {
+            return Ok(s);
+        }
+    }
+    let password = crate::model::TenantPassword::generate();
+    crate::render::write_if_changed(path, password.expose(), 0o600)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(Secret::new(password.expose()))
+}

@@ -1,0 +1,229 @@
+//! `pgaas dev`: the whole platform on one machine without root. Everything lives under a state
+//! directory: a local cluster (created on first run, reused after), TLS from a local CA, the
+//! control database with its migrations and least-privilege API role, and the API. The test
+//! harness brings the platform up through the same code.
+//!
+//! Every step checks before it acts, so a re-run (or a run after a killed one) picks up where the
+//! state is: a half-made cluster is discarded and recreated, a running one is reused.
+
+mod layout;
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+use sqlx::PgPool;
+
+pub use layout::DevLayout;
+
+use crate::{
+    control_db,
+    hba::HbaPolicy,
+    pg::{
+        binaries::PgBinaries,
+        cluster::{Cluster, LocalCluster, OsUser},
+        tls::{LocalCa, ServerCertTarget, server_names},
+    },
+    render::{self, HostFacts, RenderInputs, WriteOutcome},
+    settings::{Secret, Settings},
+};
+
+/// What `pgaas dev` needs to know beyond the settings file.
+#[derive(Clone, Debug)]
+pub struct DevOptions {
+    pub state_dir: PathBuf,
+    pub listen: std::net::SocketAddr,
+    pub pg_port: u16,
+    pub pgbouncer_port: u16,
+}
+
+/// A running local platform (without the API server, which the caller runs).
+pub struct DevPlatform {
+    pub layout: DevLayout,
+    pub settings: Settings,
+    pub cluster: LocalCluster,
+    pub pool: PgPool,
+    /// Set on the run that created the first API key: shown once, never stored in plaintext.
+    pub first_api_key: Option<Secret>,
+    /// Whether this run created the cluster (false when it reused one).
+    pub created: bool,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl DevPlatform {
+    /// Bring everything up but the API. Idempotent.
+    pub async fn up(base: Settings, opts: &DevOptions) -> anyhow::Result<DevPlatform> {
+        let layout = DevLayout::new(&opts.state_dir);
+        let lock = layout.prepare_state_dir()?;
+        let owner = OsUser::cluster_owner()?;
+        let bin = PgBinaries::find(base.postgres.version)?;
+        let settings = layout.settings(base, opts, &owner, bin.version);
+
+        let cluster = LocalCluster {
+            bin,
+            data_dir: layout.data_dir(),
+            socket_dir: layout.socket_dir(),
+            port: opts.pg_port,
+            log_file: layout.log_file(),
+            owner: owner.clone(),
+            superuser: settings.postgres.superuser.clone(),
+        };
+
+        progress("TLS: local CA and server certificate");
+        let ca = LocalCa::in_dir(&layout.tls_dir());
+        let key_owner = Some((owner.uid, owner.gid));
+        ca.ensure_server_cert(
+            &ServerCertTarget {
+                cert_file: settings.tls.cert_file.clone(),
+                key_file: settings.tls.key_file.clone(),
+                key_owner,
+            },
+            &server_names(&settings.public_host),
+        )?;
+
+        let created = if cluster.exists() {
+            false
+        } else {
+            progress(&format!(
+                "creating a PostgreSQL {} cluster in {}",
+                cluster.bin.version,
+                cluster.data_dir.display()
+            ));
+            cluster.init()?
+        };
+
+        let changed = write_managed_files(&settings, &cluster, &owner)?;
+        if cluster.is_running() {
+            if changed {
+                let mut conn = cluster.admin_connect("postgres").await?;
+                crate::pg::cluster::reload(&mut conn).await?;
+            }
+        } else {
+            progress(&format!("starting PostgreSQL on port {}", cluster.port));
+            cluster.start()?;
+        }
+
+        progress("control database: roles, database, migrations");
+        let password = control_db::ensure_password_file(&layout.control_password_file())
+            .with_context(|| format!("writing {}", layout.control_password_file().display()))?;
+        control_db::bootstrap(&cluster.admin_options(), &settings, &password).await?;
+        let pool = control_db::pool(control_db::connect_options(&settings, Some(&password)), 8);
+        control_db::migrate(&pool).await?;
+        layout.write_pgpass(&settings, &password)?;
+
+        let first_api_key = if control_db::api_keys::count_active(&pool).await? == 0 {
+            let key = control_db::api_keys::create_admin_key(&pool, "pgaas dev").await?;
+            Some(key)
+        } else {
+            None
+        };
+
+        Ok(DevPlatform { layout, settings, cluster, pool, first_api_key, created, _lock: lock })
+    }
+
+    /// Stop the cluster (the API is stopped by its caller).
+    pub fn down(&self) -> anyhow::Result<()> {
+        self.cluster.stop()?;
+        Ok(())
+    }
+
+    /// The operator-facing summary printed when the platform is up.
+    pub fn summary(&self) -> String {
+        let s = &self.settings;
+        let ca = s.tls.ca_file.as_deref().unwrap_or(Path::new("?"));
+        let mut out = String::new();
+        out.push_str("pgaas dev is running\n\n");
+        out.push_str(&format!("  API:          http://{}\n", s.api.listen));
+        out.push_str(&format!(
+            "  PostgreSQL:   {} on port {} (TLS required; cluster in {})\n",
+            self.cluster.bin.version,
+            self.cluster.port,
+            self.cluster.data_dir.display()
+        ));
+        out.push_str(&format!("  CA file:      {}\n", ca.display()));
+        out.push_str(&format!("  server log:   {}\n", self.cluster.log_file.display()));
+        if let Some(key) = &self.first_api_key {
+            out.push_str(&format!(
+                "\n  API key (shown once, only its hash is stored): {}\n",
+                key.expose()
+            ));
+        }
+        out.push_str("\n  Control DB over TLS, verified against the CA:\n");
+        out.push_str(&format!(
+            "    PGPASSFILE={} psql \"host=localhost port={} dbname={} user={} sslmode=verify-full sslrootcert={}\"\n",
+            self.layout.pgpass_file().display(),
+            self.cluster.port,
+            s.control_db.name,
+            s.control_db.user,
+            ca.display()
+        ));
+        out.push_str(&format!(
+            "\n  Health:       curl http://{}/health\n",
+            s.api.listen
+        ));
+        out.push_str("\n  Stop with Ctrl-C (stops the API and the cluster).\n");
+        out
+    }
+}
+
+fn progress(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+/// Render pgaas.conf, pg_hba.conf and pg_ident.conf into the cluster; returns whether any changed.
+fn write_managed_files(settings: &Settings, cluster: &LocalCluster, owner: &OsUser) -> anyhow::Result<bool> {
+    let policy = base_policy(settings, owner);
+    let memory_mb = settings.postgres.memory_mb.unwrap_or(1024);
+    let files = render::managed_files(&RenderInputs {
+        settings,
+        facts: HostFacts { pg_version: cluster.bin.version, memory_mb },
+        hba: &policy,
+        generation: 0,
+        pg_config_dir: cluster.config_dir().to_path_buf(),
+        include_systemd: false,
+        include_pgbouncer: false,
+    })?;
+    let results = render::write_all(&files, None)?;
+    for (path, _) in &results {
+        owner.chown(path)?;
+    }
+    Ok(results.iter().any(|(_, o)| *o == WriteOutcome::Changed))
+}
+
+/// The hba policy before any tenant exists: local admin by peer (for the cluster owner and, when
+/// we are root, root), the API role locally, everything else refused.
+pub fn base_policy(settings: &Settings, owner: &OsUser) -> HbaPolicy {
+    let mut admin_os_users = vec![owner.name.clone()];
+    if let Ok(me) = OsUser::current() {
+        if me.name != owner.name {
+            admin_os_users.push(me.name);
+        }
+    }
+    HbaPolicy {
+        superuser: settings.postgres.superuser.clone(),
+        api_role: settings.control_db.user.clone(),
+        control_db: settings.control_db.name.clone(),
+        tenant_group: control_db::TENANT_GROUP.to_string(),
+        admin_os_users,
+        tenants: Vec::new(),
+    }
+}
+
+/// `apt-get install` the server packages (root only).
+pub fn install_deps() -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("--install-deps needs root; run: sudo apt-get install postgresql postgresql-contrib pgbouncer");
+    }
+    progress("installing postgresql, postgresql-contrib and pgbouncer with apt-get");
+    let status = std::process::Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "postgresql", "postgresql-contrib", "pgbouncer"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    if !status.success() {
+        bail!("apt-get install failed ({status}); run `apt-get update` and try again");
+    }
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! Pure domain types shared by every layer above: tenant ids, the generated database and role
+//! names, generated tenant passwords, tenant status, validated API input and API keys. Nothing
+//! here does I/O except drawing randomness from the OS CSPRNG; constructors validate, so a value
+//! of one of these types is always well-formed and safe to hand to the SQL or rendering layers.
+
+pub mod api_key;
+pub mod ids;
+pub mod input;
+pub mod names;
+pub mod secret;
+pub mod status;
+
+pub use api_key::{ApiKey, ApiKeyRecord, PlaintextApiKey, Scope};
+pub use ids::TenantId;
+pub use input::{FriendlyName, OwnerEmail, ValidationError};
+pub use names::{DbName, RoleName, TENANT_DB_PREFIX, TENANT_ROLE_PREFIX, generate_tenant_names};
+pub use secret::TenantPassword;
+pub use status::TenantStatus;
+
+/// Fills `N` bytes from the operating system's CSPRNG.
+///
+/// Panics if the OS cannot supply randomness: there is no safe fallback for secret material, and
+/// on Linux `getrandom(2)` only fails before the entropy pool is initialised at early boot.
+pub(crate) fn os_random_bytes<const N: usize>() -> [u8; N] {
+    use rand::TryRngCore;
+    let mut buf = [0u8; N];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut buf)
+        .expect("the operating system's random number generator failed");
+    buf
+}

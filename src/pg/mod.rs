@@ -1,0 +1,8 @@
+//! Talking to PostgreSQL itself: finding its binaries, driving a cluster (local or
+//! systemd-managed), the local CA for TLS, quoting, and SCRAM verifiers.
+
+pub mod binaries;
+pub mod cluster;
+pub mod quote;
+pub mod scram;
+pub mod tls;

@@ -1,0 +1,204 @@
+//! Renders every file pgaas manages on a host (PostgreSQL, PgBouncer, systemd units) from typed
+//! contexts through one strict minijinja environment over the templates embedded at build time,
+//! and writes them atomically.
+//!
+//! Templates are layout only: every value reaches them already validated and quoted for the
+//! target syntax by the context builders in the submodules, and an undefined variable is an
+//! error rather than an empty string.
+
+mod check;
+mod memory;
+mod pgbouncer;
+mod postgres;
+mod systemd;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::LazyLock,
+};
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use serde::Serialize;
+
+use crate::{
+    hba::{self, HbaError, HbaPolicy},
+    settings::Settings,
+};
+
+pub use memory::{HostFacts, MemorySizing, SUPPORTED_VERSIONS, size_memory};
+pub use write::{Drift, WriteOutcome, check_all, reroot, write_all, write_if_changed};
+
+/// Every file under `templates/`, as `(path relative to templates/, contents)`.
+pub static TEMPLATES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/templates.rs"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("cannot access {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rendering template {name}")]
+    Template {
+        name: String,
+        #[source]
+        source: minijinja::Error,
+    },
+    #[error("{what} {value:?} cannot be rendered: {reason}")]
+    Invalid {
+        what: String,
+        value: String,
+        reason: String,
+    },
+    #[error("compiling the access rules")]
+    Hba(#[source] HbaError),
+}
+
+impl RenderError {
+    pub(crate) fn invalid(what: &str, value: impl AsRef<str>, reason: impl Into<String>) -> Self {
+        RenderError::Invalid {
+            what: what.into(),
+            value: value.as_ref().into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        RenderError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl From<HbaError> for RenderError {
+    fn from(e: HbaError) -> Self {
+        RenderError::Hba(e)
+    }
+}
+
+/// The environment is built once; a template that fails to parse is kept as its error so every
+/// render that needs it reports it (the golden tests make sure none does).
+static ENV: LazyLock<Result<Environment<'static>, (String, String)>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_keep_trailing_newline(true);
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    for (name, source) in TEMPLATES {
+        env.add_template(name, source)
+            .map_err(|e| (name.to_string(), format!("{e:#}")))?;
+    }
+    Ok(env)
+});
+
+/// Render one embedded template (`name` relative to `templates/`) with a typed context.
+pub fn render_template<C: Serialize>(name: &str, ctx: &C) -> Result<String, RenderError> {
+    let env = ENV.as_ref().map_err(|(bad, msg)| RenderError::Template {
+        name: bad.clone(),
+        source: minijinja::Error::new(minijinja::ErrorKind::SyntaxError, msg.clone()),
+    })?;
+    let template = env
+        .get_template(name)
+        .map_err(|source| RenderError::Template {
+            name: name.to_string(),
+            source,
+        })?;
+    template
+        .render(ctx)
+        .map_err(|source| RenderError::Template {
+            name: name.to_string(),
+            source,
+        })
+}
+
+/// One file pgaas owns, fully rendered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagedFile {
+    /// Absolute target path.
+    pub path: PathBuf,
+    pub contents: String,
+    pub mode: u32,
+}
+
+/// Everything a full render depends on.
+#[derive(Clone, Debug)]
+pub struct RenderInputs<'a> {
+    pub settings: &'a Settings,
+    pub facts: HostFacts,
+    pub hba: &'a HbaPolicy,
+    /// Written into every header, so an operator can tell which render produced a file.
+    pub generation: u64,
+    /// The cluster's configuration directory (Debian: `/etc/postgresql/<ver>/main`).
+    pub pg_config_dir: PathBuf,
+    pub include_systemd: bool,
+    pub include_pgbouncer: bool,
+}
+
+/// Config files readable by the services that load them; nothing here is secret (passwords live
+/// in PgBouncer's auth_file and the secrets directory, which pgaas writes elsewhere).
+const CONFIG_MODE: u32 = 0o644;
+/// pg_hba and pg_ident describe who may log in; no need for other local users to read them.
+const HBA_MODE: u32 = 0o640;
+
+/// Every managed file for this host, in a stable order.
+pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderError> {
+    let s = inputs.settings;
+    let g = inputs.generation;
+    let dir = &inputs.pg_config_dir;
+    if !dir.is_absolute() {
+        return Err(RenderError::invalid(
+            "PostgreSQL config dir",
+            dir.to_string_lossy(),
+            "must be absolute",
+        ));
+    }
+    let rules = hba::compile(inputs.hba)?;
+    let mut files = vec![
+        ManagedFile {
+            path: dir.join("conf.d/pgaas.conf"),
+            contents: postgres::render_conf(s, &inputs.facts, dir, g)?,
+            mode: CONFIG_MODE,
+        },
+        ManagedFile {
+            path: dir.join("pg_hba.conf"),
+            contents: hba::render_pg_hba(&rules, g)?,
+            mode: HBA_MODE,
+        },
+        ManagedFile {
+            path: dir.join("pg_ident.conf"),
+            contents: hba::render_pg_ident(inputs.hba, g)?,
+            mode: HBA_MODE,
+        },
+    ];
+    if inputs.include_pgbouncer {
+        let pgb_dir = &s.pgbouncer.config_dir;
+        let pgb_rules = hba::compile_pgbouncer(inputs.hba)?;
+        files.push(ManagedFile {
+            path: pgb_dir.join("pgbouncer.ini"),
+            contents: pgbouncer::render_ini(s, g)?,
+            mode: HBA_MODE,
+        });
+        files.push(ManagedFile {
+            path: pgb_dir.join("pgbouncer_hba.conf"),
+            contents: hba::render_pgbouncer_hba(&pgb_rules, g)?,
+            mode: HBA_MODE,
+        });
+    }
+    if inputs.include_systemd {
+        for (name, contents) in systemd::render_units(s, dir, g)? {
+            files.push(ManagedFile {
+                path: s.paths.systemd_dir.join(name),
+                contents,
+                mode: CONFIG_MODE,
+            });
+        }
+    }
+    Ok(files)
+}

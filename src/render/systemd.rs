@@ -1,0 +1,191 @@
+//! The contexts for pgaas's systemd units: the API service (hardened, as its own user, able to
+//! write only the files it manages), the nightly backup and the certificate renewal, each a
+//! oneshot service with a timer.
+//!
+//! Unit files expand `%` specifiers everywhere and `$VAR` in Exec lines, and split Exec lines on
+//! blanks honouring C-style double quotes, so paths are escaped for exactly those rules.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{
+    RenderError,
+    check::{abs_path, system_user},
+    render_template,
+};
+use crate::settings::Settings;
+
+/// Whether a word needs double quotes in a unit file.
+fn needs_quotes(s: &str) -> bool {
+    s.is_empty()
+        || !s.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '.' | '+' | ':' | '@' | ',')
+        })
+}
+
+fn quote_word(s: &str) -> String {
+    if needs_quotes(s) {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// One argument of an `Exec*=` line: quoted when needed, `%` and `$` doubled.
+pub fn exec_arg(what: &str, path: &Path) -> Result<String, RenderError> {
+    let s = abs_path(what, path)?;
+    Ok(quote_word(s).replace('%', "%%").replace('$', "$$"))
+}
+
+/// One entry of a path list such as `ReadWritePaths=` (specifiers expand there, variables don't).
+pub fn path_list_item(what: &str, path: &Path) -> Result<String, RenderError> {
+    let s = abs_path(what, path)?;
+    Ok(quote_word(s).replace('%', "%%"))
+}
+
+#[derive(Serialize, Debug)]
+struct ApiUnit {
+    generation: u64,
+    user: String,
+    binary: String,
+    config_file: String,
+    read_write_paths: Vec<String>,
+}
+
+#[derive(Serialize, Debug)]
+struct JobUnit {
+    generation: u64,
+    binary: String,
+    config_file: String,
+    user: String,
+    read_write_paths: Vec<String>,
+}
+
+#[derive(Serialize, Debug)]
+struct TimerUnit {
+    generation: u64,
+}
+
+/// `(file name, contents)` for every unit, in a stable order.
+pub fn render_units(
+    s: &Settings,
+    pg_config_dir: &Path,
+    generation: u64,
+) -> Result<Vec<(&'static str, String)>, RenderError> {
+    let binary = exec_arg("paths.binary", &s.paths.binary)?;
+    let config_file = exec_arg("paths.config_dir", &s.paths.config_dir.join("pgaas.yaml"))?;
+    let api = ApiUnit {
+        generation,
+        user: system_user("api.system_user", &s.api.system_user)?.to_string(),
+        binary: binary.clone(),
+        config_file: config_file.clone(),
+        read_write_paths: vec![
+            path_list_item("PostgreSQL config dir", pg_config_dir)?,
+            path_list_item("paths.state_dir", &s.paths.state_dir)?,
+            path_list_item("pgbouncer.config_dir", &s.pgbouncer.config_dir)?,
+        ],
+    };
+    // Backups run as the cluster's OS user: pg_dump reaches every database by peer over the socket.
+    let backup = JobUnit {
+        generation,
+        binary: binary.clone(),
+        config_file: config_file.clone(),
+        user: system_user("postgres.os_user", &s.postgres.os_user)?.to_string(),
+        read_write_paths: vec![
+            path_list_item("paths.backup_dir", &s.paths.backup_dir)?,
+            path_list_item("paths.state_dir", &s.paths.state_dir)?,
+        ],
+    };
+    // Renewal runs as root: it binds the challenge port, swaps key files readable by two services
+    // and reloads them.
+    let cert = JobUnit {
+        generation,
+        binary,
+        config_file,
+        user: "root".into(),
+        read_write_paths: vec![
+            path_list_item("paths.config_dir", &s.paths.config_dir)?,
+            path_list_item("paths.state_dir", &s.paths.state_dir)?,
+        ],
+    };
+    let timer = TimerUnit { generation };
+    Ok(vec![
+        (
+            "pgaas-api.service",
+            render_template("systemd/pgaas-api.service.j2", &api)?,
+        ),
+        (
+            "pgaas-backup.service",
+            render_template("systemd/pgaas-backup.service.j2", &backup)?,
+        ),
+        (
+            "pgaas-backup.timer",
+            render_template("systemd/pgaas-backup.timer.j2", &timer)?,
+        ),
+        (
+            "pgaas-cert-renew.service",
+            render_template("systemd/pgaas-cert-renew.service.j2", &cert)?,
+        ),
+        (
+            "pgaas-cert-renew.timer",
+            render_template("systemd/pgaas-cert-renew.timer.j2", &timer)?,
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_stay_bare() {
+        assert_eq!(
+            exec_arg("x", Path::new("/usr/local/bin/pgaas")).unwrap(),
+            "/usr/local/bin/pgaas"
+        );
+    }
+
+    #[test]
+    fn blanks_quotes_backslashes_specifiers_and_variables_are_escaped() {
+        assert_eq!(
+            exec_arg("x", Path::new("/opt/my app/pgaas")).unwrap(),
+            "\"/opt/my app/pgaas\""
+        );
+        assert_eq!(
+            exec_arg("x", Path::new("/opt/a\"b")).unwrap(),
+            "\"/opt/a\\\"b\""
+        );
+        assert_eq!(
+            exec_arg("x", Path::new("/opt/a\\b")).unwrap(),
+            "\"/opt/a\\\\b\""
+        );
+        assert_eq!(
+            exec_arg("x", Path::new("/opt/100%/bin")).unwrap(),
+            "\"/opt/100%%/bin\""
+        );
+        assert_eq!(
+            exec_arg("x", Path::new("/opt/$HOME/bin")).unwrap(),
+            "\"/opt/$$HOME/bin\""
+        );
+        assert_eq!(
+            path_list_item("x", Path::new("/srv/$x %i")).unwrap(),
+            "\"/srv/$x %%i\""
+        );
+    }
+
+    #[test]
+    fn newlines_and_relative_paths_are_refused() {
+        let err = exec_arg(
+            "paths.binary",
+            Path::new("/usr/bin/pgaas\nExecStartPre=/bin/rm"),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, RenderError::Invalid { ref what, .. } if what == "paths.binary"),
+            "{err}"
+        );
+        assert!(exec_arg("paths.binary", Path::new("pgaas")).is_err());
+        assert!(path_list_item("x", Path::new("/a\rb")).is_err());
+    }
+}

@@ -1,0 +1,158 @@
+use std::path::PathBuf;
+
+use super::*;
+
+fn opts(file: Option<PathBuf>, env: &[(&str, &str)]) -> LoadOptions {
+    LoadOptions {
+        // A path that never exists, so the machine's /etc/pgaas/pgaas.yaml can't leak into tests.
+        config_file: Some(file.unwrap_or_else(|| PathBuf::from("/nonexistent/pgaas.yaml"))),
+        dotenv_dir: None,
+        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        flags: Vec::new(),
+    }
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn a_missing_explicit_file_is_an_error_but_defaults_alone_load() {
+    let err = Settings::load(&opts(None, &[])).unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    assert!(err.0[0].message.contains("cannot read"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write(&dir, "empty.yaml", "");
+    let s = Settings::load(&opts(Some(empty), &[])).unwrap();
+    assert_eq!(s.postgres.port, 5432);
+    assert_eq!(s.control_db.name, "postgres_control");
+    assert_eq!(s.tenants.default_max_connections, 20);
+}
+
+#[test]
+fn every_problem_in_a_file_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "bad.yaml",
+        "public_host: db.example.com\npostgres:\n  port: 5433\n  colour: blue\napi:\n  listen: 127.0.0.1:3000\n  bogus: 1\ntenants:\n  max_connections_cap: 100000\n",
+    );
+    let err = Settings::load(&opts(Some(file.clone()), &[])).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&format!("{}:4: postgres.colour: unknown key", file.display())), "{text}");
+    assert!(text.contains(&format!("{}:7: api.bogus: unknown key", file.display())), "{text}");
+    assert!(text.contains(&format!("{}:9: tenants.max_connections_cap", file.display())), "{text}");
+    assert_eq!(err.0.len(), 3, "{text}");
+}
+
+#[test]
+fn a_wrongly_typed_value_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "t.yaml", "postgres:\n  max_connections: lots\n");
+    let err = Settings::load(&opts(Some(file), &[])).unwrap_err();
+    assert_eq!(err.0[0].line, Some(2), "{err}");
+    assert_eq!(err.0[0].key, "postgres.max_connections");
+}
+
+#[test]
+fn yaml_syntax_errors_carry_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "t.yaml", "postgres:\n  port: 1\n bad: [\n");
+    let err = Settings::load(&opts(Some(file), &[])).unwrap_err();
+    assert!(err.0[0].line.is_some(), "{err}");
+    assert!(err.0[0].message.starts_with("YAML syntax"), "{err}");
+}
+
+#[test]
+fn environment_overrides_file_and_original_names_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "t.yaml", "postgres:\n  port: 5433\npublic_host: file.example.com\n");
+    let s = Settings::load(&opts(
+        Some(file),
+        &[
+            ("PGAAS_POSTGRES__PORT", "6543"),
+            ("PUBLIC_HOST", "db.example.com"),
+            ("DB_PASSWORD", "123456"),
+            ("DB_SSL", "true"),
+            ("PORT", "3100"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(s.postgres.port, 6543);
+    assert_eq!(s.public_host, "db.example.com");
+    assert_eq!(s.control_db.password.as_ref().unwrap().expose(), "123456");
+    assert!(s.control_db.ssl);
+    assert_eq!(s.api.listen.to_string(), "0.0.0.0:3100");
+}
+
+#[test]
+fn pgaas_variables_beat_original_names_and_flags_beat_both() {
+    let mut o = opts(None, &[("PUBLIC_HOST", "a.example.com"), ("PGAAS_PUBLIC_HOST", "b.example.com")]);
+    let dir = tempfile::tempdir().unwrap();
+    o.config_file = Some(write(&dir, "e.yaml", ""));
+    assert_eq!(Settings::load(&o).unwrap().public_host, "b.example.com");
+    let o = o.flag("public_host", "c.example.com");
+    assert_eq!(Settings::load(&o).unwrap().public_host, "c.example.com");
+}
+
+#[test]
+fn unknown_environment_keys_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "e.yaml", "");
+    let err = Settings::load(&opts(Some(file), &[("PGAAS_POSTGRES__PROT", "1")])).unwrap_err();
+    assert_eq!(err.0[0].source, Source::Env("PGAAS_POSTGRES__PROT".into()));
+    assert!(err.to_string().contains("unknown key"), "{err}");
+}
+
+#[test]
+fn dotenv_file_is_read_and_the_environment_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir, ".env", "DB_HOST=control.example.com\nDB_NAME=ctl\nAPI_KEY=0123456789abcdef0123456789abcdef-from-dotenv\n");
+    let mut o = opts(Some(write(&dir, "e.yaml", "")), &[("DB_NAME", "from_env")]);
+    o.dotenv_dir = Some(dir.path().to_path_buf());
+    let s = Settings::load(&o).unwrap();
+    assert_eq!(s.control_db.host, "control.example.com");
+    assert_eq!(s.control_db.name, "from_env");
+    assert!(s.api.api_key.is_some());
+}
+
+#[test]
+fn secrets_never_show_in_debug() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "s.yaml",
+        "control_db:\n  password: hunter2-control\nadmin:\n  password: hunter2-admin\napi:\n  api_key: hunter2-api-key-0123456789abcdef0123\n",
+    );
+    let s = Settings::load(&opts(Some(file), &[])).unwrap();
+    let dbg = format!("{s:?}");
+    assert!(!dbg.contains("hunter2"), "{dbg}");
+    assert!(dbg.contains("***"));
+}
+
+#[test]
+fn hostile_values_are_refused_not_rendered() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "h.yaml",
+        "public_host: \"db.example.com\\nlisten_addresses = '*'\"\ncontrol_db:\n  name: \"x'; DROP TABLE y\"\ntls:\n  cert_file: \"relative/cert.pem\"\npostgres:\n  listen_addresses: [\"127.0.0.1\", \"a b\"]\n",
+    );
+    let err = Settings::load(&opts(Some(file), &[])).unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+    for k in ["public_host", "control_db.name", "tls.cert_file", "postgres.listen_addresses"] {
+        assert!(keys.contains(&k), "{k} not refused: {err}");
+    }
+}
+
+#[test]
+fn line_lookup_follows_nesting() {
+    let text = "a:\n  b: 1\nc:\n  b: 2\n  d:\n    e: 3\n";
+    let p = |s: &str| s.split('.').map(String::from).collect::<Vec<_>>();
+    assert_eq!(layers::line_of(text, &p("c.b")), Some(4));
+    assert_eq!(layers::line_of(text, &p("c.d.e")), Some(6));
+    assert_eq!(layers::line_of(text, &p("a.b")), Some(2));
+}

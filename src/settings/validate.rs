@@ -1,0 +1,219 @@
+//! Checks that types alone can't express: ranges, names PostgreSQL will accept, paths that are
+//! absolute and safe to write into config files. Each failure is blamed on the layer that set the
+//! key, so the message names the file and line (or the variable) to fix.
+
+use std::path::Path;
+
+use super::{Layer, Settings, SettingsProblem, Source, layers::line_of};
+
+struct Checker<'a> {
+    layers: &'a [Layer],
+    problems: &'a mut Vec<SettingsProblem>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, key: &str, message: impl Into<String>) {
+        let path: Vec<String> = key.split('.').map(str::to_string).collect();
+        // The highest layer that mentions the key set the value in force.
+        let layer = self.layers.iter().rev().find(|l| mentions(&l.value, &path));
+        let (source, line) = match layer {
+            Some(l) => (l.source.clone(), l.text.as_deref().and_then(|t| line_of(t, &path))),
+            None => (Source::Defaults, None),
+        };
+        self.problems.push(SettingsProblem { source, line, key: key.into(), message: message.into() });
+    }
+
+    fn port(&mut self, key: &str, port: u16) {
+        if port == 0 {
+            self.fail(key, "must be a port between 1 and 65535");
+        }
+    }
+
+    fn ident(&mut self, key: &str, name: &str) {
+        if !is_plain_identifier(name) {
+            self.fail(
+                key,
+                format!(
+                    "{name:?} is not a usable name: use 1-63 characters from a-z, 0-9 and _, starting with a letter or _"
+                ),
+            );
+        }
+    }
+
+    fn abs_path(&mut self, key: &str, path: &Path) {
+        let s = path.to_string_lossy();
+        if !path.is_absolute() {
+            self.fail(key, format!("{s:?} must be an absolute path"));
+        } else if s.chars().any(|c| c.is_control()) {
+            self.fail(key, "path must not contain control characters (newlines, tabs, ...)");
+        }
+    }
+}
+
+fn mentions(value: &yaml_serde::Value, path: &[String]) -> bool {
+    let mut cur = value;
+    for seg in path {
+        match cur.get(seg.as_str()) {
+            Some(v) => cur = v,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// A name that needs no quoting anywhere (SQL, pg_hba.conf, pgbouncer.ini, systemd units).
+pub fn is_plain_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
+}
+
+/// A DNS name or an IP address, as written into connection strings and certificates.
+pub fn is_host_name(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsProblem>) {
+    let mut c = Checker { layers, problems };
+
+    if !is_host_name(&s.public_host) {
+        c.fail("public_host", format!("{:?} is not a host name or IP address", s.public_host));
+    }
+    if s.environment.is_empty() || s.environment.chars().any(|ch| ch.is_control()) {
+        c.fail("environment", "must be a non-empty word such as production or development");
+    }
+
+    let pg = &s.postgres;
+    if let Some(v) = pg.version {
+        if !(15..=17).contains(&v) {
+            c.fail("postgres.version", format!("PostgreSQL {v} is not supported; use 15, 16 or 17"));
+        }
+    }
+    c.port("postgres.port", pg.port);
+    if pg.listen_addresses.is_empty() {
+        c.fail("postgres.listen_addresses", "must name at least one address (\"*\" for all)");
+    }
+    for a in &pg.listen_addresses {
+        if a != "*" && !is_host_name(a) {
+            c.fail(
+                "postgres.listen_addresses",
+                format!("{a:?} is not \"*\", an IP address or a host name"),
+            );
+        }
+    }
+    if pg.max_connections < 20 || pg.max_connections > 10_000 {
+        c.fail("postgres.max_connections", "must be between 20 and 10000");
+    }
+    if pg.superuser_reserved_connections >= pg.max_connections / 2 {
+        c.fail(
+            "postgres.superuser_reserved_connections",
+            "must be less than half of postgres.max_connections",
+        );
+    }
+    if let Some(mb) = pg.memory_mb {
+        if mb < 256 {
+            c.fail("postgres.memory_mb", "must be at least 256 (MB)");
+        }
+    }
+    for (key, path) in [("postgres.config_dir", &pg.config_dir), ("postgres.data_dir", &pg.data_dir)] {
+        if let Some(p) = path {
+            c.abs_path(key, p);
+        }
+    }
+    c.abs_path("postgres.socket_dir", &pg.socket_dir);
+    c.ident("postgres.superuser", &pg.superuser);
+    if !is_system_user(&pg.os_user) {
+        c.fail("postgres.os_user", format!("{:?} is not a valid system user name", pg.os_user));
+    }
+
+    let pgb = &s.pgbouncer;
+    c.port("pgbouncer.port", pgb.port);
+    if pgb.enabled && pgb.port == pg.port {
+        c.fail("pgbouncer.port", "must differ from postgres.port");
+    }
+    if pgb.listen_addr != "*" && !is_host_name(&pgb.listen_addr) {
+        c.fail("pgbouncer.listen_addr", format!("{:?} is not \"*\", an IP address or a host name", pgb.listen_addr));
+    }
+    if pgb.default_pool_size == 0 || pgb.max_client_conn == 0 {
+        c.fail("pgbouncer.default_pool_size", "pool sizes must be at least 1");
+    }
+    c.abs_path("pgbouncer.config_dir", &pgb.config_dir);
+
+    c.port("api.listen", s.api.listen.port());
+    if !is_system_user(&s.api.system_user) {
+        c.fail("api.system_user", format!("{:?} is not a valid system user name", s.api.system_user));
+    }
+    if let Some(key) = &s.api.api_key {
+        if key.expose().len() < 32 {
+            c.fail("api.api_key", "must be at least 32 characters (use `pgaas key create` instead)");
+        }
+    }
+    if s.api.max_body_bytes < 1024 {
+        c.fail("api.max_body_bytes", "must be at least 1024");
+    }
+
+    let db = &s.control_db;
+    if db.host.starts_with('/') {
+        c.abs_path("control_db.host", Path::new(&db.host));
+    } else if !is_host_name(&db.host) {
+        c.fail("control_db.host", format!("{:?} is not a host name, IP address or socket directory", db.host));
+    }
+    if let Some(p) = db.port {
+        c.port("control_db.port", p);
+    }
+    c.ident("control_db.user", &db.user);
+    c.ident("control_db.name", &db.name);
+    if let Some(p) = &db.password_file {
+        c.abs_path("control_db.password_file", p);
+    }
+    if db.user == pg.superuser {
+        c.fail("control_db.user", "the API must not connect as the superuser; use its own role (pgaas_api)");
+    }
+    c.ident("admin.user", &s.admin.user);
+
+    c.abs_path("tls.cert_file", &s.tls.cert_file);
+    c.abs_path("tls.key_file", &s.tls.key_file);
+    if let Some(p) = &s.tls.ca_file {
+        c.abs_path("tls.ca_file", p);
+    }
+    for (key, p) in [
+        ("paths.state_dir", &s.paths.state_dir),
+        ("paths.config_dir", &s.paths.config_dir),
+        ("paths.backup_dir", &s.paths.backup_dir),
+        ("paths.binary", &s.paths.binary),
+        ("paths.systemd_dir", &s.paths.systemd_dir),
+    ] {
+        c.abs_path(key, p);
+    }
+
+    let t = &s.tenants;
+    let usable = pg.max_connections.saturating_sub(pg.superuser_reserved_connections);
+    if t.max_connections_cap == 0 || t.max_connections_cap >= usable {
+        c.fail(
+            "tenants.max_connections_cap",
+            format!("must be between 1 and {} (postgres.max_connections minus the reserved ones)", usable.saturating_sub(1)),
+        );
+    }
+    if t.default_max_connections == 0 || t.default_max_connections > t.max_connections_cap {
+        c.fail("tenants.default_max_connections", "must be between 1 and tenants.max_connections_cap");
+    }
+}
+
+fn is_system_user(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name.len() <= 32
+}

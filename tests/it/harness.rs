@@ -1,0 +1,155 @@
+//! The shared test platform: one real PostgreSQL cluster (initdb in a temp dir, free ports, TLS
+//! from a local CA), the control DB and the API on a real socket, brought up through the same
+//! code as `pgaas dev` and shared by every test in this binary.
+//!
+//! It is removed when the test process ends, however it ends: a watchdog process waits for this
+//! process to exit, then stops the cluster (SIGQUIT to the postmaster) and deletes the directory.
+//! There is no skipping: without PostgreSQL the harness panics with the install command.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, OnceLock},
+};
+
+use pgaas::{
+    api::{self, AppState},
+    dev::{DevOptions, DevPlatform},
+    settings::{LoadOptions, Settings},
+};
+
+pub struct TestPlatform {
+    pub state_dir: PathBuf,
+    pub settings: Settings,
+    pub base_url: String,
+    pub api_key: String,
+    pub pg_port: u16,
+    pub socket_dir: PathBuf,
+    pub superuser: String,
+    pub ca_file: PathBuf,
+    pub log_file: PathBuf,
+    pub pgpass_file: PathBuf,
+    /// Runs the API server; lives as long as the process.
+    pub _runtime: tokio::runtime::Runtime,
+}
+
+static PLATFORM: OnceLock<TestPlatform> = OnceLock::new();
+
+/// The shared platform, started on first use.
+pub fn platform() -> &'static TestPlatform {
+    PLATFORM.get_or_init(start)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A fresh temp dir that the watchdog removes when this process exits.
+pub fn temp_state_dir(tag: &str) -> PathBuf {
+    let dir = tempfile::Builder::new().prefix(&format!("pgaas-it-{tag}-")).tempdir().unwrap().keep();
+    watch_and_clean(&dir);
+    dir
+}
+
+/// Settings that ignore this machine's /etc/pgaas and environment.
+pub fn test_settings() -> Settings {
+    Settings::load(&LoadOptions {
+        config_file: Some(PathBuf::from("/dev/null")),
+        dotenv_dir: None,
+        env: Vec::new(),
+        flags: Vec::new(),
+    })
+    .expect("default settings load")
+}
+
+fn start() -> TestPlatform {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let state_dir = temp_state_dir("shared");
+    let pg_port = free_port();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let opts = DevOptions { state_dir: state_dir.clone(), listen, pg_port, pgbouncer_port: free_port() };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let platform = runtime.block_on(async {
+        let p = DevPlatform::up(test_settings(), &opts).await.unwrap_or_else(|e| {
+            panic!("the test platform did not start (is PostgreSQL installed? apt-get install postgresql): {e:#}")
+        });
+        // Log every statement, so tests can prove no secret reaches the server log.
+        let extra = p.cluster.data_dir.join("conf.d").join("zz-test.conf");
+        std::fs::write(&extra, "log_statement = 'all'\nlog_min_messages = info\n").unwrap();
+        p.cluster.owner.chown(&extra).unwrap();
+        let mut conn = p.cluster.admin_connect("postgres").await.unwrap();
+        pgaas::pg::cluster::reload(&mut conn).await.unwrap();
+        p
+    });
+    let api_key = platform.first_api_key.as_ref().expect("a fresh platform creates a key").expose().to_string();
+    let settings = platform.settings.clone();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).unwrap();
+    let state = AppState { pool: platform.pool.clone(), settings: Arc::new(settings.clone()) };
+    runtime.spawn(api::serve(listener, state, std::future::pending()));
+    let tp = TestPlatform {
+        state_dir,
+        base_url: format!("http://{listen}"),
+        api_key,
+        pg_port,
+        socket_dir: platform.cluster.socket_dir.clone(),
+        superuser: platform.cluster.superuser.clone(),
+        ca_file: settings.tls.ca_file.clone().unwrap(),
+        log_file: platform.cluster.log_file.clone(),
+        pgpass_file: platform.layout.pgpass_file(),
+        settings,
+        _runtime: runtime,
+    };
+    // The platform (and its state-dir lock) lives for the whole process.
+    std::mem::forget(platform);
+    tp
+}
+
+/// Start a watchdog that, once this process has exited, stops any cluster under `dir` and
+/// removes it.
+pub fn watch_and_clean(dir: &Path) {
+    let script = r#"
+        while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
+        for pidfile in "$2"/*/postmaster.pid; do
+            [ -f "$pidfile" ] || continue
+            pid=$(head -n 1 "$pidfile")
+            kill -QUIT "$pid" 2>/dev/null
+            for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        done
+        rm -rf "$2"
+    "#;
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("pgaas-test-watchdog")
+        .arg(std::process::id().to_string())
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the cleanup watchdog");
+}
+
+/// Run psql (the real client) with a connection string; returns (success, stdout, stderr).
+pub fn psql(conninfo: &str, sql: &str, env: &[(&str, &Path)]) -> (bool, String, String) {
+    let mut cmd = Command::new("psql");
+    cmd.arg(conninfo).args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+    cmd.env_remove("PGPASSWORD").env("PGCONNECT_TIMEOUT", "10");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("psql is installed (postgresql-client)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// The pgaas binary built for these tests.
+pub fn pgaas_bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgaas"));
+    cmd.env_remove("PGAAS_CONFIG").env("PGAAS_LOG", "warn");
+    cmd
+}
