@@ -31,7 +31,10 @@ fn main() {
         for rel in &found {
             let abs = base.join(rel);
             println!("cargo:rerun-if-changed={}", abs.display());
-            table.push_str(&format!("    ({rel:?}, include_str!({:?})),\n", abs.display().to_string()));
+            table.push_str(&format!(
+                "    ({rel:?}, include_str!({:?})),\n",
+                abs.display().to_string()
+            ));
         }
         table.push_str("]\n");
         files.push((dir, table));

@@ -16,7 +16,10 @@ fn parse_meminfo(text: &str) -> Option<u64> {
 mod tests {
     #[test]
     fn meminfo_is_read_in_megabytes() {
-        assert_eq!(super::parse_meminfo("MemTotal:        1012344 kB\nMemFree: 1 kB\n"), Some(988));
+        assert_eq!(
+            super::parse_meminfo("MemTotal:        1012344 kB\nMemFree: 1 kB\n"),
+            Some(988)
+        );
         assert_eq!(super::parse_meminfo("nothing"), None);
         assert!(super::memory_mb().unwrap() > 0);
     }

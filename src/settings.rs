@@ -255,7 +255,10 @@ pub struct AdminSettings {
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        Self { user: "postgres".into(), password: None }
+        Self {
+            user: "postgres".into(),
+            password: None,
+        }
     }
 }
 
@@ -315,7 +318,10 @@ pub struct TenantSettings {
 
 impl Default for TenantSettings {
     fn default() -> Self {
-        Self { default_max_connections: 20, max_connections_cap: 100 }
+        Self {
+            default_max_connections: 20,
+            max_connections_cap: 100,
+        }
     }
 }
 
@@ -350,7 +356,11 @@ pub struct SettingsErrors(pub Vec<SettingsProblem>);
 impl fmt::Display for SettingsErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(f, "{n} problem{} in the settings:", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{n} problem{} in the settings:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for p in &self.0 {
             writeln!(f, "  {p}")?;
         }

@@ -16,7 +16,9 @@ pub enum Command {
 pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Check => {
-            let shown = config.clone().unwrap_or_else(|| PathBuf::from(crate::settings::DEFAULT_CONFIG_FILE));
+            let shown = config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::settings::DEFAULT_CONFIG_FILE));
             match Settings::load(&LoadOptions::from_process(config)) {
                 Ok(_) => {
                     println!("settings OK ({})", shown.display());

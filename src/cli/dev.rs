@@ -37,7 +37,9 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    if args.install_deps && crate::pg::binaries::PgBinaries::find(settings.postgres.version).is_err() {
+    if args.install_deps
+        && crate::pg::binaries::PgBinaries::find(settings.postgres.version).is_err()
+    {
         install_deps()?;
     }
     let opts = DevOptions {

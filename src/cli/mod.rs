@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use crate::settings::{LoadOptions, Settings};
 
 #[derive(Debug, Parser)]
-#[command(name = "pgaas", version, about = "Self-hosted PostgreSQL-as-a-service in one binary")]
+#[command(
+    name = "pgaas",
+    version,
+    about = "Self-hosted PostgreSQL-as-a-service in one binary"
+)]
 pub struct Cli {
     /// Settings file (default /etc/pgaas/pgaas.yaml when it exists).
     #[arg(long, global = true, env = "PGAAS_CONFIG", value_name = "FILE")]
@@ -66,7 +70,9 @@ pub(crate) fn load_settings(options: LoadOptions) -> Result<Settings, ExitCode> 
 }
 
 pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -40,7 +40,9 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
     };
     let memory_mb = match args.memory_mb.or(settings.postgres.memory_mb) {
         Some(m) => m,
-        None => crate::host::memory_mb().context("reading /proc/meminfo (set postgres.memory_mb)")?,
+        None => {
+            crate::host::memory_mb().context("reading /proc/meminfo (set postgres.memory_mb)")?
+        }
     };
     let mut admin_os_users = vec![settings.postgres.os_user.clone()];
     if !admin_os_users.iter().any(|u| u == "root") {
@@ -56,7 +58,10 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
     };
     let files = render::managed_files(&RenderInputs {
         settings: &settings,
-        facts: HostFacts { pg_version, memory_mb },
+        facts: HostFacts {
+            pg_version,
+            memory_mb,
+        },
         hba: &policy,
         generation: 0,
         pg_config_dir: settings.postgres.config_dir_for(pg_version),

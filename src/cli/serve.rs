@@ -26,7 +26,9 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    let password = settings.control_db_password().context("reading the control DB password file")?;
+    let password = settings
+        .control_db_password()
+        .context("reading the control DB password file")?;
     let rt = super::tokio_runtime()?;
     rt.block_on(async move {
         let pool = control_db::pool(control_db::connect_options(&settings, password.as_ref()), 16);

@@ -52,7 +52,9 @@ pub async fn create(
             return Ok((id, Secret::new(plain.expose())));
         }
     }
-    Err(sqlx::Error::Protocol("could not find a free API key prefix".into()))
+    Err(sqlx::Error::Protocol(
+        "could not find a free API key prefix".into(),
+    ))
 }
 
 /// The first key of a fresh platform: every scope, no expiry.

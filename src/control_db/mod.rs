@@ -38,10 +38,18 @@ pub fn connect_options(settings: &Settings, password: Option<&Secret>) -> PgConn
         .database(&db.name)
         .application_name("pgaas-api");
     opts = if db.host.starts_with('/') {
-        opts.socket(&db.host).port(db.port.unwrap_or(settings.postgres.port))
+        opts.socket(&db.host)
+            .port(db.port.unwrap_or(settings.postgres.port))
     } else {
-        let mode = if db.ssl { PgSslMode::VerifyFull } else { PgSslMode::Prefer };
-        let mut o = opts.host(&db.host).port(db.port.unwrap_or(settings.postgres.port)).ssl_mode(mode);
+        let mode = if db.ssl {
+            PgSslMode::VerifyFull
+        } else {
+            PgSslMode::Prefer
+        };
+        let mut o = opts
+            .host(&db.host)
+            .port(db.port.unwrap_or(settings.postgres.port))
+            .ssl_mode(mode);
         if let Some(ca) = &settings.tls.ca_file {
             o = o.ssl_root_cert(ca);
         }
@@ -69,7 +77,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), ControlDbError> {
 
 /// Whether the control DB answers.
 pub async fn ping(pool: &PgPool) -> bool {
-    sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool).await.is_ok()
+    sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(pool)
+        .await
+        .is_ok()
 }
 
 async fn role_exists(conn: &mut PgConnection, role: &str) -> Result<bool, sqlx::Error> {
@@ -110,7 +121,9 @@ pub async fn bootstrap(
     admin.execute("SET log_statement = 'none'").await?;
 
     if !role_exists(admin, TENANT_GROUP).await? {
-        admin.execute(format!("CREATE ROLE {group_q} NOLOGIN").as_str()).await?;
+        admin
+            .execute(format!("CREATE ROLE {group_q} NOLOGIN").as_str())
+            .await?;
     }
     let password_sql = format!("PASSWORD '{}'", verifier.replace('\'', "''"));
     if role_exists(admin, api).await? {
@@ -144,15 +157,25 @@ pub async fn bootstrap(
             .execute(format!("CREATE DATABASE {control_q} OWNER {api_q} ENCODING 'UTF8'").as_str())
             .await?;
     }
-    admin.execute(format!("REVOKE ALL ON DATABASE {control_q} FROM PUBLIC").as_str()).await?;
-    admin.execute(format!("GRANT ALL ON DATABASE {control_q} TO {api_q}").as_str()).await?;
+    admin
+        .execute(format!("REVOKE ALL ON DATABASE {control_q} FROM PUBLIC").as_str())
+        .await?;
+    admin
+        .execute(format!("GRANT ALL ON DATABASE {control_q} TO {api_q}").as_str())
+        .await?;
     // The API role creates its tables; lock PUBLIC out of the public schema of the control DB.
     let mut control_conn =
         PgConnection::connect_with(&admin_options.clone().database(control)).await?;
     control_conn.execute("SET log_statement = 'none'").await?;
-    control_conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC").await?;
-    control_conn.execute(format!("GRANT ALL ON SCHEMA public TO {api_q}").as_str()).await?;
-    control_conn.execute(format!("ALTER SCHEMA public OWNER TO {api_q}").as_str()).await?;
+    control_conn
+        .execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        .await?;
+    control_conn
+        .execute(format!("GRANT ALL ON SCHEMA public TO {api_q}").as_str())
+        .await?;
+    control_conn
+        .execute(format!("ALTER SCHEMA public OWNER TO {api_q}").as_str())
+        .await?;
     control_conn.close().await?;
     Ok(())
 }

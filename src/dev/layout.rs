@@ -101,7 +101,10 @@ impl DevLayout {
     fn check_traversable(&self) -> anyhow::Result<()> {
         let mut dir = Some(self.root.as_path());
         while let Some(d) = dir {
-            let mode = std::fs::metadata(d).with_context(|| format!("reading {}", d.display()))?.permissions().mode();
+            let mode = std::fs::metadata(d)
+                .with_context(|| format!("reading {}", d.display()))?
+                .permissions()
+                .mode();
             if mode & 0o001 == 0 {
                 if d == self.root {
                     std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o711))
@@ -123,7 +126,13 @@ impl DevLayout {
     }
 
     /// Dev settings: the loaded settings with everything that must live under the state dir.
-    pub fn settings(&self, mut s: Settings, opts: &DevOptions, owner: &OsUser, version: u32) -> Settings {
+    pub fn settings(
+        &self,
+        mut s: Settings,
+        opts: &DevOptions,
+        owner: &OsUser,
+        version: u32,
+    ) -> Settings {
         s.environment = "development".into();
         s.postgres.version = Some(version);
         s.postgres.port = opts.pg_port;

@@ -120,7 +120,15 @@ impl DevPlatform {
             None
         };
 
-        Ok(DevPlatform { layout, settings, cluster, pool, first_api_key, created, _lock: lock })
+        Ok(DevPlatform {
+            layout,
+            settings,
+            cluster,
+            pool,
+            first_api_key,
+            created,
+            _lock: lock,
+        })
     }
 
     /// Stop the cluster (the API is stopped by its caller).
@@ -143,7 +151,10 @@ impl DevPlatform {
             self.cluster.data_dir.display()
         ));
         out.push_str(&format!("  CA file:      {}\n", ca.display()));
-        out.push_str(&format!("  server log:   {}\n", self.cluster.log_file.display()));
+        out.push_str(&format!(
+            "  server log:   {}\n",
+            self.cluster.log_file.display()
+        ));
         if let Some(key) = &self.first_api_key {
             out.push_str(&format!(
                 "\n  API key (shown once, only its hash is stored): {}\n",
@@ -173,12 +184,19 @@ fn progress(msg: &str) {
 }
 
 /// Render pgaas.conf, pg_hba.conf and pg_ident.conf into the cluster; returns whether any changed.
-fn write_managed_files(settings: &Settings, cluster: &LocalCluster, owner: &OsUser) -> anyhow::Result<bool> {
+fn write_managed_files(
+    settings: &Settings,
+    cluster: &LocalCluster,
+    owner: &OsUser,
+) -> anyhow::Result<bool> {
     let policy = base_policy(settings, owner);
     let memory_mb = settings.postgres.memory_mb.unwrap_or(1024);
     let files = render::managed_files(&RenderInputs {
         settings,
-        facts: HostFacts { pg_version: cluster.bin.version, memory_mb },
+        facts: HostFacts {
+            pg_version: cluster.bin.version,
+            memory_mb,
+        },
         hba: &policy,
         generation: 0,
         pg_config_dir: cluster.config_dir().to_path_buf(),
@@ -214,11 +232,20 @@ pub fn base_policy(settings: &Settings, owner: &OsUser) -> HbaPolicy {
 /// `apt-get install` the server packages (root only).
 pub fn install_deps() -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
-        bail!("--install-deps needs root; run: sudo apt-get install postgresql postgresql-contrib pgbouncer");
+        bail!(
+            "--install-deps needs root; run: sudo apt-get install postgresql postgresql-contrib pgbouncer"
+        );
     }
     progress("installing postgresql, postgresql-contrib and pgbouncer with apt-get");
     let status = std::process::Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "postgresql", "postgresql-contrib", "pgbouncer"])
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "postgresql",
+            "postgresql-contrib",
+            "pgbouncer",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .context("running apt-get")?;

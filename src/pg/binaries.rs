@@ -49,7 +49,11 @@ impl PgBinaries {
             (Some(b), _) => Ok(b.clone()),
             (None, Some(w)) if !found.is_empty() => Err(FindError::WrongVersion {
                 wanted: w,
-                found: found.iter().map(|b| b.version.to_string()).collect::<Vec<_>>().join(", "),
+                found: found
+                    .iter()
+                    .map(|b| b.version.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
             (None, _) => Err(FindError::NotFound),
         }
@@ -93,9 +97,15 @@ fn probe(dir: &Path) -> Option<PgBinaries> {
     if !dir.join("initdb").is_file() || !dir.join("postgres").is_file() {
         return None;
     }
-    let out = Command::new(dir.join("postgres")).arg("--version").output().ok()?;
+    let out = Command::new(dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .ok()?;
     let version = parse_version(&String::from_utf8_lossy(&out.stdout))?;
-    Some(PgBinaries { bindir: dir, version })
+    Some(PgBinaries {
+        bindir: dir,
+        version,
+    })
 }
 
 /// `postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` -> 15.
@@ -111,7 +121,10 @@ mod tests {
 
     #[test]
     fn versions_parse_from_real_banners() {
-        assert_eq!(parse_version("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"), Some(15));
+        assert_eq!(
+            parse_version("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
+            Some(15)
+        );
         assert_eq!(parse_version("postgres (PostgreSQL) 17.2\n"), Some(17));
         assert_eq!(parse_version("postgres (PostgreSQL) 16beta1"), Some(16));
         assert_eq!(parse_version("garbage"), None);
@@ -119,6 +132,9 @@ mod tests {
 
     #[test]
     fn unsupported_versions_are_refused_before_searching() {
-        assert!(matches!(PgBinaries::find(Some(9)), Err(FindError::Unsupported(9))));
+        assert!(matches!(
+            PgBinaries::find(Some(9)),
+            Err(FindError::Unsupported(9))
+        ));
     }
 }

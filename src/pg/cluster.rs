@@ -30,18 +30,33 @@ pub enum ClusterError {
         "port {port} is already in use by another program; stop it or choose another port (settings key postgres.port, or --pg-port)"
     )]
     PortTaken { port: u16 },
-    #[error("system user {0:?} does not exist; install PostgreSQL (apt-get install postgresql) which creates it")]
+    #[error(
+        "system user {0:?} does not exist; install PostgreSQL (apt-get install postgresql) which creates it"
+    )]
     NoSuchUser(String),
-    #[error("{dir} holds a PostgreSQL {found} cluster but PostgreSQL {wanted} is installed; remove the directory or install PostgreSQL {found}")]
-    VersionMismatch { dir: PathBuf, found: String, wanted: u32 },
+    #[error(
+        "{dir} holds a PostgreSQL {found} cluster but PostgreSQL {wanted} is installed; remove the directory or install PostgreSQL {found}"
+    )]
+    VersionMismatch {
+        dir: PathBuf,
+        found: String,
+        wanted: u32,
+    },
     #[error("cannot connect to PostgreSQL on socket {socket_dir}/.s.PGSQL.{port}: {source}")]
-    Connect { socket_dir: PathBuf, port: u16, source: sqlx::Error },
+    Connect {
+        socket_dir: PathBuf,
+        port: u16,
+        source: sqlx::Error,
+    },
     #[error("{0}")]
     Sql(#[from] sqlx::Error),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ClusterError + '_ {
-    move |source| ClusterError::Io { path: path.to_path_buf(), source }
+    move |source| ClusterError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// An operating-system account that commands run as.
@@ -55,7 +70,11 @@ pub struct OsUser {
 impl OsUser {
     pub fn lookup(name: &str) -> Result<Self, ClusterError> {
         match nix::unistd::User::from_name(name) {
-            Ok(Some(u)) => Ok(Self { name: u.name, uid: u.uid.as_raw(), gid: u.gid.as_raw() }),
+            Ok(Some(u)) => Ok(Self {
+                name: u.name,
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            }),
             _ => Err(ClusterError::NoSuchUser(name.to_string())),
         }
     }
@@ -63,7 +82,11 @@ impl OsUser {
     pub fn current() -> Result<Self, ClusterError> {
         let uid = nix::unistd::Uid::effective();
         match nix::unistd::User::from_uid(uid) {
-            Ok(Some(u)) => Ok(Self { name: u.name, uid: u.uid.as_raw(), gid: u.gid.as_raw() }),
+            Ok(Some(u)) => Ok(Self {
+                name: u.name,
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            }),
             _ => Err(ClusterError::NoSuchUser(format!("uid {uid}"))),
         }
     }
@@ -142,7 +165,11 @@ impl LocalCluster {
             Command::new(self.bin.tool("initdb"))
                 .arg("-D")
                 .arg(&tmp)
-                .args(["--auth-local=peer", "--auth-host=scram-sha-256", "--data-checksums"])
+                .args([
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
+                    "--data-checksums",
+                ])
                 .args(["--encoding=UTF8", "--locale=C", "--no-instructions"])
                 .arg(format!("--username={}", self.superuser)),
         )?;
@@ -172,11 +199,19 @@ impl LocalCluster {
         // The server must not inherit our working directory if the owner can't enter it.
         cmd.current_dir(self.data_dir.parent().unwrap_or(Path::new("/")));
         let program = format!("{:?}", cmd.get_program());
-        cmd.output().map_err(|e| ClusterError::Command { command: program, detail: e.to_string() })
+        cmd.output().map_err(|e| ClusterError::Command {
+            command: program,
+            detail: e.to_string(),
+        })
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<Output, ClusterError> {
-        self.run(Command::new(self.bin.tool("pg_ctl")).arg("-D").arg(&self.data_dir).args(args))
+        self.run(
+            Command::new(self.bin.tool("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data_dir)
+                .args(args),
+        )
     }
 
     /// The last lines of the server log, for error messages.
@@ -209,7 +244,10 @@ impl LocalCluster {
             if std::time::Instant::now() > deadline {
                 return Err(ClusterError::Command {
                     command: "pg_isready".into(),
-                    detail: format!("server not ready after {timeout:?}; log:\n{}", self.log_tail(20)),
+                    detail: format!(
+                        "server not ready after {timeout:?}; log:\n{}",
+                        self.log_tail(20)
+                    ),
                 });
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -218,9 +256,13 @@ impl LocalCluster {
 
     /// Open a superuser connection over the local socket.
     pub async fn admin_connect(&self, database: &str) -> Result<PgConnection, ClusterError> {
-        PgConnection::connect_with(&self.admin_options().database(database)).await.map_err(|source| {
-            ClusterError::Connect { socket_dir: self.socket_dir.clone(), port: self.port, source }
-        })
+        PgConnection::connect_with(&self.admin_options().database(database))
+            .await
+            .map_err(|source| ClusterError::Connect {
+                socket_dir: self.socket_dir.clone(),
+                port: self.port,
+                source,
+            })
     }
 }
 
@@ -232,7 +274,10 @@ fn check(out: Output, what: &str) -> Result<Output, ClusterError> {
     if detail.is_empty() {
         detail = String::from_utf8_lossy(&out.stdout).trim().to_string();
     }
-    Err(ClusterError::Command { command: what.into(), detail })
+    Err(ClusterError::Command {
+        command: what.into(),
+        detail,
+    })
 }
 
 impl Cluster for LocalCluster {
@@ -257,7 +302,11 @@ impl Cluster for LocalCluster {
         check(out, "pg_ctl start").map_err(|e| match e {
             ClusterError::Command { command, detail } => ClusterError::Command {
                 command,
-                detail: format!("{detail}\nserver log ({}):\n{}", self.log_file.display(), self.log_tail(20)),
+                detail: format!(
+                    "{detail}\nserver log ({}):\n{}",
+                    self.log_file.display(),
+                    self.log_tail(20)
+                ),
             },
             e => e,
         })?;
@@ -268,7 +317,10 @@ impl Cluster for LocalCluster {
         if !self.is_running() {
             return Ok(());
         }
-        check(self.pg_ctl(&["-m", "fast", "-w", "-t", "60", "stop"])?, "pg_ctl stop")?;
+        check(
+            self.pg_ctl(&["-m", "fast", "-w", "-t", "60", "stop"])?,
+            "pg_ctl stop",
+        )?;
         Ok(())
     }
 
@@ -287,12 +339,16 @@ impl Cluster for LocalCluster {
 
 /// `SELECT pg_reload_conf()`, confirmed: returns once `pg_conf_load_time()` has moved.
 pub async fn reload(conn: &mut PgConnection) -> Result<(), ClusterError> {
-    let before: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("SELECT pg_conf_load_time()").fetch_one(&mut *conn).await?;
-    sqlx::query("SELECT pg_reload_conf()").execute(&mut *conn).await?;
+    let before: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT pg_conf_load_time()")
+        .fetch_one(&mut *conn)
+        .await?;
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut *conn)
+        .await?;
     for _ in 0..100 {
-        let now: chrono::DateTime<chrono::Utc> =
-            sqlx::query_scalar("SELECT pg_conf_load_time()").fetch_one(&mut *conn).await?;
+        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT pg_conf_load_time()")
+            .fetch_one(&mut *conn)
+            .await?;
         if now > before {
             return Ok(());
         }

@@ -33,7 +33,10 @@ pub enum TlsError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io { path: path.to_path_buf(), source }
+    move |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Paths of the local CA's files.
@@ -54,7 +57,10 @@ pub struct ServerCertTarget {
 
 impl LocalCa {
     pub fn in_dir(dir: &Path) -> Self {
-        Self { cert_file: dir.join("ca.crt"), key_file: dir.join("ca.key") }
+        Self {
+            cert_file: dir.join("ca.crt"),
+            key_file: dir.join("ca.key"),
+        }
     }
 
     /// Create the CA if it does not exist yet; reuse it otherwise.
@@ -101,7 +107,10 @@ impl LocalCa {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = dn(names.first().map(String::as_str).unwrap_or("localhost"));
         params.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_, _>>()?;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let now = time_now();
         params.not_before = now - time::Duration::days(1);
@@ -160,13 +169,20 @@ fn san(name: &str) -> Result<SanType, rcgen::Error> {
 /// Whether a PEM certificate covers every name, was issued by the CA in `ca_file`, and has more
 /// than [`RENEW_BEFORE_DAYS`] left.
 fn cert_is_current(pem: &str, names: &[String], ca_file: &Path) -> bool {
-    let Some(info) = CertInfo::from_pem(pem) else { return false };
-    let Some(ca) = std::fs::read_to_string(ca_file).ok().and_then(|p| CertInfo::from_pem(&p)) else {
+    let Some(info) = CertInfo::from_pem(pem) else {
+        return false;
+    };
+    let Some(ca) = std::fs::read_to_string(ca_file)
+        .ok()
+        .and_then(|p| CertInfo::from_pem(&p))
+    else {
         return false;
     };
     info.issuer == ca.subject
         && info.days_left() > RENEW_BEFORE_DAYS
-        && names.iter().all(|n| info.sans.iter().any(|s| s.eq_ignore_ascii_case(n)))
+        && names
+            .iter()
+            .all(|n| info.sans.iter().any(|s| s.eq_ignore_ascii_case(n)))
 }
 
 /// What an operator wants to know about a certificate.
@@ -184,7 +200,9 @@ impl CertInfo {
     /// The first certificate (the leaf) of a PEM chain.
     pub fn from_pem(pem: &str) -> Option<Self> {
         use rustls_pki_types::{CertificateDer, pem::PemObject};
-        let der = CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?;
+        let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()?
+            .ok()?;
         Self::from_der(der.as_ref())
     }
 
@@ -225,7 +243,11 @@ impl CertInfo {
 
 /// The names a dev or self-signed server certificate covers.
 pub fn server_names(public_host: &str) -> Vec<String> {
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if !names.iter().any(|n| n == public_host) {
         names.push(public_host.to_string());
     }
@@ -246,20 +268,37 @@ mod tests {
             key_owner: None,
         };
         let names = server_names("db.example.com");
-        assert_eq!(ca.ensure_server_cert(&target, &names).unwrap(), WriteOutcome::Changed);
-        assert_eq!(ca.ensure_server_cert(&target, &names).unwrap(), WriteOutcome::Unchanged);
+        assert_eq!(
+            ca.ensure_server_cert(&target, &names).unwrap(),
+            WriteOutcome::Changed
+        );
+        assert_eq!(
+            ca.ensure_server_cert(&target, &names).unwrap(),
+            WriteOutcome::Unchanged
+        );
 
         let pem = std::fs::read_to_string(&target.cert_file).unwrap();
         let info = CertInfo::from_pem(&pem).unwrap();
         for n in ["localhost", "127.0.0.1", "::1", "db.example.com"] {
-            assert!(info.sans.iter().any(|s| s == n), "{n} missing from {:?}", info.sans);
+            assert!(
+                info.sans.iter().any(|s| s == n),
+                "{n} missing from {:?}",
+                info.sans
+            );
         }
         assert!(info.days_left() > 300);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&target.key_file).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&target.key_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
 
         let more = server_names("other.example.com");
-        assert_eq!(ca.ensure_server_cert(&target, &more).unwrap(), WriteOutcome::Changed);
+        assert_eq!(
+            ca.ensure_server_cert(&target, &more).unwrap(),
+            WriteOutcome::Changed
+        );
     }
 }

@@ -44,6 +44,13 @@ pub fn path_list_item(what: &str, path: &Path) -> Result<String, RenderError> {
     Ok(quote_word(s).replace('%', "%%"))
 }
 
+/// A path-list entry that may be missing: systemd refuses to start a unit whose `ReadWritePaths=`
+/// names a missing directory unless it carries the `-` prefix (inside the quotes, if any).
+fn optional_path_list_item(what: &str, path: &Path) -> Result<String, RenderError> {
+    let s = abs_path(what, path)?;
+    Ok(quote_word(&format!("-{s}")).replace('%', "%%"))
+}
+
 #[derive(Serialize, Debug)]
 struct ApiUnit {
     generation: u64,
@@ -83,7 +90,7 @@ pub fn render_units(
         read_write_paths: vec![
             path_list_item("PostgreSQL config dir", pg_config_dir)?,
             path_list_item("paths.state_dir", &s.paths.state_dir)?,
-            path_list_item("pgbouncer.config_dir", &s.pgbouncer.config_dir)?,
+            optional_path_list_item("pgbouncer.config_dir", &s.pgbouncer.config_dir)?,
         ],
     };
     // Backups run as the cluster's OS user: pg_dump reaches every database by peer over the socket.

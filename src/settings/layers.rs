@@ -198,7 +198,9 @@ fn scalar(key: &str, raw: &str) -> Value {
     }
     if raw.contains(',') && key.ends_with("listen_addresses") {
         return Value::Sequence(
-            raw.split(',').map(|s| Value::String(s.trim().to_string())).collect(),
+            raw.split(',')
+                .map(|s| Value::String(s.trim().to_string()))
+                .collect(),
         );
     }
     match yaml_serde::from_str::<Value>(raw) {
@@ -210,7 +212,12 @@ fn scalar(key: &str, raw: &str) -> Value {
 fn push_single(layers: &mut Vec<Layer>, source: Source, key: &str, value: Value) {
     let mut root = Value::Mapping(Mapping::new());
     set_path(&mut root, key, value);
-    layers.push(Layer { source, value: root, text: None, key: Some(key.to_string()) });
+    layers.push(Layer {
+        source,
+        value: root,
+        text: None,
+        key: Some(key.to_string()),
+    });
 }
 
 /// Set `a.b.c` in a mapping, creating intermediate mappings.
@@ -221,7 +228,9 @@ pub(super) fn set_path(root: &mut Value, key: &str, value: Value) {
         if !matches!(cur, Value::Mapping(_)) {
             *cur = Value::Mapping(Mapping::new());
         }
-        let Value::Mapping(map) = cur else { unreachable!("made a mapping above") };
+        let Value::Mapping(map) = cur else {
+            unreachable!("made a mapping above")
+        };
         let k = Value::String((*part).to_string());
         if i + 1 == parts.len() {
             map.insert(k, value);
@@ -233,7 +242,9 @@ pub(super) fn set_path(root: &mut Value, key: &str, value: Value) {
 
 /// Remove `a.b.c` from a mapping; used to drop a bad key and keep looking for more problems.
 fn remove_path(root: &mut Value, path: &[String]) -> bool {
-    let Some((last, parents)) = path.split_last() else { return false };
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
     let mut cur = root;
     for p in parents {
         match cur {
@@ -336,11 +347,17 @@ fn blame(mut path: Vec<String>, message: &str) -> (Vec<String>, String) {
             if path.last().map(String::as_str) != Some(field) {
                 path.push(field.to_string());
             }
-            let expected = expected.trim_start_matches(", ").trim_start_matches("expected ");
+            let expected = expected
+                .trim_start_matches(", ")
+                .trim_start_matches("expected ");
             return (path, format!("unknown key; valid keys here: {expected}"));
         }
     }
-    let message = message.split(" at line ").next().unwrap_or(message).to_string();
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(message)
+        .to_string();
     (path, message)
 }
 
@@ -365,8 +382,12 @@ pub(super) fn line_of(text: &str, path: &[String]) -> Option<usize> {
                 }
             }
             let key = trimmed.trim_start_matches("- ");
-            let matches = key.strip_prefix(seg.as_str()).is_some_and(|r| r.trim_start().starts_with(':'))
-                || key.strip_prefix(&format!("\"{seg}\"")).is_some_and(|r| r.trim_start().starts_with(':'));
+            let matches = key
+                .strip_prefix(seg.as_str())
+                .is_some_and(|r| r.trim_start().starts_with(':'))
+                || key
+                    .strip_prefix(&format!("\"{seg}\""))
+                    .is_some_and(|r| r.trim_start().starts_with(':'));
             if matches {
                 hit = Some((i, indent));
                 break;

@@ -7,7 +7,10 @@ fn opts(file: Option<PathBuf>, env: &[(&str, &str)]) -> LoadOptions {
         // A path that never exists, so the machine's /etc/pgaas/pgaas.yaml can't leak into tests.
         config_file: Some(file.unwrap_or_else(|| PathBuf::from("/nonexistent/pgaas.yaml"))),
         dotenv_dir: None,
-        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         flags: Vec::new(),
     }
 }
@@ -42,9 +45,24 @@ fn every_problem_in_a_file_is_reported_with_its_line() {
     );
     let err = Settings::load(&opts(Some(file.clone()), &[])).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains(&format!("{}:4: postgres.colour: unknown key", file.display())), "{text}");
-    assert!(text.contains(&format!("{}:7: api.bogus: unknown key", file.display())), "{text}");
-    assert!(text.contains(&format!("{}:9: tenants.max_connections_cap", file.display())), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{}:4: postgres.colour: unknown key",
+            file.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{}:7: api.bogus: unknown key", file.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{}:9: tenants.max_connections_cap",
+            file.display()
+        )),
+        "{text}"
+    );
     assert_eq!(err.0.len(), 3, "{text}");
 }
 
@@ -69,7 +87,11 @@ fn yaml_syntax_errors_carry_a_line() {
 #[test]
 fn environment_overrides_file_and_original_names_apply() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write(&dir, "t.yaml", "postgres:\n  port: 5433\npublic_host: file.example.com\n");
+    let file = write(
+        &dir,
+        "t.yaml",
+        "postgres:\n  port: 5433\npublic_host: file.example.com\n",
+    );
     let s = Settings::load(&opts(
         Some(file),
         &[
@@ -90,7 +112,13 @@ fn environment_overrides_file_and_original_names_apply() {
 
 #[test]
 fn pgaas_variables_beat_original_names_and_flags_beat_both() {
-    let mut o = opts(None, &[("PUBLIC_HOST", "a.example.com"), ("PGAAS_PUBLIC_HOST", "b.example.com")]);
+    let mut o = opts(
+        None,
+        &[
+            ("PUBLIC_HOST", "a.example.com"),
+            ("PGAAS_PUBLIC_HOST", "b.example.com"),
+        ],
+    );
     let dir = tempfile::tempdir().unwrap();
     o.config_file = Some(write(&dir, "e.yaml", ""));
     assert_eq!(Settings::load(&o).unwrap().public_host, "b.example.com");
@@ -110,7 +138,11 @@ fn unknown_environment_keys_are_named() {
 #[test]
 fn dotenv_file_is_read_and_the_environment_wins() {
     let dir = tempfile::tempdir().unwrap();
-    write(&dir, ".env", "DB_HOST=control.example.com\nDB_NAME=ctl\nAPI_KEY=0123456789abcdef0123456789abcdef-from-dotenv\n");
+    write(
+        &dir,
+        ".env",
+        "DB_HOST=control.example.com\nDB_NAME=ctl\nAPI_KEY=0123456789abcdef0123456789abcdef-from-dotenv\n",
+    );
     let mut o = opts(Some(write(&dir, "e.yaml", "")), &[("DB_NAME", "from_env")]);
     o.dotenv_dir = Some(dir.path().to_path_buf());
     let s = Settings::load(&o).unwrap();
@@ -143,7 +175,12 @@ fn hostile_values_are_refused_not_rendered() {
     );
     let err = Settings::load(&opts(Some(file), &[])).unwrap_err();
     let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
-    for k in ["public_host", "control_db.name", "tls.cert_file", "postgres.listen_addresses"] {
+    for k in [
+        "public_host",
+        "control_db.name",
+        "tls.cert_file",
+        "postgres.listen_addresses",
+    ] {
         assert!(keys.contains(&k), "{k} not refused: {err}");
     }
 }

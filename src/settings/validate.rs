@@ -17,10 +17,18 @@ impl Checker<'_> {
         // The highest layer that mentions the key set the value in force.
         let layer = self.layers.iter().rev().find(|l| mentions(&l.value, &path));
         let (source, line) = match layer {
-            Some(l) => (l.source.clone(), l.text.as_deref().and_then(|t| line_of(t, &path))),
+            Some(l) => (
+                l.source.clone(),
+                l.text.as_deref().and_then(|t| line_of(t, &path)),
+            ),
             None => (Source::Defaults, None),
         };
-        self.problems.push(SettingsProblem { source, line, key: key.into(), message: message.into() });
+        self.problems.push(SettingsProblem {
+            source,
+            line,
+            key: key.into(),
+            message: message.into(),
+        });
     }
 
     fn port(&mut self, key: &str, port: u16) {
@@ -45,7 +53,10 @@ impl Checker<'_> {
         if !path.is_absolute() {
             self.fail(key, format!("{s:?} must be an absolute path"));
         } else if s.chars().any(|c| c.is_control()) {
-            self.fail(key, "path must not contain control characters (newlines, tabs, ...)");
+            self.fail(
+                key,
+                "path must not contain control characters (newlines, tabs, ...)",
+            );
         }
     }
 }
@@ -89,21 +100,33 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
     let mut c = Checker { layers, problems };
 
     if !is_host_name(&s.public_host) {
-        c.fail("public_host", format!("{:?} is not a host name or IP address", s.public_host));
+        c.fail(
+            "public_host",
+            format!("{:?} is not a host name or IP address", s.public_host),
+        );
     }
     if s.environment.is_empty() || s.environment.chars().any(|ch| ch.is_control()) {
-        c.fail("environment", "must be a non-empty word such as production or development");
+        c.fail(
+            "environment",
+            "must be a non-empty word such as production or development",
+        );
     }
 
     let pg = &s.postgres;
     if let Some(v) = pg.version {
         if !(15..=17).contains(&v) {
-            c.fail("postgres.version", format!("PostgreSQL {v} is not supported; use 15, 16 or 17"));
+            c.fail(
+                "postgres.version",
+                format!("PostgreSQL {v} is not supported; use 15, 16 or 17"),
+            );
         }
     }
     c.port("postgres.port", pg.port);
     if pg.listen_addresses.is_empty() {
-        c.fail("postgres.listen_addresses", "must name at least one address (\"*\" for all)");
+        c.fail(
+            "postgres.listen_addresses",
+            "must name at least one address (\"*\" for all)",
+        );
     }
     for a in &pg.listen_addresses {
         if a != "*" && !is_host_name(a) {
@@ -127,7 +150,10 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
             c.fail("postgres.memory_mb", "must be at least 256 (MB)");
         }
     }
-    for (key, path) in [("postgres.config_dir", &pg.config_dir), ("postgres.data_dir", &pg.data_dir)] {
+    for (key, path) in [
+        ("postgres.config_dir", &pg.config_dir),
+        ("postgres.data_dir", &pg.data_dir),
+    ] {
         if let Some(p) = path {
             c.abs_path(key, p);
         }
@@ -135,7 +161,10 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
     c.abs_path("postgres.socket_dir", &pg.socket_dir);
     c.ident("postgres.superuser", &pg.superuser);
     if !is_system_user(&pg.os_user) {
-        c.fail("postgres.os_user", format!("{:?} is not a valid system user name", pg.os_user));
+        c.fail(
+            "postgres.os_user",
+            format!("{:?} is not a valid system user name", pg.os_user),
+        );
     }
 
     let pgb = &s.pgbouncer;
@@ -144,20 +173,35 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
         c.fail("pgbouncer.port", "must differ from postgres.port");
     }
     if pgb.listen_addr != "*" && !is_host_name(&pgb.listen_addr) {
-        c.fail("pgbouncer.listen_addr", format!("{:?} is not \"*\", an IP address or a host name", pgb.listen_addr));
+        c.fail(
+            "pgbouncer.listen_addr",
+            format!(
+                "{:?} is not \"*\", an IP address or a host name",
+                pgb.listen_addr
+            ),
+        );
     }
     if pgb.default_pool_size == 0 || pgb.max_client_conn == 0 {
-        c.fail("pgbouncer.default_pool_size", "pool sizes must be at least 1");
+        c.fail(
+            "pgbouncer.default_pool_size",
+            "pool sizes must be at least 1",
+        );
     }
     c.abs_path("pgbouncer.config_dir", &pgb.config_dir);
 
     c.port("api.listen", s.api.listen.port());
     if !is_system_user(&s.api.system_user) {
-        c.fail("api.system_user", format!("{:?} is not a valid system user name", s.api.system_user));
+        c.fail(
+            "api.system_user",
+            format!("{:?} is not a valid system user name", s.api.system_user),
+        );
     }
     if let Some(key) = &s.api.api_key {
         if key.expose().len() < 32 {
-            c.fail("api.api_key", "must be at least 32 characters (use `pgaas key create` instead)");
+            c.fail(
+                "api.api_key",
+                "must be at least 32 characters (use `pgaas key create` instead)",
+            );
         }
     }
     if s.api.max_body_bytes < 1024 {
@@ -168,7 +212,13 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
     if db.host.starts_with('/') {
         c.abs_path("control_db.host", Path::new(&db.host));
     } else if !is_host_name(&db.host) {
-        c.fail("control_db.host", format!("{:?} is not a host name, IP address or socket directory", db.host));
+        c.fail(
+            "control_db.host",
+            format!(
+                "{:?} is not a host name, IP address or socket directory",
+                db.host
+            ),
+        );
     }
     if let Some(p) = db.port {
         c.port("control_db.port", p);
@@ -179,7 +229,10 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
         c.abs_path("control_db.password_file", p);
     }
     if db.user == pg.superuser {
-        c.fail("control_db.user", "the API must not connect as the superuser; use its own role (pgaas_api)");
+        c.fail(
+            "control_db.user",
+            "the API must not connect as the superuser; use its own role (pgaas_api)",
+        );
     }
     c.ident("admin.user", &s.admin.user);
 
@@ -199,15 +252,23 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
     }
 
     let t = &s.tenants;
-    let usable = pg.max_connections.saturating_sub(pg.superuser_reserved_connections);
+    let usable = pg
+        .max_connections
+        .saturating_sub(pg.superuser_reserved_connections);
     if t.max_connections_cap == 0 || t.max_connections_cap >= usable {
         c.fail(
             "tenants.max_connections_cap",
-            format!("must be between 1 and {} (postgres.max_connections minus the reserved ones)", usable.saturating_sub(1)),
+            format!(
+                "must be between 1 and {} (postgres.max_connections minus the reserved ones)",
+                usable.saturating_sub(1)
+            ),
         );
     }
     if t.default_max_connections == 0 || t.default_max_connections > t.max_connections_cap {
-        c.fail("tenants.default_max_connections", "must be between 1 and tenants.max_connections_cap");
+        c.fail(
+            "tenants.default_max_connections",
+            "must be between 1 and tenants.max_connections_cap",
+        );
     }
 }
 

@@ -21,10 +21,23 @@ fn rooted_config(root: &Path) -> String {
 #[test]
 fn render_root_writes_the_whole_file_set() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "public_host: db.example.com\npostgres:\n  version: 15\n  memory_mb: 4096\n");
+    let cfg = write_config(
+        dir.path(),
+        "public_host: db.example.com\npostgres:\n  version: 15\n  memory_mb: 4096\n",
+    );
     let root = dir.path().join("out");
-    let out = pgaas_bin().args(["render", "--config"]).arg(&cfg).arg("--root").arg(&root).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pgaas_bin()
+        .args(["render", "--config"])
+        .arg(&cfg)
+        .arg("--root")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for f in [
         "etc/postgresql/15/main/conf.d/pgaas.conf",
         "etc/postgresql/15/main/pg_hba.conf",
@@ -39,12 +52,24 @@ fn render_root_writes_the_whole_file_set() {
     ] {
         assert!(root.join(f).is_file(), "{f} not rendered");
     }
-    let conf = std::fs::read_to_string(root.join("etc/postgresql/15/main/conf.d/pgaas.conf")).unwrap();
+    let conf =
+        std::fs::read_to_string(root.join("etc/postgresql/15/main/conf.d/pgaas.conf")).unwrap();
     assert!(conf.contains("shared_buffers = 1024MB"), "{conf}");
     assert!(conf.contains("password_encryption = 'scram-sha-256'"));
-    assert!(!conf.lines().any(|l| l.trim_start().starts_with("log_statement")), "{conf}");
+    assert!(
+        !conf
+            .lines()
+            .any(|l| l.trim_start().starts_with("log_statement")),
+        "{conf}"
+    );
     // A second run changes nothing.
-    let out = pgaas_bin().args(["render", "--config"]).arg(&cfg).arg("--root").arg(&root).output().unwrap();
+    let out = pgaas_bin()
+        .args(["render", "--config"])
+        .arg(&cfg)
+        .arg("--root")
+        .arg(&root)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(!stdout.contains(" changed "), "{stdout}");
@@ -65,7 +90,12 @@ fn render_check_reports_a_hand_edit_with_a_diff() {
     };
     assert!(run(false).status.success());
     let clean = run(true);
-    assert_eq!(clean.status.code(), Some(0), "{}", String::from_utf8_lossy(&clean.stderr));
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
 
     let hba = dir.path().join("etc/postgresql/15/main/pg_hba.conf");
     let mut text = std::fs::read_to_string(&hba).unwrap();
@@ -74,7 +104,11 @@ fn render_check_reports_a_hand_edit_with_a_diff() {
     let drift = run(true);
     assert_eq!(drift.status.code(), Some(1));
     let diff = String::from_utf8_lossy(&drift.stdout);
-    assert!(diff.contains("+host all all 0.0.0.0/0 trust") || diff.contains("-host all all 0.0.0.0/0 trust"), "{diff}");
+    assert!(
+        diff.contains("+host all all 0.0.0.0/0 trust")
+            || diff.contains("-host all all 0.0.0.0/0 trust"),
+        "{diff}"
+    );
     assert!(String::from_utf8_lossy(&drift.stderr).contains("pgaas render"));
 
     // render restores it, and keeps the edited file as the previous version.
@@ -85,16 +119,38 @@ fn render_check_reports_a_hand_edit_with_a_diff() {
 #[test]
 fn config_check_names_the_file_and_line_of_every_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "postgres:\n  port: 5432\n  prot: 1\napi:\n  listen: nowhere\n");
-    let out = pgaas_bin().args(["config", "check", "--config"]).arg(&cfg).output().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "postgres:\n  port: 5432\n  prot: 1\napi:\n  listen: nowhere\n",
+    );
+    let out = pgaas_bin()
+        .args(["config", "check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:3: postgres.prot: unknown key", cfg.display())), "{err}");
-    assert!(err.contains(&format!("{}:5: api.listen", cfg.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}:3: postgres.prot: unknown key", cfg.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{}:5: api.listen", cfg.display())),
+        "{err}"
+    );
 
     let good = write_config(dir.path(), "public_host: db.example.com\n");
-    let out = pgaas_bin().args(["config", "check", "--config"]).arg(&good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pgaas_bin()
+        .args(["config", "check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -105,7 +161,13 @@ fn dev_creates_then_reuses_its_cluster_and_recovers_from_a_half_made_one() {
     let run = || {
         pgaas_bin()
             .current_dir(&state)
-            .args(["dev", "--exit-after-start", "--config", "/dev/null", "--state-dir"])
+            .args([
+                "dev",
+                "--exit-after-start",
+                "--config",
+                "/dev/null",
+                "--state-dir",
+            ])
             .arg(&state)
             .arg("--pg-port")
             .arg(free_port().to_string())
@@ -119,7 +181,10 @@ fn dev_creates_then_reuses_its_cluster_and_recovers_from_a_half_made_one() {
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{stderr}");
     assert!(stderr.contains("creating a PostgreSQL"), "{stderr}");
-    assert!(stdout.contains("sslmode=verify-full sslrootcert="), "{stdout}");
+    assert!(
+        stdout.contains("sslmode=verify-full sslrootcert="),
+        "{stdout}"
+    );
     assert!(stdout.contains("API key (shown once"), "{stdout}");
     assert!(!state.join("pgdata.initdb-tmp").exists());
 
@@ -127,8 +192,14 @@ fn dev_creates_then_reuses_its_cluster_and_recovers_from_a_half_made_one() {
     let stdout2 = String::from_utf8_lossy(&second.stdout);
     let stderr2 = String::from_utf8_lossy(&second.stderr);
     assert!(second.status.success(), "{stderr2}");
-    assert!(!stderr2.contains("creating a PostgreSQL"), "cluster was not reused: {stderr2}");
-    assert!(!stdout2.contains("API key (shown once"), "a second key was made: {stdout2}");
+    assert!(
+        !stderr2.contains("creating a PostgreSQL"),
+        "cluster was not reused: {stderr2}"
+    );
+    assert!(
+        !stdout2.contains("API key (shown once"),
+        "a second key was made: {stdout2}"
+    );
 }
 
 #[test]
@@ -137,7 +208,13 @@ fn dev_names_a_taken_port() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let out = pgaas_bin()
-        .args(["dev", "--exit-after-start", "--config", "/dev/null", "--state-dir"])
+        .args([
+            "dev",
+            "--exit-after-start",
+            "--config",
+            "/dev/null",
+            "--state-dir",
+        ])
         .arg(&state)
         .arg("--pg-port")
         .arg(port.to_string())
@@ -145,6 +222,9 @@ fn dev_names_a_taken_port() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("port {port} is already in use")), "{err}");
+    assert!(
+        err.contains(&format!("port {port} is already in use")),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }

@@ -42,12 +42,20 @@ pub fn platform() -> &'static TestPlatform {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A fresh temp dir that the watchdog removes when this process exits.
 pub fn temp_state_dir(tag: &str) -> PathBuf {
-    let dir = tempfile::Builder::new().prefix(&format!("pgaas-it-{tag}-")).tempdir().unwrap().keep();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("pgaas-it-{tag}-"))
+        .tempdir()
+        .unwrap()
+        .keep();
     watch_and_clean(&dir);
     dir
 }
@@ -68,8 +76,17 @@ fn start() -> TestPlatform {
     let state_dir = temp_state_dir("shared");
     let pg_port = free_port();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let opts = DevOptions { state_dir: state_dir.clone(), listen, pg_port, pgbouncer_port: free_port() };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let opts = DevOptions {
+        state_dir: state_dir.clone(),
+        listen,
+        pg_port,
+        pgbouncer_port: free_port(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let platform = runtime.block_on(async {
         let p = DevPlatform::up(test_settings(), &opts).await.unwrap_or_else(|e| {
             panic!("the test platform did not start (is PostgreSQL installed? apt-get install postgresql): {e:#}")
@@ -82,10 +99,20 @@ fn start() -> TestPlatform {
         pgaas::pg::cluster::reload(&mut conn).await.unwrap();
         p
     });
-    let api_key = platform.first_api_key.as_ref().expect("a fresh platform creates a key").expose().to_string();
+    let api_key = platform
+        .first_api_key
+        .as_ref()
+        .expect("a fresh platform creates a key")
+        .expose()
+        .to_string();
     let settings = platform.settings.clone();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).unwrap();
-    let state = AppState { pool: platform.pool.clone(), settings: Arc::new(settings.clone()) };
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .unwrap();
+    let state = AppState {
+        pool: platform.pool.clone(),
+        settings: Arc::new(settings.clone()),
+    };
     runtime.spawn(api::serve(listener, state, std::future::pending()));
     let tp = TestPlatform {
         state_dir,
@@ -118,7 +145,8 @@ pub fn watch_and_clean(dir: &Path) {
         done
         rm -rf "$2"
     "#;
-    Command::new("sh")
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new("sh")
         .arg("-c")
         .arg(script)
         .arg("pgaas-test-watchdog")
@@ -129,12 +157,15 @@ pub fn watch_and_clean(dir: &Path) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn the cleanup watchdog");
+    // Deliberately not waited for: it outlives this process to clean up after it.
+    drop(child);
 }
 
 /// Run psql (the real client) with a connection string; returns (success, stdout, stderr).
 pub fn psql(conninfo: &str, sql: &str, env: &[(&str, &Path)]) -> (bool, String, String) {
     let mut cmd = Command::new("psql");
-    cmd.arg(conninfo).args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+    cmd.arg(conninfo)
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
     cmd.env_remove("PGPASSWORD").env("PGCONNECT_TIMEOUT", "10");
     for (k, v) in env {
         cmd.env(k, v);

@@ -18,7 +18,9 @@ fn health_reports_a_reachable_control_db() {
     let p = platform();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (status, body): (u16, serde_json::Value) = rt.block_on(async {
-        let r = reqwest::get(format!("{}/health", p.base_url)).await.unwrap();
+        let r = reqwest::get(format!("{}/health", p.base_url))
+            .await
+            .unwrap();
         (r.status().as_u16(), r.json().await.unwrap())
     });
     assert_eq!(status, 200, "{body}");
@@ -40,11 +42,18 @@ async fn health_is_503_when_the_control_db_is_down() {
         settings: std::sync::Arc::new(settings),
     };
     let res = pgaas::api::app(state)
-        .oneshot(axum::http::Request::get("/health").body(axum::body::Body::empty()).unwrap())
+        .oneshot(
+            axum::http::Request::get("/health")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(res.status(), 503);
-    let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["status"], "degraded");
     assert_eq!(v["control_db"], "unreachable");
@@ -55,7 +64,12 @@ fn the_printed_psql_line_connects_with_verify_full() {
     let p = platform();
     for host in ["localhost", "127.0.0.1"] {
         let (ok, out, err) = psql(
-            &conninfo(host, &p.settings.control_db.user, &p.settings.control_db.name, "verify-full"),
+            &conninfo(
+                host,
+                &p.settings.control_db.user,
+                &p.settings.control_db.name,
+                "verify-full",
+            ),
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
             &[("PGPASSFILE", p.pgpass_file.as_path())],
         );
@@ -77,7 +91,11 @@ fn a_wrong_ca_fails_verify_full() {
         p.settings.control_db.name,
         ca.cert_file.display()
     );
-    let (ok, _, err) = psql(&conn, "SELECT 1", &[("PGPASSFILE", p.pgpass_file.as_path())]);
+    let (ok, _, err) = psql(
+        &conn,
+        "SELECT 1",
+        &[("PGPASSFILE", p.pgpass_file.as_path())],
+    );
     assert!(!ok);
     assert!(err.contains("certificate verify failed"), "{err}");
 }
@@ -85,13 +103,26 @@ fn a_wrong_ca_fails_verify_full() {
 #[test]
 fn the_superuser_never_logs_in_over_tcp() {
     let p = platform();
-    for (host, mode) in [("127.0.0.1", "require"), ("localhost", "verify-full"), ("127.0.0.1", "disable")] {
-        let (ok, _, err) = psql(&conninfo(host, &p.superuser, "postgres", mode), "SELECT 1", &[]);
+    for (host, mode) in [
+        ("127.0.0.1", "require"),
+        ("localhost", "verify-full"),
+        ("127.0.0.1", "disable"),
+    ] {
+        let (ok, _, err) = psql(
+            &conninfo(host, &p.superuser, "postgres", mode),
+            "SELECT 1",
+            &[],
+        );
         assert!(!ok, "superuser got in over TCP ({host}, {mode})");
         assert!(err.contains("pg_hba.conf"), "{err}");
     }
     // ...but does over the local socket, by peer.
-    let local = format!("host={} port={} user={} dbname=postgres", p.socket_dir.display(), p.pg_port, p.superuser);
+    let local = format!(
+        "host={} port={} user={} dbname=postgres",
+        p.socket_dir.display(),
+        p.pg_port,
+        p.superuser
+    );
     let (ok, out, err) = psql(&local, "SELECT current_user", &[]);
     assert!(ok, "{err}");
     assert_eq!(out, p.superuser);
@@ -101,18 +132,31 @@ fn the_superuser_never_logs_in_over_tcp() {
 fn plaintext_tcp_is_refused_for_everyone() {
     let p = platform();
     let (ok, _, err) = psql(
-        &conninfo("127.0.0.1", &p.settings.control_db.user, &p.settings.control_db.name, "disable"),
+        &conninfo(
+            "127.0.0.1",
+            &p.settings.control_db.user,
+            &p.settings.control_db.name,
+            "disable",
+        ),
         "SELECT 1",
         &[("PGPASSFILE", p.pgpass_file.as_path())],
     );
     assert!(!ok);
-    assert!(err.contains("pg_hba.conf") && err.contains("no encryption"), "{err}");
+    assert!(
+        err.contains("pg_hba.conf") && err.contains("no encryption"),
+        "{err}"
+    );
 }
 
 #[test]
 fn the_api_role_is_not_a_superuser_and_its_password_is_not_logged() {
     let p = platform();
-    let local = format!("host={} port={} user={} dbname=postgres", p.socket_dir.display(), p.pg_port, p.superuser);
+    let local = format!(
+        "host={} port={} user={} dbname=postgres",
+        p.socket_dir.display(),
+        p.pg_port,
+        p.superuser
+    );
     let (ok, out, err) = psql(
         &local,
         &format!(
@@ -123,14 +167,21 @@ fn the_api_role_is_not_a_superuser_and_its_password_is_not_logged() {
     );
     assert!(ok, "{err}");
     assert_eq!(out, "f|t|t");
-    let password = std::fs::read_to_string(p.settings.control_db.password_file.as_ref().unwrap()).unwrap();
+    let password =
+        std::fs::read_to_string(p.settings.control_db.password_file.as_ref().unwrap()).unwrap();
     assert!(password.trim().len() >= 24);
     // Make the server log something with log_statement = 'all', then look for the password.
     let (ok, _, err) = psql(&local, "SELECT 'log-marker'", &[]);
     assert!(ok, "{err}");
     let log = std::fs::read_to_string(&p.log_file).unwrap();
-    assert!(log.contains("log-marker"), "log_statement = 'all' must be in force for this test");
-    assert!(!log.contains(password.trim()), "the API role's password reached the server log");
+    assert!(
+        log.contains("log-marker"),
+        "log_statement = 'all' must be in force for this test"
+    );
+    assert!(
+        !log.contains(password.trim()),
+        "the API role's password reached the server log"
+    );
 }
 
 #[test]
@@ -139,7 +190,10 @@ fn secrets_and_keys_have_private_modes() {
     let p = platform();
     let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&p.settings.tls.key_file), 0o600);
-    assert_eq!(mode(p.settings.control_db.password_file.as_ref().unwrap()), 0o600);
+    assert_eq!(
+        mode(p.settings.control_db.password_file.as_ref().unwrap()),
+        0o600
+    );
     assert_eq!(mode(&p.pgpass_file), 0o600);
     assert_eq!(mode(&p.state_dir.join("secrets")), 0o700);
 }
@@ -155,7 +209,11 @@ fn the_first_api_key_is_stored_only_as_a_hash() {
         p.superuser,
         p.settings.control_db.name
     );
-    let (ok, out, err) = psql(&local, "SELECT key_prefix, encode(key_hash, 'hex'), permissions::text FROM api_keys", &[]);
+    let (ok, out, err) = psql(
+        &local,
+        "SELECT key_prefix, encode(key_hash, 'hex'), permissions::text FROM api_keys",
+        &[],
+    );
     assert!(ok, "{err}");
     assert!(!out.contains(&p.api_key), "plaintext key stored");
     let prefix = &p.api_key[6..14];
