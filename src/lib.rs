@@ -13,3 +13,4 @@ pub mod model;
 pub mod pg;
 pub mod render;
 pub mod settings;
+pub mod tenant;

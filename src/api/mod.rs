@@ -12,13 +12,21 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 pub use error::ApiError;
 
-use crate::settings::Settings;
+use crate::{settings::Settings, tenant::TenantService};
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
+    pub tenants: TenantService,
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, settings: Arc<Settings>) -> Self {
+        let tenants = TenantService::new(pool.clone(), settings.clone());
+        Self { pool, settings, tenants }
+    }
 }
 
 /// The whole API. Tests drive it with `tower::ServiceExt::oneshot`; `serve` binds it to a socket.

@@ -62,7 +62,7 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         println!("{}", platform.summary());
-        let state = AppState { pool: platform.pool.clone(), settings: Arc::new(platform.settings.clone()) };
+        let state = AppState::new(platform.pool.clone(), Arc::new(platform.settings.clone()));
         if args.exit_after_start {
             drop(listener);
         } else {

@@ -39,7 +39,7 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", settings.api.listen))?;
         tracing::info!(listen = %settings.api.listen, "API listening");
-        let state = AppState { pool, settings: Arc::new(settings) };
+        let state = AppState::new(pool, Arc::new(settings));
         api::serve(listener, state, super::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })

@@ -109,10 +109,7 @@ fn start() -> TestPlatform {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(listen))
         .unwrap();
-    let state = AppState {
-        pool: platform.pool.clone(),
-        settings: Arc::new(settings.clone()),
-    };
+    let state = AppState::new(platform.pool.clone(), Arc::new(settings.clone()));
     runtime.spawn(api::serve(listener, state, std::future::pending()));
     let tp = TestPlatform {
         state_dir,

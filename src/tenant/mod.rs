@@ -1,0 +1,48 @@
+//! Tenants: provisioning, changes, password rotation, deletion, stats and the reconciler. The
+//! API and the CLI both call this layer; it owns the order of every step so that a crash at any
+//! point leaves work the reconciler can finish or undo.
+//!
+//! Provisioning: the row first (status `provisioning`, unique names with 64 random bits), then the
+//! role (SCRAM verifier computed here, commented with the tenant id so only pgaas-made objects
+//! are ever dropped), then the database (owned by the role, connection limit, CONNECT revoked
+//! from PUBLIC), then the row becomes `active` together with its audit row. A failure undoes only
+//! what this request created. Deletion: `deleting`, connections blocked, `DROP DATABASE ... WITH
+//! (FORCE)`, role dropped, row removed; the audit row stays.
+
+pub mod audit;
+mod lifecycle;
+mod reconcile;
+mod stats;
+mod types;
+
+pub use audit::{AuditContext, AuditEntry, AuditFilter};
+pub use reconcile::ReconcileReport;
+pub use stats::{StatsCollector, TenantStats, size_pretty};
+pub use types::*;
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::settings::Settings;
+
+/// The tenant service: the control DB pool (the API role, which also issues the DDL) and settings.
+#[derive(Clone)]
+pub struct TenantService {
+    pub(crate) pool: PgPool,
+    pub(crate) settings: Arc<Settings>,
+}
+
+impl TenantService {
+    pub fn new(pool: PgPool, settings: Arc<Settings>) -> Self {
+        Self { pool, settings }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}

@@ -1,0 +1,96 @@
+//! The tenant layer's values and errors.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::model::{DbName, FriendlyName, OwnerEmail, RoleName, TenantId, TenantPassword, TenantStatus, ValidationError};
+
+/// A tenant database as the control DB records it (never its password).
+#[derive(Clone, Debug, Serialize)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub database_name: DbName,
+    pub username: RoleName,
+    pub owner_email: String,
+    pub friendly_name: String,
+    pub max_connections: i32,
+    pub status: TenantStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a create request asks for, already validated.
+#[derive(Clone, Debug)]
+pub struct NewTenant {
+    pub friendly_name: FriendlyName,
+    pub owner_email: OwnerEmail,
+    /// `None`: the configured default.
+    pub max_connections: Option<u32>,
+}
+
+/// A partial update (PATCH); `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct TenantPatch {
+    pub friendly_name: Option<FriendlyName>,
+    pub owner_email: Option<OwnerEmail>,
+    pub max_connections: Option<u32>,
+}
+
+impl TenantPatch {
+    pub fn is_empty(&self) -> bool {
+        self.friendly_name.is_none() && self.owner_email.is_none() && self.max_connections.is_none()
+    }
+}
+
+/// A freshly provisioned tenant and its password, which is shown once and never stored.
+#[derive(Debug)]
+pub struct Provisioned {
+    pub tenant: Tenant,
+    pub password: TenantPassword,
+}
+
+/// Listing: filters and a page. `cursor` (from the previous page's `next_cursor`) wins over
+/// `offset`.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub status: Option<TenantStatus>,
+    pub owner_email: Option<String>,
+    pub limit: u32,
+    pub offset: u64,
+    pub cursor: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TenantPage {
+    pub items: Vec<Tenant>,
+    /// All rows matching the filters, not just this page.
+    pub total: i64,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+pub const DEFAULT_PAGE: u32 = 100;
+pub const MAX_PAGE: u32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("database {0} not found")]
+    NotFound(TenantId),
+    #[error("{0}")]
+    Validation(#[from] ValidationError),
+    #[error("{0}")]
+    Conflict(String),
+    /// The tenant is in a state that does not allow the operation (e.g. still provisioning).
+    #[error("{0}")]
+    State(String),
+    #[error("control database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl TenantError {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
+        TenantError::Internal(e.to_string())
+    }
+}
