@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use layers::{Layer, Source};
 pub use validate::{is_host_name, is_plain_identifier};
@@ -40,6 +40,13 @@ impl Secret {
     }
 }
 
+/// Serialises masked: settings written back to a file never carry a secret (use `*_file`).
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("\"***\"")
@@ -54,7 +61,7 @@ impl fmt::Display for Secret {
 
 /// Everything pgaas can be told. Every struct rejects unknown keys and fills missing ones with
 /// defaults, so a settings file only names what it changes.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Host name written into tenant connection strings and into the server certificate
@@ -89,7 +96,7 @@ impl Default for Settings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresSettings {
     /// Major version to manage; detected from the installed server binaries when absent.
@@ -146,7 +153,7 @@ impl PostgresSettings {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     Session,
@@ -164,7 +171,7 @@ impl PoolMode {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PgBouncerSettings {
     pub enabled: bool,
@@ -191,7 +198,7 @@ impl Default for PgBouncerSettings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
@@ -201,6 +208,10 @@ pub struct ApiSettings {
     /// The system user `pgaas-api.service` runs as.
     pub system_user: String,
     pub max_body_bytes: usize,
+    /// How often usage rows are written to `database_stats`.
+    pub stats_interval_secs: u64,
+    /// How often database sizes are recomputed (`pg_database_size` walks the files).
+    pub stats_size_interval_secs: u64,
 }
 
 impl Default for ApiSettings {
@@ -210,12 +221,14 @@ impl Default for ApiSettings {
             api_key: None,
             system_user: "pgaas".into(),
             max_body_bytes: 64 * 1024,
+            stats_interval_secs: 60,
+            stats_size_interval_secs: 300,
         }
     }
 }
 
 /// How the API reaches the control database (the original's `DB_*` names).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlDbSettings {
     /// A host name, an IP address, or an absolute socket directory.
@@ -246,7 +259,7 @@ impl Default for ControlDbSettings {
 
 /// The original's `PG_ADMIN_*`. pgaas itself reaches the superuser by peer over the local socket;
 /// a password is accepted for compatibility and never sent over TCP.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
     pub user: String,
@@ -262,7 +275,7 @@ impl Default for AdminSettings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSettings {
     /// Full chain, PEM. PostgreSQL and PgBouncer both point here.
@@ -283,7 +296,7 @@ impl Default for TlsSettings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PathSettings {
     pub state_dir: PathBuf,
@@ -306,7 +319,7 @@ impl Default for PathSettings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantSettings {
     /// `maxConnections` when a request gives none (the original's 20).
@@ -411,6 +424,16 @@ impl Settings {
             Some(s) if problems.is_empty() => Ok(s),
             _ => Err(SettingsErrors(problems)),
         }
+    }
+
+    /// YAML for a settings file, without any secret (secrets are dropped, not masked, so the file
+    /// loads again).
+    pub fn to_yaml_without_secrets(&self) -> String {
+        let mut s = self.clone();
+        s.api.api_key = None;
+        s.admin.password = None;
+        s.control_db.password = None;
+        yaml_serde::to_string(&s).unwrap_or_default()
     }
 
     /// The control DB password: inline value, else the password file, else none.

@@ -66,7 +66,9 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         if args.exit_after_start {
             drop(listener);
         } else {
+            let stats = super::start_background(&state).await;
             api::serve(listener, state, super::shutdown_signal()).await.context("serving the API")?;
+            stats.abort();
         }
         eprintln!("==> stopping PostgreSQL");
         platform.pool.close().await;

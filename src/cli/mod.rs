@@ -75,6 +75,22 @@ pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// What the API does before it answers: finish or undo half-done work, then keep usage stats.
+pub(crate) async fn start_background(state: &crate::api::AppState) -> tokio::task::JoinHandle<()> {
+    match state.tenants.reconcile(std::time::Duration::ZERO).await {
+        Ok(report) if !report.is_clean() => tracing::warn!(?report, "reconciler acted at start"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reconciler could not run at start; run `pgaas doctor`"),
+    }
+    let api = &state.settings.api;
+    crate::tenant::StatsCollector::new(
+        state.tenants.clone(),
+        std::time::Duration::from_secs(api.stats_interval_secs),
+        std::time::Duration::from_secs(api.stats_size_interval_secs),
+    )
+    .spawn()
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {

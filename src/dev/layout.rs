@@ -52,6 +52,10 @@ impl DevLayout {
     pub fn pgpass_file(&self) -> PathBuf {
         self.secrets_dir().join("pgpass")
     }
+    /// The effective settings of this platform, for other commands' `--config`.
+    pub fn settings_file(&self) -> PathBuf {
+        self.root.join("pgaas.yaml")
+    }
     fn lock_file(&self) -> PathBuf {
         self.root.join("dev.lock")
     }

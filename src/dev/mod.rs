@@ -112,6 +112,9 @@ impl DevPlatform {
         let pool = control_db::pool(control_db::connect_options(&settings, Some(&password)), 8);
         control_db::migrate(&pool).await?;
         layout.write_pgpass(&settings, &password)?;
+        // The effective settings, so every other command can reach this platform with
+        // `pgaas --config <state>/pgaas.yaml ...`.
+        render::write_if_changed(&layout.settings_file(), &settings.to_yaml_without_secrets(), 0o644)?;
 
         let first_api_key = if control_db::api_keys::count_active(&pool).await? == 0 {
             let key = control_db::api_keys::create_admin_key(&pool, "pgaas dev").await?;
@@ -170,9 +173,10 @@ impl DevPlatform {
             s.control_db.user,
             ca.display()
         ));
+        out.push_str(&format!("\n  Health:       curl http://{}/health\n", s.api.listen));
         out.push_str(&format!(
-            "\n  Health:       curl http://{}/health\n",
-            s.api.listen
+            "  CLI:          pgaas --config {} db list\n",
+            self.layout.settings_file().display()
         ));
         out.push_str("\n  Stop with Ctrl-C (stops the API and the cluster).\n");
         out

@@ -1,5 +1,8 @@
 //! Integration tests against real servers: one binary, one shared platform (see `harness`).
 
+mod api;
 mod cli;
 mod harness;
+mod isolation;
 mod platform;
+mod tenants;
