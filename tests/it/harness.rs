@@ -38,7 +38,9 @@ static PLATFORM: OnceLock<TestPlatform> = OnceLock::new();
 
 /// The shared platform, started on first use.
 pub fn platform() -> &'static TestPlatform {
-    PLATFORM.get_or_init(start)
+    // Started on a thread of its own: tests may call this from inside their own runtime, where
+    // blocking on another one is not allowed.
+    PLATFORM.get_or_init(|| std::thread::spawn(start).join().expect("the test platform failed to start"))
 }
 
 pub fn free_port() -> u16 {
