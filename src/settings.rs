@@ -182,6 +182,8 @@ pub struct PgBouncerSettings {
     pub default_pool_size: u32,
     pub max_client_conn: u32,
     pub config_dir: PathBuf,
+    pub pidfile: PathBuf,
+    pub logfile: PathBuf,
 }
 
 impl Default for PgBouncerSettings {
@@ -194,6 +196,8 @@ impl Default for PgBouncerSettings {
             default_pool_size: 25,
             max_client_conn: 1000,
             config_dir: PathBuf::from("/etc/pgbouncer"),
+            pidfile: PathBuf::from("/var/run/postgresql/pgbouncer.pid"),
+            logfile: PathBuf::from("/var/log/postgresql/pgbouncer.log"),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! One error type for every handler. Each variant names its HTTP status; the body is always
-//! `{success: false, error, message, code}`, and database detail is logged, never sent.
+//! `{success: false, error, message, code}` (plus `field` for a validation failure), and database
+//! detail is logged, never sent. The tenant layer's errors are mapped here and nowhere else, so a
+//! new `TenantError` variant cannot reach a client unmapped.
 
 use axum::{
     Json,
@@ -7,6 +9,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
+
+use crate::{model::ValidationError, tenant::TenantError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -19,9 +23,14 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     Unprocessable(String),
+    /// A field that failed validation; the body also names the field.
+    #[error("{0}")]
+    Invalid(ValidationError),
     #[error("Request body too large")]
     PayloadTooLarge,
     #[error("{0}")]
@@ -37,8 +46,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unprocessable(_) | ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -52,18 +62,42 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
-            ApiError::Unprocessable(_) => "validation_failed",
+            ApiError::Unprocessable(_) | ApiError::Invalid(_) => "validation_failed",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
+    }
+
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Invalid(ValidationError::new(field, message))
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         ApiError::Internal(e.into())
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::Invalid(e)
+    }
+}
+
+impl From<TenantError> for ApiError {
+    fn from(e: TenantError) -> Self {
+        match e {
+            TenantError::NotFound(id) => ApiError::NotFound(format!("Database {id} not found")),
+            TenantError::EntryNotFound(id) => ApiError::NotFound(format!("Allow-list entry {id} not found")),
+            TenantError::Validation(v) => ApiError::Invalid(v),
+            TenantError::Conflict(m) | TenantError::State(m) => ApiError::Conflict(m),
+            TenantError::Db(e) => ApiError::Internal(e.into()),
+            TenantError::Internal(m) => ApiError::Internal(anyhow::anyhow!(m)),
+        }
     }
 }
 
@@ -74,12 +108,45 @@ impl IntoResponse for ApiError {
             tracing::error!(error = format!("{e:#}"), "request failed");
         }
         let error = status.canonical_reason().unwrap_or("Error");
-        let body = json!({
+        let mut body = json!({
             "success": false,
             "error": error,
             "message": self.to_string(),
             "code": self.code(),
         });
+        if let ApiError::Invalid(v) = &self {
+            body["field"] = json!(v.field);
+        }
         (status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TenantId;
+
+    #[test]
+    fn tenant_errors_map_to_their_statuses() {
+        let id = TenantId::new_random();
+        let cases = [
+            (TenantError::NotFound(id), 404),
+            (TenantError::Validation(ValidationError::new("ownerEmail", "bad")), 422),
+            (TenantError::Conflict("taken".into()), 409),
+            (TenantError::State("provisioning".into()), 409),
+            (TenantError::Db(sqlx::Error::RowNotFound), 500),
+            (TenantError::Internal("boom".into()), 500),
+        ];
+        for (e, status) in cases {
+            assert_eq!(ApiError::from(e).status().as_u16(), status);
+        }
+    }
+
+    #[test]
+    fn database_detail_never_reaches_the_body() {
+        let e = ApiError::from(TenantError::Db(sqlx::Error::Protocol("relation \"secret_table\"".into())));
+        assert_eq!(e.to_string(), "internal error");
+        let v = ApiError::from(TenantError::Validation(ValidationError::new("maxConnections", "too big")));
+        assert_eq!(v.to_string(), "maxConnections: too big");
     }
 }

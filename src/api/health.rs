@@ -1,13 +1,27 @@
 //! `GET /health`: the original's `{status, timestamp, environment}`, plus whether the control
 //! database answers; 503 when it does not, so load balancers and systemd checks can act on it.
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Json,
+    extract::State,
+    http::{Method, StatusCode},
+};
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::{
+    AppState,
+    endpoint::{Doc, Endpoint, public},
+};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health))
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![public(Method::GET, "/health", health, Doc {
+        operation_id: "health",
+        tag: "service",
+        summary: "Liveness and control-database reachability; 503 when the control DB does not answer.",
+        ok: (200, "Health"),
+        errors: &[503],
+        ..Doc::DEFAULT
+    })]
 }
 
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {

@@ -62,7 +62,9 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         println!("{}", platform.summary());
-        let state = AppState::new(platform.pool.clone(), Arc::new(platform.settings.clone()));
+        let mut state = AppState::new(platform.pool.clone(), Arc::new(platform.settings.clone()))
+            .with_pooler_available(platform.pooler_available());
+        state.tenants = platform.tenants();
         if args.exit_after_start {
             drop(listener);
         } else {

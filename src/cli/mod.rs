@@ -2,7 +2,10 @@
 //! library code. Only this module knows clap.
 
 mod config;
+mod db;
 mod dev;
+mod doctor;
+mod key;
 mod render;
 mod serve;
 
@@ -37,6 +40,14 @@ pub enum Command {
     /// Inspect the settings.
     #[command(subcommand)]
     Config(config::Command),
+    /// Tenant databases: list, show, create, delete.
+    #[command(subcommand)]
+    Db(db::Command),
+    /// API keys: create, list, revoke.
+    #[command(subcommand)]
+    Key(key::Command),
+    /// Check the control DB and migrations, finish or undo stuck work, report orphans.
+    Doctor(doctor::Args),
 }
 
 /// Parse, dispatch, and turn errors into the right exit code with the whole error chain.
@@ -47,6 +58,9 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(cli.config, args),
         Command::Render(args) => render::run(cli.config, args),
         Command::Config(cmd) => config::run(cli.config, cmd),
+        Command::Db(cmd) => db::run(cli.config, cmd),
+        Command::Key(cmd) => key::run(cli.config, cmd),
+        Command::Doctor(args) => doctor::run(cli.config, args),
     };
     match result {
         Ok(code) => code,

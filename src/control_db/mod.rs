@@ -144,9 +144,6 @@ pub async fn bootstrap(
     for stmt in [
         format!("GRANT {group_q} TO {api_q} WITH ADMIN OPTION"),
         format!("GRANT pg_read_all_stats, pg_signal_backend TO {api_q}"),
-        format!("GRANT EXECUTE ON FUNCTION pg_catalog.pg_reload_conf() TO {api_q}"),
-        format!("GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {api_q}"),
-        format!("GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO {api_q}"),
         // Nobody but the superuser and the owner connects to the maintenance databases.
         "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC".to_string(),
     ] {
@@ -176,6 +173,34 @@ pub async fn bootstrap(
     control_conn
         .execute(format!("ALTER SCHEMA public OWNER TO {api_q}").as_str())
         .await?;
+    // PgBouncer's auth_file needs the tenants' SCRAM verifiers, which only pg_authid holds. A
+    // superuser-owned SECURITY DEFINER function in a schema the API role cannot change hands
+    // exactly those (members of the tenant group, nothing else) to the API role alone.
+    let group_lit = crate::pg::quote::quote_literal(TENANT_GROUP)
+        .map_err(|e| ControlDbError::Invalid(e.to_string()))?;
+    for stmt in [
+        // Catalog objects are per database: the API reloads and validates from the control DB.
+        format!("GRANT EXECUTE ON FUNCTION pg_catalog.pg_reload_conf() TO {api_q}"),
+        format!("GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {api_q}"),
+        format!("GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO {api_q}"),
+        "CREATE SCHEMA IF NOT EXISTS pgaas_priv".to_string(),
+        "REVOKE ALL ON SCHEMA pgaas_priv FROM PUBLIC".to_string(),
+        format!("GRANT USAGE ON SCHEMA pgaas_priv TO {api_q}"),
+        format!(
+            "CREATE OR REPLACE FUNCTION pgaas_priv.tenant_secrets() RETURNS TABLE (rolname text, rolpassword text)
+             LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+               SELECT a.rolname::text, a.rolpassword FROM pg_authid a
+               JOIN pg_auth_members m ON m.member = a.oid
+               WHERE m.roleid = (SELECT oid FROM pg_roles WHERE rolname = {group_lit})
+                 AND a.rolpassword LIKE 'SCRAM-SHA-256$%'
+               ORDER BY 1
+             $fn$"
+        ),
+        "REVOKE ALL ON FUNCTION pgaas_priv.tenant_secrets() FROM PUBLIC".to_string(),
+        format!("GRANT EXECUTE ON FUNCTION pgaas_priv.tenant_secrets() TO {api_q}"),
+    ] {
+        control_conn.execute(stmt.as_str()).await?;
+    }
     control_conn.close().await?;
     Ok(())
 }

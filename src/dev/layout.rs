@@ -149,6 +149,8 @@ impl DevLayout {
         s.pgbouncer.port = opts.pgbouncer_port;
         s.pgbouncer.listen_addr = "127.0.0.1".into();
         s.pgbouncer.config_dir = self.root.join("pgbouncer");
+        s.pgbouncer.pidfile = self.socket_dir().join("pgbouncer.pid");
+        s.pgbouncer.logfile = self.root.join("log").join("pgbouncer.log");
         s.api.listen = opts.listen;
         s.control_db.host = self.socket_dir().to_string_lossy().into_owned();
         s.control_db.port = Some(opts.pg_port);

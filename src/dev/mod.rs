@@ -11,6 +11,7 @@ mod layout;
 use std::{
     fs::File,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{Context, bail};
@@ -20,14 +21,19 @@ pub use layout::DevLayout;
 
 use crate::{
     control_db,
-    hba::HbaPolicy,
+    hba::{
+        HbaPolicy,
+        apply::{HbaApplier, PoolerFiles, PoolerReload},
+    },
     pg::{
         binaries::PgBinaries,
         cluster::{Cluster, LocalCluster, OsUser},
+        pgbouncer::LocalPgBouncer,
         tls::{LocalCa, ServerCertTarget, server_names},
     },
     render::{self, HostFacts, RenderInputs, WriteOutcome},
     settings::{Secret, Settings},
+    tenant::TenantService,
 };
 
 /// What `pgaas dev` needs to know beyond the settings file.
@@ -49,6 +55,10 @@ pub struct DevPlatform {
     pub first_api_key: Option<Secret>,
     /// Whether this run created the cluster (false when it reused one).
     pub created: bool,
+    /// PgBouncer, when it is installed.
+    pub pgbouncer: Option<LocalPgBouncer>,
+    /// Writes pg_hba.conf and PgBouncer's files from the control DB.
+    pub hba: HbaApplier,
     _lock: nix::fcntl::Flock<File>,
 }
 
@@ -94,7 +104,8 @@ impl DevPlatform {
             cluster.init()?
         };
 
-        let changed = write_managed_files(&settings, &cluster, &owner)?;
+        let bouncer_bin = crate::pg::pgbouncer::find_binary();
+        let changed = write_managed_files(&settings, &cluster, &owner, bouncer_bin.is_some())?;
         if cluster.is_running() {
             if changed {
                 let mut conn = cluster.admin_connect("postgres").await?;
@@ -116,6 +127,37 @@ impl DevPlatform {
         // `pgaas --config <state>/pgaas.yaml ...`.
         render::write_if_changed(&layout.settings_file(), &settings.to_yaml_without_secrets(), 0o644)?;
 
+        let pgbouncer = bouncer_bin.map(|binary| LocalPgBouncer {
+            binary,
+            ini: settings.pgbouncer.config_dir.join("pgbouncer.ini"),
+            pidfile: settings.pgbouncer.pidfile.clone(),
+            port: settings.pgbouncer.port,
+            owner: owner.clone(),
+        });
+        let hba = HbaApplier {
+            base: base_policy(&settings, &owner),
+            pg_hba_file: cluster.config_dir().join("pg_hba.conf"),
+            pgbouncer: pgbouncer.as_ref().map(|_| PoolerFiles {
+                hba_file: settings.pgbouncer.config_dir.join("pgbouncer_hba.conf"),
+                userlist_file: settings.pgbouncer.config_dir.join("userlist.txt"),
+                admin_user: settings.postgres.superuser.clone(),
+            }),
+            pooler: pgbouncer.clone().map(|p| Arc::new(p) as Arc<dyn PoolerReload>),
+            file_owner: Some((owner.uid, owner.gid)),
+            userlist_lock: Arc::default(),
+        };
+        progress("access rules: pg_hba.conf from the control DB");
+        hba.sync(&pool).await?;
+        if let Some(p) = &pgbouncer {
+            if !p.is_running() {
+                progress(&format!("starting PgBouncer on port {}", p.port));
+                if let Err(e) = p.start() {
+                    cluster.stop().ok();
+                    return Err(e.into());
+                }
+            }
+        }
+
         let first_api_key = if control_db::api_keys::count_active(&pool).await? == 0 {
             let key = control_db::api_keys::create_admin_key(&pool, "pgaas dev").await?;
             Some(key)
@@ -130,12 +172,27 @@ impl DevPlatform {
             pool,
             first_api_key,
             created,
+            pgbouncer,
+            hba,
             _lock: lock,
         })
     }
 
-    /// Stop the cluster (the API is stopped by its caller).
+    /// The tenant service of this platform, managing its hba files.
+    pub fn tenants(&self) -> TenantService {
+        TenantService::new(self.pool.clone(), Arc::new(self.settings.clone())).with_hba(self.hba.clone())
+    }
+
+    /// Whether pooled (`DATABASE_URL`) connections are available.
+    pub fn pooler_available(&self) -> bool {
+        self.pgbouncer.as_ref().is_some_and(LocalPgBouncer::is_running)
+    }
+
+    /// Stop PgBouncer and the cluster (the API is stopped by its caller).
     pub fn down(&self) -> anyhow::Result<()> {
+        if let Some(p) = &self.pgbouncer {
+            p.stop();
+        }
         self.cluster.stop()?;
         Ok(())
     }
@@ -153,6 +210,10 @@ impl DevPlatform {
             self.cluster.port,
             self.cluster.data_dir.display()
         ));
+        match &self.pgbouncer {
+            Some(p) => out.push_str(&format!("  PgBouncer:    port {} (TLS required)\n", p.port)),
+            None => out.push_str("  PgBouncer:    not installed (apt-get install pgbouncer for pooled URLs)\n"),
+        }
         out.push_str(&format!("  CA file:      {}\n", ca.display()));
         out.push_str(&format!(
             "  server log:   {}\n",
@@ -187,11 +248,14 @@ fn progress(msg: &str) {
     eprintln!("==> {msg}");
 }
 
-/// Render pgaas.conf, pg_hba.conf and pg_ident.conf into the cluster; returns whether any changed.
+/// Render pgaas.conf, pg_ident.conf (and PgBouncer's ini) into place; returns whether any changed.
+/// The hba files are written here only when missing: once the control DB is up, they come from
+/// its rows (`HbaApplier::sync`), and a restart must never fall back to rules without allow-lists.
 fn write_managed_files(
     settings: &Settings,
     cluster: &LocalCluster,
     owner: &OsUser,
+    include_pgbouncer: bool,
 ) -> anyhow::Result<bool> {
     let policy = base_policy(settings, owner);
     let memory_mb = settings.postgres.memory_mb.unwrap_or(1024);
@@ -205,8 +269,17 @@ fn write_managed_files(
         generation: 0,
         pg_config_dir: cluster.config_dir().to_path_buf(),
         include_systemd: false,
-        include_pgbouncer: false,
+        include_pgbouncer,
     })?;
+    let files: Vec<_> = files
+        .into_iter()
+        .filter(|f| {
+            let hba = f.path.file_name().is_some_and(|n| n == "pg_hba.conf" || n == "pgbouncer_hba.conf");
+            // initdb's own pg_hba.conf is not ours: replace it.
+            let ours = std::fs::read_to_string(&f.path).is_ok_and(|t| t.starts_with("# pgaas managed"));
+            !(hba && ours)
+        })
+        .collect();
     let results = render::write_all(&files, None)?;
     for (path, _) in &results {
         owner.chown(path)?;

@@ -7,6 +7,7 @@
 //! turned into text, quoted for the target dialect, when a file is rendered (`file`), and any name
 //! or construct a dialect cannot express is refused there rather than written approximately.
 
+pub mod apply;
 mod compile;
 mod eval;
 mod file;

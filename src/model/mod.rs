@@ -3,6 +3,7 @@
 //! here does I/O except drawing randomness from the OS CSPRNG; constructors validate, so a value
 //! of one of these types is always well-formed and safe to hand to the SQL or rendering layers.
 
+pub mod allow;
 pub mod api_key;
 pub mod ids;
 pub mod input;
@@ -10,6 +11,7 @@ pub mod names;
 pub mod secret;
 pub mod status;
 
+pub use allow::AllowEntry;
 pub use api_key::{ApiKey, ApiKeyRecord, PlaintextApiKey, Scope};
 pub use ids::TenantId;
 pub use input::{FriendlyName, OwnerEmail, ValidationError};

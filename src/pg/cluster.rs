@@ -292,6 +292,8 @@ impl Cluster for LocalCluster {
         self.owner.chown(&self.socket_dir)?;
         if let Some(dir) = self.log_file.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            // The server's companions (PgBouncer) log beside it, as the same user.
+            self.owner.chown(dir)?;
         }
         if !self.log_file.exists() {
             std::fs::write(&self.log_file, "").map_err(io_err(&self.log_file))?;

@@ -3,6 +3,7 @@
 
 pub mod binaries;
 pub mod cluster;
+pub mod pgbouncer;
 pub mod quote;
 pub mod scram;
 pub mod tls;

@@ -188,6 +188,8 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
         );
     }
     c.abs_path("pgbouncer.config_dir", &pgb.config_dir);
+    c.abs_path("pgbouncer.pidfile", &pgb.pidfile);
+    c.abs_path("pgbouncer.logfile", &pgb.logfile);
 
     c.port("api.listen", s.api.listen.port());
     if !is_system_user(&s.api.system_user) {

@@ -113,7 +113,10 @@ impl TenantService {
             Err(e) => Err(e),
         };
         match result {
-            Ok(tenant) => Ok(Provisioned { tenant, password }),
+            Ok(tenant) => {
+                self.refresh_pooler().await;
+                Ok(Provisioned { tenant, password })
+            }
             Err(e) => {
                 self.undo_provision(id, &db, &role, created).await;
                 audit::record_failure(
@@ -270,7 +273,7 @@ impl TenantService {
     }
 
     /// Lock a tenant's row for the rest of `tx`, refusing tenants mid-provisioning or deleting.
-    async fn lock_active(&self, tx: &mut PgConnection, id: TenantId) -> Result<Tenant, TenantError> {
+    pub(super) async fn lock_active(&self, tx: &mut PgConnection, id: TenantId) -> Result<Tenant, TenantError> {
         let row: Option<TenantRow> = sqlx::query_as(&format!("{SELECT_TENANT} WHERE id = $1 FOR UPDATE"))
             .bind(id.as_uuid())
             .fetch_optional(&mut *tx)
@@ -347,6 +350,7 @@ impl TenantService {
             .await?;
         audit::record(&mut tx, ctx, "database.rotate_password", "database", Some(&id.to_string()), true, json!({})).await?;
         tx.commit().await?;
+        self.refresh_pooler().await;
         Ok((tenant, password))
     }
 
@@ -359,7 +363,10 @@ impl TenantService {
             .await?;
         tx.commit().await?;
         match self.finish_delete(&tenant, ctx).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.refresh_pooler().await;
+                Ok(())
+            }
             Err(e) => {
                 audit::record_failure(
                     &self.pool,
@@ -390,7 +397,17 @@ impl TenantService {
         }
         self.drop_role_if_ours(&mut conn, tenant.id, &tenant.username).await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let had_rules: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1)")
+            .bind(tenant.id.as_uuid())
+            .fetch_one(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM databases WHERE id = $1").bind(tenant.id.as_uuid()).execute(&mut *tx).await?;
+        // Its allow-list rows went with it (cascade); take its lines out of pg_hba.conf in the
+        // same transaction.
+        let applied = match (&self.hba, had_rules) {
+            (Some(applier), true) => Some(applier.apply(&mut tx).await?),
+            _ => None,
+        };
         audit::record(
             &mut tx,
             ctx,
@@ -401,8 +418,23 @@ impl TenantService {
             json!({ "database_name": tenant.database_name.as_str(), "username": tenant.username.as_str() }),
         )
         .await?;
-        tx.commit().await?;
+        if let Err(e) = tx.commit().await {
+            if let Some(applied) = applied {
+                applied.undo(&mut conn).await;
+            }
+            return Err(e.into());
+        }
         Ok(())
+    }
+
+    /// Bring PgBouncer's auth file up to date. A failure leaves pooled logins of this tenant
+    /// stale but direct ones working; it is logged and repaired by the next change or `pgaas render`.
+    pub(super) async fn refresh_pooler(&self) {
+        if let Some(applier) = &self.hba {
+            if let Err(e) = applier.refresh_pooler_users(&self.pool).await {
+                tracing::error!(error = %e, "PgBouncer's auth file could not be refreshed; run `pgaas render`");
+            }
+        }
     }
 
     /// Drop the tenant's role only if pgaas's ownership comment for this tenant is on it.

@@ -9,12 +9,14 @@
 //! what this request created. Deletion: `deleting`, connections blocked, `DROP DATABASE ... WITH
 //! (FORCE)`, role dropped, row removed; the audit row stays.
 
+mod allow;
 pub mod audit;
 mod lifecycle;
 mod reconcile;
 mod stats;
 mod types;
 
+pub use allow::{AllowRow, parse_description};
 pub use audit::{AuditContext, AuditEntry, AuditFilter};
 pub use reconcile::ReconcileReport;
 pub use stats::{StatsCollector, TenantStats, size_pretty};
@@ -24,18 +26,30 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use crate::settings::Settings;
+use crate::{hba::apply::HbaApplier, settings::Settings};
 
 /// The tenant service: the control DB pool (the API role, which also issues the DDL) and settings.
 #[derive(Clone)]
 pub struct TenantService {
     pub(crate) pool: PgPool,
     pub(crate) settings: Arc<Settings>,
+    /// Writes pg_hba.conf (and PgBouncer's) when allow-lists change; only on the database host.
+    pub(crate) hba: Option<Arc<HbaApplier>>,
 }
 
 impl TenantService {
     pub fn new(pool: PgPool, settings: Arc<Settings>) -> Self {
-        Self { pool, settings }
+        Self { pool, settings, hba: None }
+    }
+
+    /// Manage pg_hba.conf through `applier` (allow-lists need it).
+    pub fn with_hba(mut self, applier: HbaApplier) -> Self {
+        self.hba = Some(Arc::new(applier));
+        self
+    }
+
+    pub fn hba(&self) -> Option<&HbaApplier> {
+        self.hba.as_deref()
     }
 
     pub fn pool(&self) -> &PgPool {

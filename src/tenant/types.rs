@@ -76,6 +76,8 @@ pub const MAX_PAGE: u32 = 1000;
 pub enum TenantError {
     #[error("database {0} not found")]
     NotFound(TenantId),
+    #[error("allow-list entry {0} not found")]
+    EntryNotFound(uuid::Uuid),
     #[error("{0}")]
     Validation(#[from] ValidationError),
     #[error("{0}")]

@@ -25,6 +25,8 @@ pub struct TestPlatform {
     pub base_url: String,
     pub api_key: String,
     pub pg_port: u16,
+    pub pgbouncer_port: u16,
+    hba: pgaas::hba::apply::HbaApplier,
     pub socket_dir: PathBuf,
     pub superuser: String,
     pub ca_file: PathBuf,
@@ -60,6 +62,16 @@ pub fn temp_state_dir(tag: &str) -> PathBuf {
         .keep();
     watch_and_clean(&dir);
     dir
+}
+
+impl TestPlatform {
+    /// A tenant service with this platform's hba applier (so allow-lists work) and a pool of its
+    /// own: connections belong to the runtime of the test that opens them.
+    pub fn tenants(&self) -> pgaas::tenant::TenantService {
+        let password = self.settings.control_db_password().unwrap();
+        let pool = pgaas::control_db::pool(pgaas::control_db::connect_options(&self.settings, password.as_ref()), 4);
+        pgaas::tenant::TenantService::new(pool, Arc::new(self.settings.clone())).with_hba(self.hba.clone())
+    }
 }
 
 /// Settings that ignore this machine's /etc/pgaas and environment.
@@ -111,13 +123,18 @@ fn start() -> TestPlatform {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(listen))
         .unwrap();
-    let state = AppState::new(platform.pool.clone(), Arc::new(settings.clone()));
+    let mut state =
+        AppState::new(platform.pool.clone(), Arc::new(settings.clone())).with_pooler_available(platform.pooler_available());
+    state.tenants = platform.tenants();
+    assert!(platform.pooler_available(), "PgBouncer must run for the tests (apt-get install pgbouncer)");
     runtime.spawn(api::serve(listener, state, std::future::pending()));
     let tp = TestPlatform {
         state_dir,
         base_url: format!("http://{listen}"),
         api_key,
         pg_port,
+        pgbouncer_port: settings.pgbouncer.port,
+        hba: platform.hba.clone(),
         socket_dir: platform.cluster.socket_dir.clone(),
         superuser: platform.cluster.superuser.clone(),
         ca_file: settings.tls.ca_file.clone().unwrap(),
@@ -136,6 +153,7 @@ fn start() -> TestPlatform {
 pub fn watch_and_clean(dir: &Path) {
     let script = r#"
         while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
+        if [ -f "$2/run/pgbouncer.pid" ]; then kill -TERM "$(cat "$2/run/pgbouncer.pid")" 2>/dev/null; fi
         for pidfile in "$2"/*/postmaster.pid; do
             [ -f "$pidfile" ] || continue
             pid=$(head -n 1 "$pidfile")

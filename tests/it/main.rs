@@ -1,5 +1,6 @@
 //! Integration tests against real servers: one binary, one shared platform (see `harness`).
 
+mod allowlist;
 mod api;
 mod cli;
 mod harness;

@@ -1,0 +1,195 @@
+//! The JSON Schemas of the OpenAPI document: request bodies (closed: unknown fields are a 400) and
+//! response envelopes in the original's field names. Kept beside the handlers' types; the
+//! integration tests check the served bodies against the same field names.
+
+use serde_json::{Value, json};
+
+fn r(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn string() -> Value {
+    json!({ "type": "string" })
+}
+
+fn fmt(format: &str) -> Value {
+    json!({ "type": "string", "format": format })
+}
+
+fn nullable(format: &str) -> Value {
+    json!({ "type": ["string", "null"], "format": format })
+}
+
+fn int() -> Value {
+    json!({ "type": "integer" })
+}
+
+/// An object with these properties, the first `required` of them required.
+fn object(required: &[&str], props: Value) -> Value {
+    json!({ "type": "object", "required": required, "properties": props })
+}
+
+/// A request body: unknown fields are refused.
+fn closed(required: &[&str], props: Value) -> Value {
+    let mut o = object(required, props);
+    o["additionalProperties"] = json!(false);
+    o
+}
+
+fn envelope(data: Value, with_message: bool) -> Value {
+    let mut props = json!({ "success": { "const": true }, "data": data });
+    let mut req = vec!["success", "data"];
+    if with_message {
+        props["message"] = string();
+        req.push("message");
+    }
+    object(&req, props)
+}
+
+fn list(item: &str, extra: Value) -> Value {
+    let mut props = json!({
+        "success": { "const": true },
+        "count": { "type": "integer", "description": "All items matching the filters, not just this page." },
+        "data": { "type": "array", "items": r(item) },
+    });
+    if let (Some(p), Some(e)) = (props.as_object_mut(), extra.as_object()) {
+        p.extend(e.clone());
+    }
+    object(&["success", "count", "data"], props)
+}
+
+pub fn schemas() -> Value {
+    let database = object(
+        &["id", "database_name", "username", "owner_email", "friendly_name", "max_connections", "status", "created_at", "updated_at"],
+        json!({
+            "id": fmt("uuid"),
+            "database_name": { "type": "string", "pattern": "^tenant_[0-9a-f]+$" },
+            "username": { "type": "string", "pattern": "^user_[0-9a-f]+$" },
+            "owner_email": fmt("email"),
+            "friendly_name": string(),
+            "max_connections": { "type": "integer", "minimum": 1 },
+            "status": { "enum": ["provisioning", "active", "suspended", "deleting", "failed"] },
+            "created_at": fmt("date-time"),
+            "updated_at": fmt("date-time"),
+        }),
+    );
+    let urls = json!({
+        "connection_string": { "type": "string", "description": "postgresql://USER:PASS@HOST:PORT/DB?sslmode=require" },
+        "DIRECT_URL": { "type": "string", "description": "The same as connection_string." },
+        "DATABASE_URL": { "type": "string", "description": "Through PgBouncer; present only when the pooler runs." },
+    });
+    let mut with_password = object(&["password", "connection_string", "DIRECT_URL"], urls.clone());
+    with_password["properties"]["password"] = json!({ "type": "string", "description": "Shown only in this response." });
+    let api_key = object(
+        &["id", "name", "key_prefix", "scopes", "created_at"],
+        json!({
+            "id": fmt("uuid"),
+            "name": string(),
+            "key_prefix": { "type": "string", "description": "The public part: keys read pgaas_<prefix>_<secret>." },
+            "scopes": { "type": "array", "items": { "enum": ["read", "write", "admin"] } },
+            "created_at": fmt("date-time"),
+            "expires_at": nullable("date-time"),
+            "last_used_at": nullable("date-time"),
+            "revoked_at": nullable("date-time"),
+        }),
+    );
+    let mut connection_strings = object(
+        &["database_id", "database_name", "username", "host", "port", "sslmode", "connection_string", "DIRECT_URL"],
+        urls,
+    );
+    if let Some(p) = connection_strings["properties"].as_object_mut() {
+        p.insert("database_id".into(), fmt("uuid"));
+        p.insert("database_name".into(), string());
+        p.insert("username".into(), string());
+        p.insert("host".into(), string());
+        p.insert("port".into(), int());
+        p.insert("sslmode".into(), json!({ "const": "require" }));
+        p.insert("note".into(), string());
+        p.insert("DATABASE_URL".into(), json!({ "type": ["string", "null"] }));
+    }
+    let stats = object(
+        &["database_id", "database_name", "size_bytes", "size_pretty", "active_connections", "max_connections"],
+        json!({
+            "database_id": fmt("uuid"),
+            "database_name": string(),
+            "size_bytes": int(),
+            "size_pretty": { "type": "string", "examples": ["7.2 MB"] },
+            "active_connections": int(),
+            "max_connections": int(),
+        }),
+    );
+    let audit_entry = object(
+        &["id", "action", "resource_type", "outcome", "details", "created_at"],
+        json!({
+            "id": int(),
+            "api_key_id": nullable("uuid"),
+            "action": { "type": "string", "examples": ["database.create"] },
+            "resource_type": string(),
+            "resource_id": { "type": ["string", "null"] },
+            "ip_address": { "type": ["string", "null"] },
+            "outcome": { "enum": ["success", "failure"] },
+            "details": { "type": "object" },
+            "created_at": fmt("date-time"),
+        }),
+    );
+    let mut key_created = api_key.clone();
+    key_created["required"] = json!(["id", "name", "key_prefix", "scopes", "created_at", "key"]);
+    key_created["properties"]["key"] = json!({ "type": "string", "description": "The key; shown only in this response." });
+
+    json!({
+        "Error": object(&["success", "error", "message", "code"], json!({
+            "success": { "const": false },
+            "error": { "type": "string", "examples": ["Unauthorized"] },
+            "message": { "type": "string", "examples": ["Invalid or missing API key"] },
+            "code": { "enum": ["bad_request", "unauthorized", "forbidden", "not_found", "method_not_allowed",
+                "conflict", "validation_failed", "payload_too_large", "unavailable", "internal"] },
+            "field": { "type": "string", "description": "With validation_failed: the field at fault." },
+        })),
+        "Message": object(&["success", "message"], json!({ "success": { "const": true }, "message": string() })),
+        "Health": object(&["status", "timestamp", "environment"], json!({
+            "status": { "enum": ["ok", "degraded"] },
+            "timestamp": fmt("date-time"),
+            "environment": string(),
+            "control_db": { "enum": ["reachable", "unreachable"] },
+            "version": string(),
+        })),
+        "Database": database,
+        "DatabaseWithPassword": { "allOf": [r("Database"), with_password] },
+        "DatabaseCreated": envelope(r("DatabaseWithPassword"), true),
+        "DatabaseEnvelope": envelope(r("Database"), false),
+        "DatabaseList": list("Database", json!({
+            "next_cursor": { "type": "string", "description": "Pass as cursor for the next page; absent on the last." },
+        })),
+        "DatabaseStats": stats,
+        "DatabaseStatsEnvelope": envelope(r("DatabaseStats"), false),
+        "ConnectionStrings": connection_strings,
+        "ConnectionStringsEnvelope": envelope(r("ConnectionStrings"), false),
+        "AuditEntry": audit_entry,
+        "AuditLogList": list("AuditEntry", json!({})),
+        "ApiKey": api_key,
+        "ApiKeyWithSecret": key_created,
+        "ApiKeyCreated": envelope(r("ApiKeyWithSecret"), true),
+        "ApiKeyList": list("ApiKey", json!({})),
+        "CreateDatabaseRequest": closed(&["friendlyName", "ownerEmail"], json!({
+            "friendlyName": { "type": "string", "minLength": 1, "maxLength": 100 },
+            "ownerEmail": fmt("email"),
+            "maxConnections": { "type": "integer", "minimum": 1, "description": "Default 20; at most the configured cap (100 by default)." },
+        })),
+        "UpdateDatabaseRequest": {
+            "type": "object",
+            "additionalProperties": false,
+            "minProperties": 1,
+            "properties": {
+                "friendlyName": { "type": "string", "minLength": 1, "maxLength": 100 },
+                "ownerEmail": fmt("email"),
+                "maxConnections": { "type": "integer", "minimum": 1 },
+            },
+        },
+        "CreateApiKeyRequest": closed(&["name"], json!({
+            "name": { "type": "string", "minLength": 1, "maxLength": 100 },
+            "scopes": { "type": "array", "items": { "enum": ["read", "write", "admin"] }, "minItems": 1,
+                "description": "Default [\"read\"]." },
+            "expiresAt": fmt("date-time"),
+        })),
+    })
+}

@@ -1,0 +1,323 @@
+//! `pgaas db list|show|create|delete`: the tenant databases from the host's shell, through the
+//! same `TenantService` the API uses (so validation, ordering and audit rows are the same), with
+//! `AuditContext::cli()` as the actor. `list` prints what the original's `pg-list-databases`
+//! showed; every command takes `--json` for scripts. Also home of the control-DB connection the
+//! other operator commands (`key`, `doctor`) share.
+
+use std::{
+    io::{BufRead, IsTerminal, Write},
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+};
+
+use anyhow::Context;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::{
+    control_db,
+    model::{FriendlyName, OwnerEmail, TenantId, TenantStatus},
+    settings::{LoadOptions, Settings},
+    tenant::{AuditContext, ListQuery, NewTenant, Tenant, TenantError, TenantService},
+};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// List tenant databases, newest first.
+    List(ListArgs),
+    /// One tenant database with its live size and connections.
+    Show(ShowArgs),
+    /// Provision a tenant database; prints its password once.
+    Create(CreateArgs),
+    /// Drop a tenant database and its role (asks first on a terminal).
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only databases in this status (provisioning, active, suspended, deleting, failed).
+    #[arg(long)]
+    pub status: Option<TenantStatus>,
+    /// Only databases of this owner.
+    #[arg(long, value_name = "EMAIL")]
+    pub owner_email: Option<String>,
+    /// At most this many rows (1..=1000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    pub id: TenantId,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    #[arg(long, value_name = "NAME")]
+    pub friendly_name: String,
+    #[arg(long, value_name = "EMAIL")]
+    pub owner_email: String,
+    /// Connection limit for the database and its role (default from settings).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    pub id: TenantId,
+    /// Do not ask; required when stdin is not a terminal.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
+    let settings = match super::load_settings(LoadOptions::from_process(config)) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let rt = super::tokio_runtime()?;
+    rt.block_on(async move {
+        let pool = control_pool(&settings)?;
+        let service = TenantService::new(pool.clone(), Arc::new(settings));
+        let result = match cmd {
+            Command::List(a) => list(&service, a).await,
+            Command::Show(a) => show(&service, a).await,
+            Command::Create(a) => create(&service, a).await,
+            Command::Delete(a) => delete(&service, a).await,
+        };
+        pool.close().await;
+        result.or_else(explain)
+    })
+}
+
+/// The control-DB pool the operator commands use: the API role, as `pgaas serve` connects.
+pub(crate) fn control_pool(settings: &Settings) -> anyhow::Result<PgPool> {
+    let password = settings
+        .control_db_password()
+        .context("reading the control DB password file")?;
+    Ok(control_db::pool(
+        control_db::connect_options(settings, password.as_ref()),
+        2,
+    ))
+}
+
+/// Turn service errors into messages that say what to do, and the exit code scripts can test:
+/// 2 for a value the operator must change, 1 for everything else.
+fn explain(e: TenantError) -> anyhow::Result<ExitCode> {
+    let (msg, hint, code) = match &e {
+        TenantError::Validation(_) => (e.to_string(), None, 2),
+        TenantError::NotFound(_) => (e.to_string(), Some("`pgaas db list` shows the ids"), 1),
+        TenantError::Db(_) => (
+            e.to_string(),
+            Some("is PostgreSQL running and the settings file right? `pgaas doctor` checks"),
+            1,
+        ),
+        _ => (e.to_string(), None, 1),
+    };
+    eprintln!("error: {msg}");
+    if let Some(h) = hint {
+        eprintln!("  {h}");
+    }
+    Ok(ExitCode::from(code))
+}
+
+async fn list(service: &TenantService, a: ListArgs) -> Result<ExitCode, TenantError> {
+    let page = service
+        .list(&ListQuery {
+            status: a.status,
+            owner_email: a.owner_email,
+            limit: a.limit,
+            ..ListQuery::default()
+        })
+        .await?;
+    if a.json {
+        let out =
+            json!({ "count": page.total, "data": page.items, "next_cursor": page.next_cursor });
+        println!("{out:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 7]> = page
+        .items
+        .iter()
+        .map(|t| {
+            [
+                t.id.to_string(),
+                t.database_name.to_string(),
+                t.owner_email.clone(),
+                t.friendly_name.clone(),
+                t.status.to_string(),
+                t.max_connections.to_string(),
+                t.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "DATABASE",
+        "OWNER",
+        "FRIENDLY NAME",
+        "STATUS",
+        "MAX CONN",
+        "CREATED",
+    ];
+    print!("{}", super::key::table(&header, &rows));
+    println!(
+        "{} of {} database(s){}",
+        rows.len(),
+        page.total,
+        if page.next_cursor.is_some() {
+            "; raise --limit to see more"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(service: &TenantService, a: ShowArgs) -> Result<ExitCode, TenantError> {
+    let tenant = service.get(a.id).await?;
+    // A tenant mid-provisioning has no database yet: show the row, say why stats are missing.
+    let stats = match service.stats(a.id).await {
+        Ok(s) => Ok(s),
+        Err(TenantError::State(m)) => Err(m),
+        Err(e) => return Err(e),
+    };
+    if a.json {
+        let mut out = serde_json::to_value(&tenant).map_err(TenantError::internal)?;
+        out["stats"] = match &stats {
+            Ok(s) => serde_json::to_value(s).map_err(TenantError::internal)?,
+            Err(_) => serde_json::Value::Null,
+        };
+        println!("{out:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_tenant(&tenant);
+    match stats {
+        Ok(s) => {
+            println!(
+                "  size:              {} ({} bytes)",
+                s.size_pretty, s.size_bytes
+            );
+            println!(
+                "  connections:       {} of {}",
+                s.active_connections, s.max_connections
+            );
+        }
+        Err(m) => println!("  stats:             unavailable: {m}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_tenant(t: &Tenant) {
+    println!("{} ({})", t.database_name, t.id);
+    println!("  friendly name:     {}", t.friendly_name);
+    println!("  owner:             {}", t.owner_email);
+    println!("  username:          {}", t.username);
+    println!("  status:            {}", t.status);
+    println!("  max connections:   {}", t.max_connections);
+    println!("  created:           {}", t.created_at.to_rfc3339());
+    println!("  updated:           {}", t.updated_at.to_rfc3339());
+}
+
+async fn create(service: &TenantService, a: CreateArgs) -> Result<ExitCode, TenantError> {
+    let new = NewTenant {
+        friendly_name: FriendlyName::parse(&a.friendly_name)?,
+        owner_email: OwnerEmail::parse(&a.owner_email)?,
+        max_connections: a.max_connections,
+    };
+    let created = service.create(new, &AuditContext::cli()).await?;
+    let t = &created.tenant;
+    let password = created.password.expose();
+    let urls = connection_urls(service.settings(), t, password);
+    if a.json {
+        let mut out = serde_json::to_value(t).map_err(TenantError::internal)?;
+        out["password"] = json!(password);
+        out["connection_string"] = json!(urls.direct);
+        out["DIRECT_URL"] = json!(urls.direct);
+        if let Some(pooled) = &urls.pooled {
+            out["DATABASE_URL"] = json!(pooled);
+        }
+        println!("{out:#}");
+    } else {
+        print_tenant(t);
+        println!("  password:          {password}");
+        println!("  connection string: {}", urls.direct);
+        if let Some(pooled) = &urls.pooled {
+            println!("  pooled (PgBouncer): {pooled}");
+        }
+    }
+    // On stderr so `--json` output stays one document.
+    eprintln!(
+        "The password is shown only this once: pgaas keeps only a hash of it. Store it now; \
+         a lost password is replaced with POST /api/databases/{}/rotate-password.",
+        t.id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Urls {
+    direct: String,
+    pooled: Option<String>,
+}
+
+/// The original's URL shape (`sslmode=require`), on the configured public host. Generated
+/// passwords are alphanumeric, so nothing in the URL needs percent-encoding.
+fn connection_urls(settings: &Settings, t: &Tenant, password: &str) -> Urls {
+    let host = if settings.public_host.contains(':') {
+        format!("[{}]", settings.public_host)
+    } else {
+        settings.public_host.clone()
+    };
+    let url = |port: u16| {
+        format!(
+            "postgresql://{}:{password}@{host}:{port}/{}?sslmode=require",
+            t.username, t.database_name
+        )
+    };
+    Urls {
+        direct: url(settings.postgres.port),
+        pooled: settings
+            .pgbouncer
+            .enabled
+            .then(|| url(settings.pgbouncer.port)),
+    }
+}
+
+async fn delete(service: &TenantService, a: DeleteArgs) -> Result<ExitCode, TenantError> {
+    let tenant = service.get(a.id).await?;
+    if !a.yes {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            eprintln!(
+                "error: refusing to delete {} without --yes when stdin is not a terminal",
+                tenant.database_name
+            );
+            return Ok(ExitCode::from(2));
+        }
+        eprint!(
+            "Delete {} ({}, owner {})? All its data is dropped and cannot be recovered.\n\
+             Type the database name to confirm: ",
+            tenant.database_name, tenant.friendly_name, tenant.owner_email
+        );
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        stdin
+            .lock()
+            .read_line(&mut answer)
+            .map_err(TenantError::internal)?;
+        if answer.trim() != tenant.database_name.as_str() {
+            eprintln!("not confirmed; nothing deleted");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    service.delete(a.id, &AuditContext::cli()).await?;
+    println!("deleted {} ({})", tenant.database_name, tenant.id);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,262 @@
+//! Applying the access policy is a transaction. The caller opens a control-DB transaction holding
+//! its change (an allow-list entry added, a tenant removed, ...) and calls [`HbaApplier::apply`]
+//! inside it. The applier serialises with every other applier (transaction-scoped advisory
+//! lock), compiles the rules from the rows as the transaction sees them, writes pg_hba.conf
+//! atomically, has PostgreSQL validate the file on disk (`pg_hba_file_rules`), restores the previous
+//! file on any error, reloads and confirms the reload took. Only then may the caller commit; if
+//! the commit fails, [`Applied::undo`] puts the previous files back. So a row and the file never
+//! disagree after a request returns, and an invalid file never stays on disk.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use sqlx::{PgConnection, PgPool};
+
+use super::{HbaPolicy, TenantAccess, compile, compile_pgbouncer, render_pg_hba, render_pgbouncer_hba};
+use crate::{
+    pg::cluster::reload,
+    render::{WriteOutcome, write_if_changed},
+};
+
+/// The advisory lock key every applier takes ("pgaashba").
+const LOCK_KEY: i64 = 0x7067_6161_7368_6261;
+const HBA_MODE: u32 = 0o640;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("the compiled pg_hba.conf was refused by PostgreSQL (line {line}: {error}); the previous file was restored")]
+    Invalid { line: i32, error: String },
+    #[error("cannot write {path}: {reason}; the previous file is still in force")]
+    Write { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Compile(#[from] super::HbaError),
+    #[error("control database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("reloading: {0}")]
+    Reload(String),
+}
+
+/// Reloads PgBouncer after its hba file changed.
+pub trait PoolerReload: Send + Sync {
+    fn reload(&self) -> Result<(), String>;
+}
+
+/// Where the policy is written, and what it is built from besides the rows.
+#[derive(Clone)]
+pub struct HbaApplier {
+    /// The policy without tenants (superuser, API role, ...); tenants come from the rows.
+    pub base: HbaPolicy,
+    pub pg_hba_file: PathBuf,
+    pub pgbouncer: Option<PoolerFiles>,
+    pub pooler: Option<Arc<dyn PoolerReload>>,
+    /// uid/gid that must own files this process creates (the server reads them).
+    pub file_owner: Option<(u32, u32)>,
+    /// Serialises rewrites of PgBouncer's auth file within this process.
+    pub userlist_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// PgBouncer's files that follow the control DB.
+#[derive(Clone, Debug)]
+pub struct PoolerFiles {
+    pub hba_file: PathBuf,
+    pub userlist_file: PathBuf,
+    /// The console's admin user (peer over PgBouncer's socket).
+    pub admin_user: String,
+}
+
+/// A successful apply, not yet committed.
+pub struct Applied {
+    pub generation: i64,
+    previous: Vec<(PathBuf, Option<String>)>,
+    pooler: Option<Arc<dyn PoolerReload>>,
+}
+
+impl Applied {
+    /// The caller's commit failed: restore the files as they were (best effort; the next apply
+    /// or `pgaas render` rewrites them from rows anyway).
+    pub async fn undo(self, conn: &mut PgConnection) {
+        for (path, old) in &self.previous {
+            if let Some(old) = old {
+                if let Err(e) = write_if_changed(path, old, HBA_MODE) {
+                    tracing::error!(path = %path.display(), error = %e, "could not restore the previous hba file");
+                }
+            }
+        }
+        if let Err(e) = reload(conn).await {
+            tracing::error!(error = %e, "reload after restoring hba files failed");
+        }
+        if let Some(p) = &self.pooler {
+            let _ = p.reload();
+        }
+    }
+}
+
+/// Every tenant with a non-empty allow-list, as the connection's transaction sees the rows.
+pub async fn load_tenants(conn: &mut PgConnection) -> Result<Vec<TenantAccess>, sqlx::Error> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT d.database_name, d.username, w.ip_address::text
+         FROM ip_whitelist w JOIN databases d ON d.id = w.database_id
+         ORDER BY d.database_name, w.ip_address",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut tenants: Vec<TenantAccess> = Vec::new();
+    for (database, role, net) in rows {
+        // The column is `cidr`, so PostgreSQL already normalised it; a parse failure means the
+        // row was written around pgaas, and the compiler must not guess.
+        let net: ipnetwork::IpNetwork = net.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        match tenants.last_mut() {
+            Some(t) if t.database == database => t.allow.push(net),
+            _ => tenants.push(TenantAccess { database, role, allow: vec![net] }),
+        }
+    }
+    Ok(tenants)
+}
+
+/// The generation of the file in force, as the control DB records it.
+pub async fn current_generation(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT generation FROM hba_state").fetch_one(conn).await
+}
+
+fn read(path: &Path) -> Result<Option<String>, ApplyError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ApplyError::Write { path: path.to_path_buf(), reason: e.to_string() }),
+    }
+}
+
+impl HbaApplier {
+    /// The policy the rows describe, as `conn` sees them.
+    pub async fn policy(&self, conn: &mut PgConnection) -> Result<HbaPolicy, sqlx::Error> {
+        let mut policy = self.base.clone();
+        policy.tenants = load_tenants(conn).await?;
+        Ok(policy)
+    }
+
+    /// Compile, write, validate, reload; inside the caller's transaction (see module docs).
+    pub async fn apply(&self, tx: &mut PgConnection) -> Result<Applied, ApplyError> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(LOCK_KEY).execute(&mut *tx).await?;
+        let policy = self.policy(tx).await?;
+        let generation: i64 =
+            sqlx::query_scalar("UPDATE hba_state SET generation = generation + 1, applied_at = now() RETURNING generation")
+                .fetch_one(&mut *tx)
+                .await?;
+        let gen_u = u64::try_from(generation).unwrap_or(0);
+        let pg_text = render_pg_hba(&compile(&policy)?, gen_u)?;
+        let bouncer_text = match &self.pgbouncer {
+            Some(_) => Some(render_pgbouncer_hba(&compile_pgbouncer(&policy)?, gen_u)?),
+            None => None,
+        };
+
+        let mut previous = vec![(self.pg_hba_file.clone(), read(&self.pg_hba_file)?)];
+        self.write(&self.pg_hba_file, &pg_text, &previous)?;
+        let errors: Vec<(i32, String)> = sqlx::query_as(
+            "SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL ORDER BY line_number",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .inspect_err(|_| self.restore(&previous))?;
+        if let Some((line, error)) = errors.into_iter().next() {
+            self.restore(&previous);
+            return Err(ApplyError::Invalid { line, error });
+        }
+        if let Err(e) = reload(tx).await {
+            self.restore(&previous);
+            return Err(ApplyError::Reload(e.to_string()));
+        }
+        if let (Some(files), Some(text)) = (&self.pgbouncer, &bouncer_text) {
+            let path = &files.hba_file;
+            previous.push((path.clone(), read(path)?));
+            let pooler_result = self.write(path, text, &previous).and_then(|()| match &self.pooler {
+                Some(p) => p.reload().map_err(ApplyError::Reload),
+                None => Ok(()),
+            });
+            if let Err(e) = pooler_result {
+                self.restore(&previous);
+                let _ = reload(tx).await;
+                if let Some(p) = &self.pooler {
+                    let _ = p.reload();
+                }
+                return Err(e);
+            }
+        }
+        Ok(Applied { generation, previous, pooler: self.pooler.clone() })
+    }
+
+    fn write(&self, path: &Path, text: &str, previous: &[(PathBuf, Option<String>)]) -> Result<(), ApplyError> {
+        self.write_owned(path, text).map(|_| ()).map_err(|e| {
+            self.restore(previous);
+            e
+        })
+    }
+
+    /// Write a file and give it to the server's user when this process created it.
+    fn write_owned(&self, path: &Path, text: &str) -> Result<WriteOutcome, ApplyError> {
+        let existed = path.exists();
+        let outcome = write_if_changed(path, text, HBA_MODE)
+            .map_err(|e| ApplyError::Write { path: path.to_path_buf(), reason: e.to_string() })?;
+        if let (false, Some((uid, gid))) = (existed, self.file_owner) {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(|e| ApplyError::Write { path: path.to_path_buf(), reason: e.to_string() })?;
+        }
+        Ok(outcome)
+    }
+
+    /// Bring the files in line with the rows without a change of policy: at start-up, after a
+    /// crash, or for `pgaas render`. Applies (new generation) only when a file differs.
+    pub async fn sync(&self, pool: &PgPool) -> Result<i64, ApplyError> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(LOCK_KEY).execute(&mut *tx).await?;
+        let policy = self.policy(&mut tx).await?;
+        let generation = current_generation(&mut tx).await?;
+        let gen_u = u64::try_from(generation).unwrap_or(0);
+        let mut in_sync = read(&self.pg_hba_file)? == Some(render_pg_hba(&compile(&policy)?, gen_u)?);
+        if let Some(files) = &self.pgbouncer {
+            in_sync &= read(&files.hba_file)? == Some(render_pgbouncer_hba(&compile_pgbouncer(&policy)?, gen_u)?);
+        }
+        let generation = if in_sync {
+            tx.commit().await?;
+            generation
+        } else {
+            let applied = self.apply(&mut tx).await?;
+            let generation = applied.generation;
+            if let Err(e) = tx.commit().await {
+                let mut conn = pool.acquire().await?;
+                applied.undo(&mut conn).await;
+                return Err(e.into());
+            }
+            generation
+        };
+        self.refresh_pooler_users(pool).await?;
+        Ok(generation)
+    }
+
+    /// Rewrite PgBouncer's auth file from the tenants' verifiers and reload it when it changed.
+    /// Called after every create, password rotation and delete.
+    pub async fn refresh_pooler_users(&self, pool: &PgPool) -> Result<(), ApplyError> {
+        let Some(files) = &self.pgbouncer else { return Ok(()) };
+        let _guard = self.userlist_lock.lock().await;
+        let secrets: Vec<(String, String)> =
+            sqlx::query_as("SELECT rolname, rolpassword FROM pgaas_priv.tenant_secrets()").fetch_all(pool).await?;
+        let text = crate::pg::pgbouncer::render_userlist(&files.admin_user, &secrets);
+        if self.write_owned(&files.userlist_file, &text)? == WriteOutcome::Changed {
+            if let Some(p) = &self.pooler {
+                p.reload().map_err(ApplyError::Reload)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&self, previous: &[(PathBuf, Option<String>)]) {
+        for (path, old) in previous {
+            if let Some(old) = old {
+                if let Err(e) = write_if_changed(path, old, HBA_MODE) {
+                    tracing::error!(path = %path.display(), error = %e, "could not restore the previous hba file");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! PgBouncer: its auth file (SCRAM verifiers only, never a plaintext password), and running it
+//! for `pgaas dev` and the tests (daemonised by itself, tracked through its pid file, reloaded
+//! with SIGHUP). On an installed host systemd runs it; the same reload applies.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+
+use super::cluster::OsUser;
+use crate::hba::apply::PoolerReload;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgBouncerError {
+    #[error("pgbouncer is not installed (apt-get install pgbouncer)")]
+    NotInstalled,
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("pgbouncer did not start: {0}")]
+    Start(String),
+    #[error("port {0} is already in use; choose another PgBouncer port (pgbouncer.port, or --pgbouncer-port)")]
+    PortTaken(u16),
+}
+
+/// `pgbouncer` on PATH or where Debian puts it.
+pub fn find_binary() -> Option<PathBuf> {
+    ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// The auth file: one `"role" "verifier"` line per tenant, plus the admin user with an empty
+/// secret (it logs in to the console by peer only; the hba file allows nothing else for it).
+pub fn render_userlist(admin_user: &str, secrets: &[(String, String)]) -> String {
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut out = String::from("; pgaas managed file: SCRAM verifiers of tenant roles, written by pgaas\n");
+    out.push_str(&format!("{} \"\"\n", q(admin_user)));
+    for (role, verifier) in secrets {
+        out.push_str(&format!("{} {}\n", q(role), q(verifier)));
+    }
+    out
+}
+
+/// A PgBouncer started from a config file, owned by `owner`.
+#[derive(Clone, Debug)]
+pub struct LocalPgBouncer {
+    pub binary: PathBuf,
+    pub ini: PathBuf,
+    pub pidfile: PathBuf,
+    pub port: u16,
+    pub owner: OsUser,
+}
+
+impl LocalPgBouncer {
+    pub fn pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(&self.pidfile).ok()?;
+        let pid: i32 = text.trim().parse().ok()?;
+        nix::sys::signal::kill(Pid::from_raw(pid), None).ok().map(|_| pid)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.pid().is_some()
+    }
+
+    pub fn start(&self) -> Result<(), PgBouncerError> {
+        if self.is_running() {
+            return Ok(());
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", self.port)).is_err() {
+            return Err(PgBouncerError::PortTaken(self.port));
+        }
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("-d").arg(&self.ini);
+        if nix::unistd::Uid::effective().as_raw() != self.owner.uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(self.owner.uid).gid(self.owner.gid);
+        }
+        cmd.current_dir(self.ini.parent().unwrap_or(Path::new("/")));
+        let out = cmd.output().map_err(|e| PgBouncerError::Start(e.to_string()))?;
+        if !out.status.success() {
+            return Err(PgBouncerError::Start(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.is_running() && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(PgBouncerError::Start(format!("not listening on port {} after 10 s", self.port)))
+    }
+
+    pub fn stop(&self) {
+        if let Some(pid) = self.pid() {
+            let pid = Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && nix::sys::signal::kill(pid, None).is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Re-read the config, hba and auth files (SIGHUP), then wait until the console answers so
+    /// the next connection sees the new rules.
+    pub fn signal_reload(&self) -> Result<(), String> {
+        let pid = self.pid().ok_or_else(|| "pgbouncer is not running".to_string())?;
+        nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| format!("SIGHUP to pgbouncer: {e}"))?;
+        // PgBouncer handles SIGHUP in its event loop. An answer to an SSLRequest on a new
+        // connection comes from that loop, after the signal (already pending) was handled.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if ssl_request_answered(self.port) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("pgbouncer did not answer after the reload".into())
+    }
+}
+
+fn ssl_request_answered(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let mut answer = [0u8; 1];
+    s.write_all(&request).is_ok() && s.read_exact(&mut answer).is_ok() && matches!(answer[0], b'S' | b'N')
+}
+
+impl PoolerReload for LocalPgBouncer {
+    fn reload(&self) -> Result<(), String> {
+        // Not running: nothing holds old rules; it reads the files when it starts.
+        if !self.is_running() {
+            return Ok(());
+        }
+        self.signal_reload()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn userlist_holds_verifiers_quoted() {
+        let text = super::render_userlist(
+            "postgres",
+            &[("user_0011223344556677".into(), "SCRAM-SHA-256$4096:c2FsdA==$a:b".into())],
+        );
+        assert!(text.contains("\"postgres\" \"\"\n"));
+        assert!(text.contains("\"user_0011223344556677\" \"SCRAM-SHA-256$4096:c2FsdA==$a:b\"\n"));
+    }
+}

@@ -1,0 +1,155 @@
+//! Per-database allow-lists (`ip_whitelist`). Every change runs in one control-DB transaction
+//! with the hba apply: the row commits only if the compiled pg_hba.conf (and PgBouncer's) is on
+//! disk, valid and reloaded, so the response comes after the rule is in force.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{AuditContext, TenantError, TenantService, audit};
+use crate::{
+    hba::apply::{ApplyError, HbaApplier},
+    model::{AllowEntry, TenantId, ValidationError},
+};
+
+/// One allow-list entry, in the original's shape.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct AllowRow {
+    pub id: Uuid,
+    pub database_id: Uuid,
+    pub ip_address: String,
+    pub description: Option<String>,
+    pub added_at: DateTime<Utc>,
+}
+
+const SELECT_ROW: &str =
+    "SELECT id, database_id, ip_address::text AS ip_address, description, added_at FROM ip_whitelist";
+
+/// A description: optional, at most 200 characters, no control characters.
+pub fn parse_description(d: Option<&str>) -> Result<Option<String>, ValidationError> {
+    let Some(d) = d.map(str::trim).filter(|d| !d.is_empty()) else { return Ok(None) };
+    if d.chars().count() > 200 || d.chars().any(char::is_control) {
+        return Err(ValidationError::new("description", "must be at most 200 characters, without control characters"));
+    }
+    Ok(Some(d.to_string()))
+}
+
+impl From<ApplyError> for TenantError {
+    fn from(e: ApplyError) -> Self {
+        TenantError::Internal(format!("the access rules could not be applied: {e}"))
+    }
+}
+
+impl TenantService {
+    fn applier(&self) -> Result<&HbaApplier, TenantError> {
+        self.hba.as_deref().ok_or_else(|| {
+            TenantError::State("allow-lists are managed on the database host (this process has no pg_hba.conf to write)".into())
+        })
+    }
+
+    pub async fn list_allowed(&self, id: TenantId) -> Result<Vec<AllowRow>, TenantError> {
+        self.get(id).await?;
+        Ok(sqlx::query_as(&format!("{SELECT_ROW} WHERE database_id = $1 ORDER BY added_at, id"))
+            .bind(id.as_uuid())
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Add an entry; returns it once it is in force.
+    pub async fn allow(
+        &self,
+        id: TenantId,
+        entry: AllowEntry,
+        description: Option<String>,
+        ctx: &AuditContext,
+    ) -> Result<AllowRow, TenantError> {
+        let applier = self.applier()?;
+        let mut tx = self.pool.begin().await?;
+        let tenant = self.lock_active(&mut tx, id).await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1 AND ip_address = $2::cidr)")
+                .bind(id.as_uuid())
+                .bind(entry.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+        if exists {
+            return Err(TenantError::Conflict(format!("{entry} is already on the allow-list of database {id}")));
+        }
+        let row: AllowRow = sqlx::query_as(
+            "INSERT INTO ip_whitelist (database_id, ip_address, description) VALUES ($1, $2::cidr, $3)
+             RETURNING id, database_id, ip_address::text AS ip_address, description, added_at",
+        )
+        .bind(id.as_uuid())
+        .bind(entry.to_string())
+        .bind(&description)
+        .fetch_one(&mut *tx)
+        .await?;
+        let applied = applier.apply(&mut tx).await?;
+        audit::record(
+            &mut tx,
+            ctx,
+            "whitelist.add",
+            "database",
+            Some(&id.to_string()),
+            true,
+            json!({ "database_name": tenant.database_name.as_str(), "ip_address": row.ip_address, "entry_id": row.id, "hba_generation": applied.generation }),
+        )
+        .await?;
+        if let Err(e) = tx.commit().await {
+            let mut conn = self.pool.acquire().await?;
+            applied.undo(&mut conn).await;
+            return Err(e.into());
+        }
+        Ok(row)
+    }
+
+    /// Remove an entry; when it was the last one, the database is open to any address again
+    /// (TLS only).
+    pub async fn disallow(&self, id: TenantId, entry_id: Uuid, ctx: &AuditContext) -> Result<AllowRow, TenantError> {
+        let applier = self.applier()?;
+        let mut tx = self.pool.begin().await?;
+        let tenant = self.lock_active(&mut tx, id).await?;
+        let row: Option<AllowRow> = sqlx::query_as(
+            "DELETE FROM ip_whitelist WHERE id = $1 AND database_id = $2
+             RETURNING id, database_id, ip_address::text AS ip_address, description, added_at",
+        )
+        .bind(entry_id)
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let row = row.ok_or_else(|| TenantError::EntryNotFound(entry_id))?;
+        let applied = applier.apply(&mut tx).await?;
+        audit::record(
+            &mut tx,
+            ctx,
+            "whitelist.remove",
+            "database",
+            Some(&id.to_string()),
+            true,
+            json!({ "database_name": tenant.database_name.as_str(), "ip_address": row.ip_address, "entry_id": row.id, "hba_generation": applied.generation }),
+        )
+        .await?;
+        if let Err(e) = tx.commit().await {
+            let mut conn = self.pool.acquire().await?;
+            applied.undo(&mut conn).await;
+            return Err(e.into());
+        }
+        Ok(row)
+    }
+
+    /// Find an entry by id or by its address (`pgaas deny DB 203.0.113.5/32`).
+    pub async fn find_allowed(&self, id: TenantId, entry: &str) -> Result<AllowRow, TenantError> {
+        let rows = self.list_allowed(id).await?;
+        if let Ok(uuid) = entry.parse::<Uuid>() {
+            if let Some(r) = rows.iter().find(|r| r.id == uuid) {
+                return Ok(r.clone());
+            }
+            return Err(TenantError::EntryNotFound(uuid));
+        }
+        let wanted = AllowEntry::parse(entry)?.to_string();
+        rows.into_iter()
+            .find(|r| r.ip_address == wanted)
+            .ok_or_else(|| TenantError::Validation(ValidationError::new("entry", format!("{wanted} is not on the allow-list of database {id}"))))
+    }
+}
