@@ -75,7 +75,9 @@ pub struct Touches(Mutex<HashMap<Uuid, Instant>>);
 impl Touches {
     /// Whether a write is due now; if so, records it as done.
     fn due(&self, id: Uuid) -> bool {
-        let Ok(mut map) = self.0.lock() else { return false };
+        let Ok(mut map) = self.0.lock() else {
+            return false;
+        };
         let now = Instant::now();
         match map.get(&id) {
             Some(t) if now.duration_since(*t) < TOUCH_EVERY => false,
@@ -111,7 +113,10 @@ fn bootstrap_matches(presented: &str, configured: &str) -> bool {
 }
 
 /// Who holds this key, or why it is refused (`Err(None)`: the lookup itself failed).
-async fn identify(state: &AppState, key: &str) -> Result<(Option<Uuid>, Vec<Scope>), Result<Refusal, ApiError>> {
+async fn identify(
+    state: &AppState,
+    key: &str,
+) -> Result<(Option<Uuid>, Vec<Scope>), Result<Refusal, ApiError>> {
     if key.is_empty() {
         return Err(Ok(Refusal::Missing));
     }
@@ -146,7 +151,11 @@ async fn identify(state: &AppState, key: &str) -> Result<(Option<Uuid>, Vec<Scop
 }
 
 /// The layer: `State` carries the route's required scope next to the app state.
-pub async fn require(State((state, scope)): State<(AppState, Scope)>, mut req: Request, next: Next) -> Response {
+pub async fn require(
+    State((state, scope)): State<(AppState, Scope)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let refuse = |state: &AppState, why: Refusal| {
         state.metrics.auth_refused(why);
         ApiError::Unauthorized.into_response()
@@ -163,10 +172,20 @@ pub async fn require(State((state, scope)): State<(AppState, Scope)>, mut req: R
     drop(key);
     if !Scope::any_allows(&scopes, scope) {
         state.metrics.auth_refused(Refusal::Scope);
-        return ApiError::Forbidden(format!("This API key lacks the '{scope}' scope this request needs")).into_response();
+        return ApiError::Forbidden(format!(
+            "This API key lacks the '{scope}' scope this request needs"
+        ))
+        .into_response();
     }
-    let client_ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_canonical());
-    req.extensions_mut().insert(Caller { key_id, scopes, client_ip });
+    let client_ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_canonical());
+    req.extensions_mut().insert(Caller {
+        key_id,
+        scopes,
+        client_ip,
+    });
     next.run(req).await
 }
 
@@ -187,11 +206,23 @@ mod tests {
     #[test]
     fn key_is_read_from_either_header() {
         assert_eq!(presented(&headers(&[("x-api-key", "k1")])), Ok("k1"));
-        assert_eq!(presented(&headers(&[("authorization", "Bearer k2")])), Ok("k2"));
-        assert_eq!(presented(&headers(&[("authorization", "bearer  k3 ")])), Ok("k3"));
+        assert_eq!(
+            presented(&headers(&[("authorization", "Bearer k2")])),
+            Ok("k2")
+        );
+        assert_eq!(
+            presented(&headers(&[("authorization", "bearer  k3 ")])),
+            Ok("k3")
+        );
         assert_eq!(presented(&headers(&[])), Err(Refusal::Missing));
-        assert_eq!(presented(&headers(&[("authorization", "Basic dXNlcjpwYXNz")])), Err(Refusal::Malformed));
-        assert_eq!(presented(&headers(&[("authorization", "Bearer")])), Err(Refusal::Malformed));
+        assert_eq!(
+            presented(&headers(&[("authorization", "Basic dXNlcjpwYXNz")])),
+            Err(Refusal::Malformed)
+        );
+        assert_eq!(
+            presented(&headers(&[("authorization", "Bearer")])),
+            Err(Refusal::Malformed)
+        );
     }
 
     #[test]

@@ -96,7 +96,10 @@ fn max_connections(state: &AppState, n: Option<i64>) -> Result<Option<u32>, ApiE
     match n {
         None => Ok(None),
         Some(n) if n >= 1 && n <= i64::from(cap) => Ok(Some(n as u32)),
-        Some(_) => Err(ApiError::invalid("maxConnections", format!("must be between 1 and {cap}"))),
+        Some(_) => Err(ApiError::invalid(
+            "maxConnections",
+            format!("must be between 1 and {cap}"),
+        )),
     }
 }
 
@@ -104,7 +107,11 @@ fn required(value: Option<String>, field: &'static str) -> Result<String, ApiErr
     value.ok_or_else(|| ApiError::invalid(field, "is required"))
 }
 
-async fn create(State(state): State<AppState>, caller: Caller, ApiJson(body): ApiJson<CreateDatabase>) -> Answer {
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateDatabase>,
+) -> Answer {
     let new = NewTenant {
         friendly_name: FriendlyName::parse(&required(body.friendly_name, "friendlyName")?)?,
         owner_email: OwnerEmail::parse(&required(body.owner_email, "ownerEmail")?)?,
@@ -126,14 +133,24 @@ async fn create(State(state): State<AppState>, caller: Caller, ApiJson(body): Ap
 async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListParams>) -> Answer {
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid("limit", format!("must be between 1 and {MAX_PAGE}")));
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        ));
     }
     if q.cursor.is_some() && q.offset.is_some() {
-        return Err(ApiError::invalid("cursor", "give either cursor or offset, not both"));
+        return Err(ApiError::invalid(
+            "cursor",
+            "give either cursor or offset, not both",
+        ));
     }
     let query = ListQuery {
         status: q.status.as_deref().map(str::parse).transpose()?,
-        owner_email: q.owner_email.as_deref().map(|e| OwnerEmail::parse(e).map(String::from)).transpose()?,
+        owner_email: q
+            .owner_email
+            .as_deref()
+            .map(|e| OwnerEmail::parse(e).map(String::from))
+            .transpose()?,
         limit,
         offset: q.offset.unwrap_or(0),
         cursor: q.cursor,
@@ -149,7 +166,10 @@ async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListParams>) 
 
 async fn get_one(State(state): State<AppState>, TenantPath(id): TenantPath) -> Answer {
     let tenant = state.tenants.get(id).await?;
-    Ok((StatusCode::OK, Json(json!({ "success": true, "data": TenantView::from(&tenant) }))))
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "success": true, "data": TenantView::from(&tenant) })),
+    ))
 }
 
 async fn update(
@@ -159,30 +179,53 @@ async fn update(
     ApiJson(body): ApiJson<UpdateDatabase>,
 ) -> Answer {
     let patch = TenantPatch {
-        friendly_name: body.friendly_name.as_deref().map(FriendlyName::parse).transpose()?,
-        owner_email: body.owner_email.as_deref().map(OwnerEmail::parse).transpose()?,
+        friendly_name: body
+            .friendly_name
+            .as_deref()
+            .map(FriendlyName::parse)
+            .transpose()?,
+        owner_email: body
+            .owner_email
+            .as_deref()
+            .map(OwnerEmail::parse)
+            .transpose()?,
         max_connections: max_connections(&state, body.max_connections)?,
     };
     if patch.is_empty() {
         // Still a 404 for an unknown id: the client's bigger mistake is the id.
         state.tenants.get(id).await?;
-        return Err(ApiError::invalid("body", "give at least one of friendlyName, ownerEmail, maxConnections"));
+        return Err(ApiError::invalid(
+            "body",
+            "give at least one of friendlyName, ownerEmail, maxConnections",
+        ));
     }
     let tenant = state.tenants.update(id, patch, &caller.audit()).await?;
     Ok((
         StatusCode::OK,
-        Json(json!({ "success": true, "message": "Database updated successfully", "data": TenantView::from(&tenant) })),
+        Json(
+            json!({ "success": true, "message": "Database updated successfully", "data": TenantView::from(&tenant) }),
+        ),
     ))
 }
 
-async fn delete(State(state): State<AppState>, caller: Caller, TenantPath(id): TenantPath) -> Answer {
+async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+) -> Answer {
     state.tenants.delete(id, &caller.audit()).await?;
-    Ok((StatusCode::OK, Json(json!({ "success": true, "message": "Database deleted successfully" }))))
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "success": true, "message": "Database deleted successfully" })),
+    ))
 }
 
 async fn stats(State(state): State<AppState>, TenantPath(id): TenantPath) -> Answer {
     let stats = state.tenants.stats(id).await?;
-    Ok((StatusCode::OK, Json(json!({ "success": true, "data": stats }))))
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "success": true, "data": stats })),
+    ))
 }
 
 async fn connection_strings(State(state): State<AppState>, TenantPath(id): TenantPath) -> Answer {
@@ -201,10 +244,17 @@ async fn connection_strings(State(state): State<AppState>, TenantPath(id): Tenan
         "DATABASE_URL": urls.database_url,
         "note": "The password was shown once, at creation; POST .../rotate-password issues a new one.",
     });
-    Ok((StatusCode::OK, Json(json!({ "success": true, "data": data }))))
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "success": true, "data": data })),
+    ))
 }
 
-async fn rotate_password(State(state): State<AppState>, caller: Caller, TenantPath(id): TenantPath) -> Answer {
+async fn rotate_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+) -> Answer {
     let (tenant, password) = state.tenants.rotate_password(id, &caller.audit()).await?;
     let data = WithPassword {
         tenant: TenantView::from(&tenant),
@@ -213,96 +263,154 @@ async fn rotate_password(State(state): State<AppState>, caller: Caller, TenantPa
     };
     Ok((
         StatusCode::OK,
-        Json(json!({ "success": true, "message": "Password rotated; the old one no longer works for new sessions", "data": data })),
+        Json(
+            json!({ "success": true, "message": "Password rotated; the old one no longer works for new sessions", "data": data }),
+        ),
     ))
 }
 
 const ID: Option<&str> = Some("The database's id (a UUID).");
 
 const LIST_PARAMS: &[Param] = &[
-    Param { name: "limit", ty: "integer", description: "Page size, 1 to 1000 (default 100)." },
-    Param { name: "offset", ty: "integer", description: "Rows to skip; not with cursor." },
-    Param { name: "cursor", ty: "string", description: "next_cursor from the previous page; not with offset." },
+    Param {
+        name: "limit",
+        ty: "integer",
+        description: "Page size, 1 to 1000 (default 100).",
+    },
+    Param {
+        name: "offset",
+        ty: "integer",
+        description: "Rows to skip; not with cursor.",
+    },
+    Param {
+        name: "cursor",
+        ty: "string",
+        description: "next_cursor from the previous page; not with offset.",
+    },
     Param {
         name: "status",
         ty: "string",
         description: "Only databases in this state: provisioning, active, suspended, deleting, failed.",
     },
-    Param { name: "ownerEmail", ty: "string", description: "Only databases of this owner." },
+    Param {
+        name: "ownerEmail",
+        ty: "string",
+        description: "Only databases of this owner.",
+    },
 ];
 
 pub fn endpoints() -> Vec<Endpoint> {
     let tag = "databases";
     vec![
-        keyed(Method::POST, "/api/databases", create, Doc {
-            operation_id: "createDatabase",
-            tag,
-            summary: "Provision a database and its login role; the password is shown once.",
-            body: Some("CreateDatabaseRequest"),
-            ok: (201, "DatabaseCreated"),
-            errors: &[409],
-            ..Doc::DEFAULT
-        }),
-        keyed(Method::GET, "/api/databases", list, Doc {
-            operation_id: "listDatabases",
-            tag,
-            summary: "List databases, newest first; count is the total matching the filters.",
-            query: LIST_PARAMS,
-            ok: (200, "DatabaseList"),
-            ..Doc::DEFAULT
-        }),
-        keyed(Method::GET, "/api/databases/{id}", get_one, Doc {
-            operation_id: "getDatabase",
-            tag,
-            summary: "One database.",
-            path_id: ID,
-            ok: (200, "DatabaseEnvelope"),
-            ..Doc::DEFAULT
-        }),
-        keyed(Method::PATCH, "/api/databases/{id}", update, Doc {
-            operation_id: "updateDatabase",
-            tag,
-            summary: "Change the name, owner or connection limit (applied to the role and the database).",
-            path_id: ID,
-            body: Some("UpdateDatabaseRequest"),
-            ok: (200, "DatabaseEnvelope"),
-            errors: &[409],
-            ..Doc::DEFAULT
-        }),
-        keyed(Method::DELETE, "/api/databases/{id}", delete, Doc {
-            operation_id: "deleteDatabase",
-            tag,
-            summary: "Drop the database (open sessions are ended) and its role.",
-            path_id: ID,
-            ok: (200, "Message"),
-            errors: &[409],
-            ..Doc::DEFAULT
-        }),
-        keyed(Method::GET, "/api/databases/{id}/stats", stats, Doc {
-            operation_id: "getDatabaseStats",
-            tag,
-            summary: "Size and connections, live.",
-            path_id: ID,
-            ok: (200, "DatabaseStatsEnvelope"),
-            errors: &[409],
-            ..Doc::DEFAULT
-        }),
-        keyed(Method::GET, "/api/databases/{id}/connection-strings", connection_strings, Doc {
-            operation_id: "getConnectionStrings",
-            tag,
-            summary: "Connection URLs with the password masked.",
-            path_id: ID,
-            ok: (200, "ConnectionStringsEnvelope"),
-            ..Doc::DEFAULT
-        }),
-        keyed(Method::POST, "/api/databases/{id}/rotate-password", rotate_password, Doc {
-            operation_id: "rotatePassword",
-            tag,
-            summary: "Issue a new password, shown once; open sessions stay open.",
-            path_id: ID,
-            ok: (200, "DatabaseCreated"),
-            errors: &[409],
-            ..Doc::DEFAULT
-        }),
+        keyed(
+            Method::POST,
+            "/api/databases",
+            create,
+            Doc {
+                operation_id: "createDatabase",
+                tag,
+                summary: "Provision a database and its login role; the password is shown once.",
+                body: Some("CreateDatabaseRequest"),
+                ok: (201, "DatabaseCreated"),
+                errors: &[409],
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::GET,
+            "/api/databases",
+            list,
+            Doc {
+                operation_id: "listDatabases",
+                tag,
+                summary: "List databases, newest first; count is the total matching the filters.",
+                query: LIST_PARAMS,
+                ok: (200, "DatabaseList"),
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::GET,
+            "/api/databases/{id}",
+            get_one,
+            Doc {
+                operation_id: "getDatabase",
+                tag,
+                summary: "One database.",
+                path_id: ID,
+                ok: (200, "DatabaseEnvelope"),
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::PATCH,
+            "/api/databases/{id}",
+            update,
+            Doc {
+                operation_id: "updateDatabase",
+                tag,
+                summary: "Change the name, owner or connection limit (applied to the role and the database).",
+                path_id: ID,
+                body: Some("UpdateDatabaseRequest"),
+                ok: (200, "DatabaseEnvelope"),
+                errors: &[409],
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::DELETE,
+            "/api/databases/{id}",
+            delete,
+            Doc {
+                operation_id: "deleteDatabase",
+                tag,
+                summary: "Drop the database (open sessions are ended) and its role.",
+                path_id: ID,
+                ok: (200, "Message"),
+                errors: &[409],
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::GET,
+            "/api/databases/{id}/stats",
+            stats,
+            Doc {
+                operation_id: "getDatabaseStats",
+                tag,
+                summary: "Size and connections, live.",
+                path_id: ID,
+                ok: (200, "DatabaseStatsEnvelope"),
+                errors: &[409],
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::GET,
+            "/api/databases/{id}/connection-strings",
+            connection_strings,
+            Doc {
+                operation_id: "getConnectionStrings",
+                tag,
+                summary: "Connection URLs with the password masked.",
+                path_id: ID,
+                ok: (200, "ConnectionStringsEnvelope"),
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::POST,
+            "/api/databases/{id}/rotate-password",
+            rotate_password,
+            Doc {
+                operation_id: "rotatePassword",
+                tag,
+                summary: "Issue a new password, shown once; open sessions stay open.",
+                path_id: ID,
+                ok: (200, "DatabaseCreated"),
+                errors: &[409],
+                ..Doc::DEFAULT
+            },
+        ),
     ]
 }

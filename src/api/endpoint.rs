@@ -100,14 +100,26 @@ where
     endpoint(method, path, None, handler, doc)
 }
 
-fn endpoint<H, T>(method: Method, path: &'static str, scope: Option<Scope>, handler: H, doc: Doc) -> Endpoint
+fn endpoint<H, T>(
+    method: Method,
+    path: &'static str,
+    scope: Option<Scope>,
+    handler: H,
+    doc: Doc,
+) -> Endpoint
 where
     H: Handler<T, AppState>,
     T: 'static,
 {
     // Registered for exactly the declared method, so the table and the router cannot disagree.
     let filter = MethodFilter::try_from(method.clone()).expect("a standard HTTP method");
-    Endpoint { method, path, scope, handler: on(filter, handler), doc }
+    Endpoint {
+        method,
+        path,
+        scope,
+        handler: on(filter, handler),
+        doc,
+    }
 }
 
 /// The scope a route needs, by one rule: reads need `read`, changes `write`, key management
@@ -130,15 +142,27 @@ mod tests {
     fn scopes_follow_the_method_and_key_routes_need_admin() {
         assert_eq!(scope_for(&Method::GET, "/api/databases"), Scope::Read);
         assert_eq!(scope_for(&Method::POST, "/api/databases"), Scope::Write);
-        assert_eq!(scope_for(&Method::DELETE, "/api/databases/{id}"), Scope::Write);
+        assert_eq!(
+            scope_for(&Method::DELETE, "/api/databases/{id}"),
+            Scope::Write
+        );
         assert_eq!(scope_for(&Method::GET, "/api/keys"), Scope::Admin);
         assert_eq!(scope_for(&Method::DELETE, "/api/keys/{id}"), Scope::Admin);
     }
 
     #[test]
     fn statuses_include_what_scope_path_and_body_imply() {
-        let doc = Doc { path_id: Some("id"), body: Some("X"), ok: (200, "Y"), errors: &[409], ..Doc::DEFAULT };
-        assert_eq!(doc.statuses(Some(Scope::Write)), vec![200, 400, 401, 403, 404, 409, 413, 422]);
+        let doc = Doc {
+            path_id: Some("id"),
+            body: Some("X"),
+            ok: (200, "Y"),
+            errors: &[409],
+            ..Doc::DEFAULT
+        };
+        assert_eq!(
+            doc.statuses(Some(Scope::Write)),
+            vec![200, 400, 401, 403, 404, 409, 413, 422]
+        );
         assert_eq!(Doc::DEFAULT.statuses(None), vec![200]);
     }
 }

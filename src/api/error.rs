@@ -92,7 +92,9 @@ impl From<TenantError> for ApiError {
     fn from(e: TenantError) -> Self {
         match e {
             TenantError::NotFound(id) => ApiError::NotFound(format!("Database {id} not found")),
-            TenantError::EntryNotFound(id) => ApiError::NotFound(format!("Allow-list entry {id} not found")),
+            TenantError::EntryNotFound(id) => {
+                ApiError::NotFound(format!("Allow-list entry {id} not found"))
+            }
             TenantError::Validation(v) => ApiError::Invalid(v),
             TenantError::Conflict(m) | TenantError::State(m) => ApiError::Conflict(m),
             TenantError::Db(e) => ApiError::Internal(e.into()),
@@ -131,7 +133,10 @@ mod tests {
         let id = TenantId::new_random();
         let cases = [
             (TenantError::NotFound(id), 404),
-            (TenantError::Validation(ValidationError::new("ownerEmail", "bad")), 422),
+            (
+                TenantError::Validation(ValidationError::new("ownerEmail", "bad")),
+                422,
+            ),
             (TenantError::Conflict("taken".into()), 409),
             (TenantError::State("provisioning".into()), 409),
             (TenantError::Db(sqlx::Error::RowNotFound), 500),
@@ -144,9 +149,14 @@ mod tests {
 
     #[test]
     fn database_detail_never_reaches_the_body() {
-        let e = ApiError::from(TenantError::Db(sqlx::Error::Protocol("relation \"secret_table\"".into())));
+        let e = ApiError::from(TenantError::Db(sqlx::Error::Protocol(
+            "relation \"secret_table\"".into(),
+        )));
         assert_eq!(e.to_string(), "internal error");
-        let v = ApiError::from(TenantError::Validation(ValidationError::new("maxConnections", "too big")));
+        let v = ApiError::from(TenantError::Validation(ValidationError::new(
+            "maxConnections",
+            "too big",
+        )));
         assert_eq!(v.to_string(), "maxConnections: too big");
     }
 }

@@ -29,7 +29,9 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(Self(value)),
-            Err(JsonRejection::BytesRejection(r)) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(JsonRejection::BytesRejection(r))
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
                 Err(ApiError::PayloadTooLarge)
             }
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadRequest(
@@ -63,7 +65,9 @@ where
 /// The raw `{id}` segment. Read from a map so routes with more parameters (the whitelist's
 /// `{whitelistId}`) can use the same extractors.
 async fn raw_id<S: Send + Sync>(parts: &mut Parts, state: &S) -> Option<String> {
-    let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state).await.ok()?;
+    let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+        .await
+        .ok()?;
     params.get("id").cloned()
 }
 
@@ -84,9 +88,12 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let raw = raw_id(parts, state).await.unwrap_or_default();
-        raw.parse::<TenantId>()
-            .map(Self)
-            .map_err(|_| ApiError::NotFound(format!("Database {} not found (ids are UUIDs)", shown(&raw))))
+        raw.parse::<TenantId>().map(Self).map_err(|_| {
+            ApiError::NotFound(format!(
+                "Database {} not found (ids are UUIDs)",
+                shown(&raw)
+            ))
+        })
     }
 }
 
@@ -98,9 +105,9 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let raw = raw_id(parts, state).await.unwrap_or_default();
-        Uuid::try_parse(&raw)
-            .map(Self)
-            .map_err(|_| ApiError::NotFound(format!("API key {} not found (ids are UUIDs)", shown(&raw))))
+        Uuid::try_parse(&raw).map(Self).map_err(|_| {
+            ApiError::NotFound(format!("API key {} not found (ids are UUIDs)", shown(&raw)))
+        })
     }
 }
 
@@ -116,7 +123,10 @@ pub struct Caller {
 
 impl Caller {
     pub fn audit(&self) -> AuditContext {
-        AuditContext { api_key_id: self.key_id, client_ip: self.client_ip }
+        AuditContext {
+            api_key_id: self.key_id,
+            client_ip: self.client_ip,
+        }
     }
 }
 
@@ -126,6 +136,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         // Absent only if a handler that needs a caller was mounted as a public route: a bug, and
         // refusing is the safe answer.
-        parts.extensions.get::<Caller>().cloned().ok_or(ApiError::Unauthorized)
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)
     }
 }

@@ -14,14 +14,19 @@ use super::{
 };
 
 pub fn endpoints() -> Vec<Endpoint> {
-    vec![public(Method::GET, "/health", health, Doc {
-        operation_id: "health",
-        tag: "service",
-        summary: "Liveness and control-database reachability; 503 when the control DB does not answer.",
-        ok: (200, "Health"),
-        errors: &[503],
-        ..Doc::DEFAULT
-    })]
+    vec![public(
+        Method::GET,
+        "/health",
+        health,
+        Doc {
+            operation_id: "health",
+            tag: "service",
+            summary: "Liveness and control-database reachability; 503 when the control DB does not answer.",
+            ok: (200, "Health"),
+            errors: &[503],
+            ..Doc::DEFAULT
+        },
+    )]
 }
 
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {

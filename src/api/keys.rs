@@ -71,28 +71,50 @@ struct NewKey {
 }
 
 fn validate(body: CreateKey) -> Result<NewKey, ApiError> {
-    let name = body.name.as_deref().map(str::trim).unwrap_or_default().to_owned();
+    let name = body
+        .name
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
     let chars = name.chars().count();
     if chars == 0 || chars > NAME_MAX_CHARS {
-        return Err(ApiError::invalid("name", format!("must be 1 to {NAME_MAX_CHARS} characters")));
+        return Err(ApiError::invalid(
+            "name",
+            format!("must be 1 to {NAME_MAX_CHARS} characters"),
+        ));
     }
     if name.chars().any(char::is_control) {
-        return Err(ApiError::invalid("name", "must not contain control characters"));
+        return Err(ApiError::invalid(
+            "name",
+            "must not contain control characters",
+        ));
     }
     let mut scopes = match body.scopes {
         None => vec![Scope::Read],
-        Some(list) => list.iter().map(|s| s.parse::<Scope>()).collect::<Result<Vec<_>, _>>()?,
+        Some(list) => list
+            .iter()
+            .map(|s| s.parse::<Scope>())
+            .collect::<Result<Vec<_>, _>>()?,
     };
     scopes.sort_unstable();
     scopes.dedup();
     if scopes.is_empty() {
-        return Err(ApiError::invalid("scopes", "give at least one of read, write, admin"));
+        return Err(ApiError::invalid(
+            "scopes",
+            "give at least one of read, write, admin",
+        ));
     }
     let expires_at = match body.expires_at.as_deref() {
         None => None,
         Some(s) => {
             let t = DateTime::parse_from_rfc3339(s)
-                .map_err(|_| ApiError::invalid("expiresAt", "must be an RFC 3339 time such as 2030-01-31T12:00:00Z"))?
+                .map_err(|_| {
+                    ApiError::invalid(
+                        "expiresAt",
+                        "must be an RFC 3339 time such as 2030-01-31T12:00:00Z",
+                    )
+                })?
                 .with_timezone(&Utc);
             if t <= Utc::now() {
                 return Err(ApiError::invalid("expiresAt", "must be in the future"));
@@ -100,16 +122,35 @@ fn validate(body: CreateKey) -> Result<NewKey, ApiError> {
             Some(t)
         }
     };
-    Ok(NewKey { name, scopes, expires_at })
+    Ok(NewKey {
+        name,
+        scopes,
+        expires_at,
+    })
 }
 
-async fn create(State(state): State<AppState>, caller: Caller, ApiJson(body): ApiJson<CreateKey>) -> Answer {
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> Answer {
     let new = validate(body)?;
     let mut tx = state.pool.begin().await?;
     let (id, key) = api_keys::create_in(&mut tx, &new.name, &new.scopes, new.expires_at).await?;
     let details = json!({ "name": new.name, "scopes": new.scopes, "expires_at": new.expires_at });
-    audit::record(&mut tx, &caller.audit(), "api_key.create", "api_key", Some(&id.to_string()), true, details).await?;
-    let row = api_keys::get(&mut tx, id).await?.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("new key vanished")))?;
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        "api_key.create",
+        "api_key",
+        Some(&id.to_string()),
+        true,
+        details,
+    )
+    .await?;
+    let row = api_keys::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("new key vanished")))?;
     tx.commit().await?;
     let mut data = json!(KeyView::from(row));
     data["key"] = json!(key.expose());
@@ -124,8 +165,15 @@ async fn create(State(state): State<AppState>, caller: Caller, ApiJson(body): Ap
 }
 
 async fn list(State(state): State<AppState>) -> Answer {
-    let rows: Vec<KeyView> = api_keys::list(&state.pool).await?.into_iter().map(KeyView::from).collect();
-    Ok((StatusCode::OK, Json(json!({ "success": true, "count": rows.len(), "data": rows }))))
+    let rows: Vec<KeyView> = api_keys::list(&state.pool)
+        .await?
+        .into_iter()
+        .map(KeyView::from)
+        .collect();
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "success": true, "count": rows.len(), "data": rows })),
+    ))
 }
 
 async fn revoke(State(state): State<AppState>, caller: Caller, KeyPath(id): KeyPath) -> Answer {
@@ -134,7 +182,9 @@ async fn revoke(State(state): State<AppState>, caller: Caller, KeyPath(id): KeyP
     let admins = api_keys::lock_live_admin_ids(&mut tx).await?;
     let row = api_keys::get(&mut tx, id).await?.ok_or_else(not_found)?;
     if row.revoked_at.is_some() {
-        return Err(ApiError::Conflict(format!("API key {id} is already revoked")));
+        return Err(ApiError::Conflict(format!(
+            "API key {id} is already revoked"
+        )));
     }
     // The bootstrap key from settings is not counted: it may be removed from the file any day.
     if admins == [id] {
@@ -146,38 +196,65 @@ async fn revoke(State(state): State<AppState>, caller: Caller, KeyPath(id): KeyP
         return Err(not_found());
     }
     let details = json!({ "name": row.name });
-    audit::record(&mut tx, &caller.audit(), "api_key.revoke", "api_key", Some(&id.to_string()), true, details).await?;
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        "api_key.revoke",
+        "api_key",
+        Some(&id.to_string()),
+        true,
+        details,
+    )
+    .await?;
     tx.commit().await?;
-    Ok((StatusCode::OK, Json(json!({ "success": true, "message": "API key revoked" }))))
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "success": true, "message": "API key revoked" })),
+    ))
 }
 
 pub fn endpoints() -> Vec<Endpoint> {
     let tag = "keys";
     vec![
-        keyed(Method::POST, "/api/keys", create, Doc {
-            operation_id: "createApiKey",
-            tag,
-            summary: "Issue an API key; it is shown once, in this response.",
-            body: Some("CreateApiKeyRequest"),
-            ok: (201, "ApiKeyCreated"),
-            ..Doc::DEFAULT
-        }),
-        keyed(Method::GET, "/api/keys", list, Doc {
-            operation_id: "listApiKeys",
-            tag,
-            summary: "Every key, revoked and expired ones included; never the key itself.",
-            ok: (200, "ApiKeyList"),
-            ..Doc::DEFAULT
-        }),
-        keyed(Method::DELETE, "/api/keys/{id}", revoke, Doc {
-            operation_id: "revokeApiKey",
-            tag,
-            summary: "Revoke a key; requests with it are refused from now on.",
-            path_id: Some("The key's id (a UUID)."),
-            ok: (200, "Message"),
-            errors: &[409],
-            ..Doc::DEFAULT
-        }),
+        keyed(
+            Method::POST,
+            "/api/keys",
+            create,
+            Doc {
+                operation_id: "createApiKey",
+                tag,
+                summary: "Issue an API key; it is shown once, in this response.",
+                body: Some("CreateApiKeyRequest"),
+                ok: (201, "ApiKeyCreated"),
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::GET,
+            "/api/keys",
+            list,
+            Doc {
+                operation_id: "listApiKeys",
+                tag,
+                summary: "Every key, revoked and expired ones included; never the key itself.",
+                ok: (200, "ApiKeyList"),
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::DELETE,
+            "/api/keys/{id}",
+            revoke,
+            Doc {
+                operation_id: "revokeApiKey",
+                tag,
+                summary: "Revoke a key; requests with it are refused from now on.",
+                path_id: Some("The key's id (a UUID)."),
+                ok: (200, "Message"),
+                errors: &[409],
+                ..Doc::DEFAULT
+            },
+        ),
     ]
 }
 
@@ -195,8 +272,16 @@ mod tests {
 
     #[test]
     fn defaults_to_read_and_dedups_scopes() {
-        assert_eq!(validate(body(Some("ci"), None, None)).unwrap().scopes, vec![Scope::Read]);
-        let k = validate(body(Some(" ci "), Some(&["write", "read", "write"]), Some("2999-01-01T00:00:00Z"))).unwrap();
+        assert_eq!(
+            validate(body(Some("ci"), None, None)).unwrap().scopes,
+            vec![Scope::Read]
+        );
+        let k = validate(body(
+            Some(" ci "),
+            Some(&["write", "read", "write"]),
+            Some("2999-01-01T00:00:00Z"),
+        ))
+        .unwrap();
         assert_eq!(k.scopes, vec![Scope::Read, Scope::Write]);
         assert_eq!(k.name, "ci");
     }
@@ -211,7 +296,10 @@ mod tests {
             (body(Some("ci"), Some(&[]), None), "scopes"),
             (body(Some("ci"), Some(&["root"]), None), "scope"),
             (body(Some("ci"), None, Some("tomorrow")), "expiresAt"),
-            (body(Some("ci"), None, Some("2001-01-01T00:00:00Z")), "expiresAt"),
+            (
+                body(Some("ci"), None, Some("2001-01-01T00:00:00Z")),
+                "expiresAt",
+            ),
         ] {
             match validate(b) {
                 Err(ApiError::Invalid(v)) => assert_eq!(v.field, field),

@@ -25,7 +25,9 @@ use super::{AppState, auth::Refusal};
 
 /// Upper bounds in seconds. Most requests are single indexed queries (milliseconds); creating or
 /// deleting a tenant runs DDL and can take a second or more.
-const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 #[derive(Clone, Default)]
 struct Histogram {
@@ -54,7 +56,10 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self { requests: Mutex::default(), refused: std::array::from_fn(|_| AtomicU64::new(0)) }
+        Self {
+            requests: Mutex::default(),
+            refused: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
 }
 
@@ -66,7 +71,9 @@ impl Metrics {
 
     fn observe(&self, method: &str, route: &str, status: u16, secs: f64) {
         if let Ok(mut map) = self.requests.lock() {
-            map.entry((method.to_owned(), route.to_owned(), status)).or_default().observe(secs);
+            map.entry((method.to_owned(), route.to_owned(), status))
+                .or_default()
+                .observe(secs);
         }
     }
 
@@ -74,45 +81,84 @@ impl Metrics {
     pub fn render(&self, tenants: &BTreeMap<String, (i64, i64)>) -> String {
         let mut out = String::new();
         // Copied out so rendering does not hold the lock that every request takes.
-        let requests: Vec<(RequestKey, Histogram)> =
-            self.requests.lock().map(|m| m.iter().map(|(k, h)| (k.clone(), h.clone())).collect()).unwrap_or_default();
+        let requests: Vec<(RequestKey, Histogram)> = self
+            .requests
+            .lock()
+            .map(|m| m.iter().map(|(k, h)| (k.clone(), h.clone())).collect())
+            .unwrap_or_default();
 
         out.push_str("# HELP pgaas_http_requests_total HTTP requests answered, by method, route template and status.\n");
         out.push_str("# TYPE pgaas_http_requests_total counter\n");
         for ((method, route, status), h) in &requests {
-            let labels = format!("method=\"{}\",route=\"{}\",status=\"{status}\"", escape(method), escape(route));
+            let labels = format!(
+                "method=\"{}\",route=\"{}\",status=\"{status}\"",
+                escape(method),
+                escape(route)
+            );
             let _ = writeln!(out, "pgaas_http_requests_total{{{labels}}} {}", h.count);
         }
 
         out.push_str("# HELP pgaas_http_request_duration_seconds Time to answer HTTP requests.\n");
         out.push_str("# TYPE pgaas_http_request_duration_seconds histogram\n");
         for ((method, route, status), h) in &requests {
-            let labels = format!("method=\"{}\",route=\"{}\",status=\"{status}\"", escape(method), escape(route));
+            let labels = format!(
+                "method=\"{}\",route=\"{}\",status=\"{status}\"",
+                escape(method),
+                escape(route)
+            );
             let mut cumulative = 0;
             for (bound, n) in BUCKETS.iter().zip(h.counts) {
                 cumulative += n;
-                let _ = writeln!(out, "pgaas_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+                let _ = writeln!(
+                    out,
+                    "pgaas_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
             }
-            let _ = writeln!(out, "pgaas_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "pgaas_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
-            let _ = writeln!(out, "pgaas_http_request_duration_seconds_count{{{labels}}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "pgaas_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "pgaas_http_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "pgaas_http_request_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
         }
 
         out.push_str("# HELP pgaas_auth_refused_total Requests refused by authentication (401) or scope (403), by reason.\n");
         out.push_str("# TYPE pgaas_auth_refused_total counter\n");
         for (why, n) in Refusal::ALL.iter().zip(&self.refused) {
-            let _ = writeln!(out, "pgaas_auth_refused_total{{reason=\"{}\"}} {}", why.as_str(), n.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "pgaas_auth_refused_total{{reason=\"{}\"}} {}",
+                why.as_str(),
+                n.load(Ordering::Relaxed)
+            );
         }
 
         out.push_str("# HELP pgaas_tenant_size_bytes Size of each active tenant database at the last collection.\n");
         out.push_str("# TYPE pgaas_tenant_size_bytes gauge\n");
         for (db, (size, _)) in tenants {
-            let _ = writeln!(out, "pgaas_tenant_size_bytes{{database=\"{}\"}} {size}", escape(db));
+            let _ = writeln!(
+                out,
+                "pgaas_tenant_size_bytes{{database=\"{}\"}} {size}",
+                escape(db)
+            );
         }
         out.push_str("# HELP pgaas_tenant_active_connections Backends connected to each active tenant database at the last collection.\n");
         out.push_str("# TYPE pgaas_tenant_active_connections gauge\n");
         for (db, (_, conns)) in tenants {
-            let _ = writeln!(out, "pgaas_tenant_active_connections{{database=\"{}\"}} {conns}", escape(db));
+            let _ = writeln!(
+                out,
+                "pgaas_tenant_active_connections{{database=\"{}\"}} {conns}",
+                escape(db)
+            );
         }
         out
     }
@@ -120,7 +166,9 @@ impl Metrics {
 
 /// Label values escape backslash, double quote and newline (the exposition format's rule).
 fn escape(v: &str) -> String {
-    v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
+    v.replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
 }
 
 /// The layer recording every answered request, refused ones included.
@@ -133,7 +181,12 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     let method = req.method().as_str().to_owned();
     let start = Instant::now();
     let res = next.run(req).await;
-    state.metrics.observe(&method, &route, res.status().as_u16(), start.elapsed().as_secs_f64());
+    state.metrics.observe(
+        &method,
+        &route,
+        res.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
     res
 }
 
@@ -143,7 +196,13 @@ pub async fn handler(State(state): State<AppState>) -> impl IntoResponse {
         .as_ref()
         .map(|c| c.snapshot().per_tenant.into_iter().collect())
         .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render(&tenants))
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(&tenants),
+    )
 }
 
 #[cfg(test)]
@@ -160,11 +219,22 @@ mod tests {
         let tenants = BTreeMap::from([("tenant_ab".to_owned(), (8192, 2))]);
         let text = m.render(&tenants);
         let route = r#"method="GET",route="/api/databases/{id}",status="200""#;
-        assert!(text.contains(&format!("pgaas_http_requests_total{{{route}}} 2\n")), "{text}");
-        assert!(text.contains(&format!("pgaas_http_request_duration_seconds_bucket{{{route},le=\"0.001\"}} 0\n")));
-        assert!(text.contains(&format!("pgaas_http_request_duration_seconds_bucket{{{route},le=\"0.005\"}} 1\n")));
-        assert!(text.contains(&format!("pgaas_http_request_duration_seconds_bucket{{{route},le=\"0.25\"}} 2\n")));
-        assert!(text.contains(&format!("pgaas_http_request_duration_seconds_bucket{{{route},le=\"+Inf\"}} 2\n")));
+        assert!(
+            text.contains(&format!("pgaas_http_requests_total{{{route}}} 2\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "pgaas_http_request_duration_seconds_bucket{{{route},le=\"0.001\"}} 0\n"
+        )));
+        assert!(text.contains(&format!(
+            "pgaas_http_request_duration_seconds_bucket{{{route},le=\"0.005\"}} 1\n"
+        )));
+        assert!(text.contains(&format!(
+            "pgaas_http_request_duration_seconds_bucket{{{route},le=\"0.25\"}} 2\n"
+        )));
+        assert!(text.contains(&format!(
+            "pgaas_http_request_duration_seconds_bucket{{{route},le=\"+Inf\"}} 2\n"
+        )));
         assert!(text.contains("pgaas_auth_refused_total{reason=\"wrong_secret\"} 1\n"));
         assert!(text.contains("pgaas_auth_refused_total{reason=\"missing\"} 0\n"));
         assert!(text.contains("pgaas_tenant_size_bytes{database=\"tenant_ab\"} 8192\n"));

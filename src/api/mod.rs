@@ -117,7 +117,10 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new();
     for e in endpoints() {
         let handler = match e.scope {
-            Some(scope) => e.handler.route_layer(middleware::from_fn_with_state((state.clone(), scope), auth::require)),
+            Some(scope) => e.handler.route_layer(middleware::from_fn_with_state(
+                (state.clone(), scope),
+                auth::require,
+            )),
             None => e.handler,
         };
         router = router.route(e.path, handler);
@@ -126,7 +129,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.api.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -17,20 +17,27 @@ use crate::model::Scope;
 pub fn document_json() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        let mut s = serde_json::to_string_pretty(&document(&super::endpoints())).expect("a JSON value serialises");
+        let mut s = serde_json::to_string_pretty(&document(&super::endpoints()))
+            .expect("a JSON value serialises");
         s.push('\n');
         s
     })
 }
 
 pub async fn handler() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], document_json())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document_json(),
+    )
 }
 
 pub fn document(endpoints: &[Endpoint]) -> Value {
     let mut paths: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
     for e in endpoints {
-        paths.entry(e.path).or_default().insert(e.method.as_str().to_lowercase(), operation(&e.doc, e.scope));
+        paths
+            .entry(e.path)
+            .or_default()
+            .insert(e.method.as_str().to_lowercase(), operation(&e.doc, e.scope));
     }
     json!({
         "openapi": "3.1.0",
@@ -86,11 +93,18 @@ fn operation(doc: &Doc, scope: Option<Scope>) -> Value {
     }
     let mut responses = Map::new();
     for status in doc.statuses(scope) {
-        let reason = StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
+        let reason = StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
         let body = if status == doc.ok.0 {
             match doc.ok.1 {
-                "text" => json!({ "description": reason, "content": { "text/plain": { "schema": { "type": "string" } } } }),
-                name => json!({ "description": reason, "content": { "application/json": { "schema": reference(name) } } }),
+                "text" => {
+                    json!({ "description": reason, "content": { "text/plain": { "schema": { "type": "string" } } } })
+                }
+                name => {
+                    json!({ "description": reason, "content": { "application/json": { "schema": reference(name) } } })
+                }
             }
         } else {
             json!({ "description": reason, "content": { "application/json": { "schema": reference("Error") } } })
@@ -140,7 +154,10 @@ mod tests {
         let text = document_json();
         let doc: Value = serde_json::from_str(text).unwrap();
         for piece in text.split("#/components/schemas/").skip(1) {
-            let name: String = piece.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            let name: String = piece
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
             assert!(doc["components"]["schemas"][&name].is_object(), "{name}");
         }
     }

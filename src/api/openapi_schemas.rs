@@ -60,7 +60,17 @@ fn list(item: &str, extra: Value) -> Value {
 
 pub fn schemas() -> Value {
     let database = object(
-        &["id", "database_name", "username", "owner_email", "friendly_name", "max_connections", "status", "created_at", "updated_at"],
+        &[
+            "id",
+            "database_name",
+            "username",
+            "owner_email",
+            "friendly_name",
+            "max_connections",
+            "status",
+            "created_at",
+            "updated_at",
+        ],
         json!({
             "id": fmt("uuid"),
             "database_name": { "type": "string", "pattern": "^tenant_[0-9a-f]+$" },
@@ -78,8 +88,12 @@ pub fn schemas() -> Value {
         "DIRECT_URL": { "type": "string", "description": "The same as connection_string." },
         "DATABASE_URL": { "type": "string", "description": "Through PgBouncer; present only when the pooler runs." },
     });
-    let mut with_password = object(&["password", "connection_string", "DIRECT_URL"], urls.clone());
-    with_password["properties"]["password"] = json!({ "type": "string", "description": "Shown only in this response." });
+    let mut with_password = object(
+        &["password", "connection_string", "DIRECT_URL"],
+        urls.clone(),
+    );
+    with_password["properties"]["password"] =
+        json!({ "type": "string", "description": "Shown only in this response." });
     let api_key = object(
         &["id", "name", "key_prefix", "scopes", "created_at"],
         json!({
@@ -94,7 +108,16 @@ pub fn schemas() -> Value {
         }),
     );
     let mut connection_strings = object(
-        &["database_id", "database_name", "username", "host", "port", "sslmode", "connection_string", "DIRECT_URL"],
+        &[
+            "database_id",
+            "database_name",
+            "username",
+            "host",
+            "port",
+            "sslmode",
+            "connection_string",
+            "DIRECT_URL",
+        ],
         urls,
     );
     if let Some(p) = connection_strings["properties"].as_object_mut() {
@@ -108,7 +131,14 @@ pub fn schemas() -> Value {
         p.insert("DATABASE_URL".into(), json!({ "type": ["string", "null"] }));
     }
     let stats = object(
-        &["database_id", "database_name", "size_bytes", "size_pretty", "active_connections", "max_connections"],
+        &[
+            "database_id",
+            "database_name",
+            "size_bytes",
+            "size_pretty",
+            "active_connections",
+            "max_connections",
+        ],
         json!({
             "database_id": fmt("uuid"),
             "database_name": string(),
@@ -119,7 +149,14 @@ pub fn schemas() -> Value {
         }),
     );
     let audit_entry = object(
-        &["id", "action", "resource_type", "outcome", "details", "created_at"],
+        &[
+            "id",
+            "action",
+            "resource_type",
+            "outcome",
+            "details",
+            "created_at",
+        ],
         json!({
             "id": int(),
             "api_key_id": nullable("uuid"),
@@ -134,7 +171,8 @@ pub fn schemas() -> Value {
     );
     let mut key_created = api_key.clone();
     key_created["required"] = json!(["id", "name", "key_prefix", "scopes", "created_at", "key"]);
-    key_created["properties"]["key"] = json!({ "type": "string", "description": "The key; shown only in this response." });
+    key_created["properties"]["key"] =
+        json!({ "type": "string", "description": "The key; shown only in this response." });
 
     json!({
         "Error": object(&["success", "error", "message", "code"], json!({

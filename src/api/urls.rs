@@ -25,19 +25,43 @@ pub struct ConnectionUrls {
 impl ConnectionUrls {
     pub fn new(state: &AppState, tenant: &Tenant, password: Option<&str>) -> Self {
         let s = &state.settings;
-        let direct = url(&s.public_host, s.postgres.port, tenant.username.as_str(), password, tenant.database_name.as_str());
+        let direct = url(
+            &s.public_host,
+            s.postgres.port,
+            tenant.username.as_str(),
+            password,
+            tenant.database_name.as_str(),
+        );
         let pooled = (s.pgbouncer.enabled && state.pooler_available).then(|| {
-            url(&s.public_host, s.pgbouncer.port, tenant.username.as_str(), password, tenant.database_name.as_str())
+            url(
+                &s.public_host,
+                s.pgbouncer.port,
+                tenant.username.as_str(),
+                password,
+                tenant.database_name.as_str(),
+            )
         });
-        Self { connection_string: direct.clone(), direct_url: direct, database_url: pooled }
+        Self {
+            connection_string: direct.clone(),
+            direct_url: direct,
+            database_url: pooled,
+        }
     }
 }
 
 pub fn url(host: &str, port: u16, user: &str, password: Option<&str>, db: &str) -> String {
-    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
     // `*` is a sub-delimiter, legal unencoded in userinfo, so the mask stays readable.
     let password = password.map_or_else(|| MASK.to_owned(), encode);
-    format!("postgresql://{}:{password}@{host}:{port}/{}?sslmode=require", encode(user), encode(db))
+    format!(
+        "postgresql://{}:{password}@{host}:{port}/{}?sslmode=require",
+        encode(user),
+        encode(db)
+    )
 }
 
 /// Percent-encode everything but RFC 3986 unreserved characters.
@@ -60,7 +84,13 @@ mod tests {
     #[test]
     fn the_original_shape() {
         assert_eq!(
-            url("db.example.com", 5432, "user_ab12", Some("Secr3t"), "tenant_ab12"),
+            url(
+                "db.example.com",
+                5432,
+                "user_ab12",
+                Some("Secr3t"),
+                "tenant_ab12"
+            ),
             "postgresql://user_ab12:Secr3t@db.example.com:5432/tenant_ab12?sslmode=require"
         );
         assert_eq!(
@@ -71,8 +101,14 @@ mod tests {
 
     #[test]
     fn ipv6_hosts_are_bracketed_once() {
-        assert_eq!(url("::1", 5432, "u", Some("p"), "d"), "postgresql://u:p@[::1]:5432/d?sslmode=require");
-        assert_eq!(url("[2001:db8::1]", 6432, "u", Some("p"), "d"), "postgresql://u:p@[2001:db8::1]:6432/d?sslmode=require");
+        assert_eq!(
+            url("::1", 5432, "u", Some("p"), "d"),
+            "postgresql://u:p@[::1]:5432/d?sslmode=require"
+        );
+        assert_eq!(
+            url("[2001:db8::1]", 6432, "u", Some("p"), "d"),
+            "postgresql://u:p@[2001:db8::1]:6432/d?sslmode=require"
+        );
     }
 
     #[test]

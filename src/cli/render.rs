@@ -44,17 +44,25 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
             crate::host::memory_mb().context("reading /proc/meminfo (set postgres.memory_mb)")?
         }
     };
-    let mut admin_os_users = vec![settings.postgres.os_user.clone()];
-    if !admin_os_users.iter().any(|u| u == "root") {
-        admin_os_users.push("root".into());
-    }
-    let policy = HbaPolicy {
-        superuser: settings.postgres.superuser.clone(),
-        api_role: settings.control_db.user.clone(),
-        control_db: settings.control_db.name.clone(),
-        tenant_group: crate::control_db::TENANT_GROUP.to_string(),
-        admin_os_users,
-        tenants: Vec::new(),
+    // The access rules come from the control DB: without its rows, pg_hba.conf would lose every
+    // allow-list, so the hba files are rendered only when the rows can be read.
+    let mut policy = HbaPolicy::base(&settings);
+    let (generation, skip_hba) = match read_rows(&settings) {
+        Ok((tenants, generation)) => {
+            policy.tenants = tenants;
+            (u64::try_from(generation).unwrap_or(0), false)
+        }
+        Err(e) if args.root.is_some() => {
+            eprintln!("note: control DB not reachable ({e:#}); rendering the hba files without tenant rules");
+            (0, false)
+        }
+        Err(e) => {
+            eprintln!(
+                "warning: control DB not reachable ({e:#}); pg_hba.conf and pgbouncer_hba.conf are left as they are \
+                 (they are only ever rendered with the allow-lists). Start PostgreSQL and run `pgaas render` again."
+            );
+            (0, true)
+        }
     };
     let files = render::managed_files(&RenderInputs {
         settings: &settings,
@@ -63,11 +71,15 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
             memory_mb,
         },
         hba: &policy,
-        generation: 0,
+        generation,
         pg_config_dir: settings.postgres.config_dir_for(pg_version),
         include_systemd: true,
         include_pgbouncer: settings.pgbouncer.enabled,
     })?;
+    let files: Vec<_> = files
+        .into_iter()
+        .filter(|f| !(skip_hba && f.path.file_name().is_some_and(|n| n == "pg_hba.conf" || n == "pgbouncer_hba.conf")))
+        .collect();
     let root = args.root.as_deref();
     if args.check {
         let drift = render::check_all(&files, root)?;
@@ -94,4 +106,17 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         println!("{word:>9}  {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tenants with allow-lists and the generation in force, read as the API role.
+fn read_rows(settings: &crate::settings::Settings) -> anyhow::Result<(Vec<crate::hba::TenantAccess>, i64)> {
+    let password = settings.control_db_password().context("reading the control DB password file")?;
+    let rt = super::tokio_runtime()?;
+    rt.block_on(async {
+        let opts = crate::control_db::connect_options(settings, password.as_ref());
+        let mut conn = sqlx::Connection::connect_with(&opts).await.context("connecting to the control DB")?;
+        let tenants = crate::hba::apply::load_tenants(&mut conn).await?;
+        let generation = crate::hba::apply::current_generation(&mut conn).await?;
+        Ok((tenants, generation))
+    })
 }

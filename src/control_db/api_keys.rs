@@ -150,10 +150,11 @@ pub async fn lock_live_admin_ids(conn: &mut PgConnection) -> Result<Vec<Uuid>, s
 
 /// Revoke a live key; false when it was already revoked (or does not exist).
 pub async fn revoke(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-        .bind(id)
-        .execute(conn)
-        .await?;
+    let done =
+        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .execute(conn)
+            .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -180,22 +181,31 @@ impl KeySelector {
         let rest = s.strip_prefix(API_KEY_TAG).unwrap_or(s);
         let prefix = rest.get(..API_KEY_PREFIX_LEN)?;
         let tail_ok = rest.len() == prefix.len() || rest[prefix.len()..].starts_with('_');
-        let hex = prefix.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let hex = prefix
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         (hex && tail_ok).then(|| Self::Prefix(prefix.to_string()))
     }
 }
 
 /// The id of the key an operator named, if any.
-pub async fn find_id(conn: &mut PgConnection, which: &KeySelector) -> Result<Option<Uuid>, sqlx::Error> {
+pub async fn find_id(
+    conn: &mut PgConnection,
+    which: &KeySelector,
+) -> Result<Option<Uuid>, sqlx::Error> {
     match which {
-        KeySelector::Id(id) => sqlx::query_scalar("SELECT id FROM api_keys WHERE id = $1")
-            .bind(id)
-            .fetch_optional(conn)
-            .await,
-        KeySelector::Prefix(p) => sqlx::query_scalar("SELECT id FROM api_keys WHERE key_prefix = $1")
-            .bind(p)
-            .fetch_optional(conn)
-            .await,
+        KeySelector::Id(id) => {
+            sqlx::query_scalar("SELECT id FROM api_keys WHERE id = $1")
+                .bind(id)
+                .fetch_optional(conn)
+                .await
+        }
+        KeySelector::Prefix(p) => {
+            sqlx::query_scalar("SELECT id FROM api_keys WHERE key_prefix = $1")
+                .bind(p)
+                .fetch_optional(conn)
+                .await
+        }
     }
 }
 
@@ -206,12 +216,23 @@ mod key_selector_tests {
     #[test]
     fn operators_name_keys_by_id_prefix_or_whole_key() {
         let id = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
-        assert_eq!(KeySelector::parse(id), Some(KeySelector::Id(id.parse().unwrap())));
+        assert_eq!(
+            KeySelector::parse(id),
+            Some(KeySelector::Id(id.parse().unwrap()))
+        );
         let p = Some(KeySelector::Prefix("abcdef12".into()));
         assert_eq!(KeySelector::parse("abcdef12"), p);
         assert_eq!(KeySelector::parse("pgaas_abcdef12"), p);
         assert_eq!(KeySelector::parse(" pgaas_abcdef12_secretpart\n"), p);
-        for bad in ["", "abc", "ABCDEF12", "abcdef123", "abcdef1g", "pgaas_", "' OR 1=1 --"] {
+        for bad in [
+            "",
+            "abc",
+            "ABCDEF12",
+            "abcdef123",
+            "abcdef1g",
+            "pgaas_",
+            "' OR 1=1 --",
+        ] {
             assert_eq!(KeySelector::parse(bad), None, "{bad:?}");
         }
     }

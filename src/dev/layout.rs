@@ -140,6 +140,9 @@ impl DevLayout {
         s.environment = "development".into();
         s.postgres.version = Some(version);
         s.postgres.port = opts.pg_port;
+        // A laptop-sized cluster unless told otherwise; written into the settings file so
+        // `pgaas render` with it renders exactly what dev did.
+        s.postgres.memory_mb = Some(s.postgres.memory_mb.unwrap_or(1024));
         s.postgres.listen_addresses = vec!["127.0.0.1".into(), "::1".into()];
         s.postgres.config_dir = Some(self.data_dir());
         s.postgres.data_dir = Some(self.data_dir());
@@ -162,6 +165,11 @@ impl DevLayout {
         s.tls.ca_file = Some(self.tls_dir().join("ca.crt"));
         s.paths.state_dir = self.root.clone();
         s.paths.backup_dir = self.root.join("backups");
+        s.paths.config_dir = self.root.clone();
+        s.paths.systemd_dir = self.root.join("systemd");
+        if let Ok(exe) = std::env::current_exe() {
+            s.paths.binary = exe;
+        }
         s
     }
 

@@ -135,7 +135,7 @@ impl DevPlatform {
             owner: owner.clone(),
         });
         let hba = HbaApplier {
-            base: base_policy(&settings, &owner),
+            base: HbaPolicy::base(&settings),
             pg_hba_file: cluster.config_dir().join("pg_hba.conf"),
             pgbouncer: pgbouncer.as_ref().map(|_| PoolerFiles {
                 hba_file: settings.pgbouncer.config_dir.join("pgbouncer_hba.conf"),
@@ -257,8 +257,10 @@ fn write_managed_files(
     owner: &OsUser,
     include_pgbouncer: bool,
 ) -> anyhow::Result<bool> {
-    let policy = base_policy(settings, owner);
+    let policy = HbaPolicy::base(settings);
     let memory_mb = settings.postgres.memory_mb.unwrap_or(1024);
+    // Units go under the state dir (paths.systemd_dir): nothing runs them, but `pgaas render
+    // --check` with dev's settings then finds the whole set in place.
     let files = render::managed_files(&RenderInputs {
         settings,
         facts: HostFacts {
@@ -268,7 +270,7 @@ fn write_managed_files(
         hba: &policy,
         generation: 0,
         pg_config_dir: cluster.config_dir().to_path_buf(),
-        include_systemd: false,
+        include_systemd: true,
         include_pgbouncer,
     })?;
     let files: Vec<_> = files
@@ -285,25 +287,6 @@ fn write_managed_files(
         owner.chown(path)?;
     }
     Ok(results.iter().any(|(_, o)| *o == WriteOutcome::Changed))
-}
-
-/// The hba policy before any tenant exists: local admin by peer (for the cluster owner and, when
-/// we are root, root), the API role locally, everything else refused.
-pub fn base_policy(settings: &Settings, owner: &OsUser) -> HbaPolicy {
-    let mut admin_os_users = vec![owner.name.clone()];
-    if let Ok(me) = OsUser::current() {
-        if me.name != owner.name {
-            admin_os_users.push(me.name);
-        }
-    }
-    HbaPolicy {
-        superuser: settings.postgres.superuser.clone(),
-        api_role: settings.control_db.user.clone(),
-        control_db: settings.control_db.name.clone(),
-        tenant_group: control_db::TENANT_GROUP.to_string(),
-        admin_os_users,
-        tenants: Vec::new(),
-    }
 }
 
 /// `apt-get install` the server packages (root only).

@@ -36,6 +36,25 @@ pub struct HbaPolicy {
     pub tenants: Vec<TenantAccess>,
 }
 
+impl HbaPolicy {
+    /// The policy without tenants, from settings: the superuser reachable by peer from the
+    /// cluster's OS user and from root, the API role on the control DB.
+    pub fn base(settings: &crate::settings::Settings) -> Self {
+        let mut admin_os_users = vec![settings.postgres.os_user.clone()];
+        if settings.postgres.os_user != "root" {
+            admin_os_users.push("root".into());
+        }
+        HbaPolicy {
+            superuser: settings.postgres.superuser.clone(),
+            api_role: settings.control_db.user.clone(),
+            control_db: settings.control_db.name.clone(),
+            tenant_group: crate::control_db::TENANT_GROUP.to_string(),
+            admin_os_users,
+            tenants: Vec::new(),
+        }
+    }
+}
+
 /// One tenant's network access. An empty `allow` means any address (still TLS + SCRAM only).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantAccess {

@@ -150,6 +150,8 @@ const HBA_MODE: u32 = 0o640;
 /// Every managed file for this host, in a stable order.
 pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderError> {
     let s = inputs.settings;
+    // Only the hba files carry the generation (see `RenderInputs::generation`); the others
+    // pass 0, which the header leaves out.
     let g = inputs.generation;
     let dir = &inputs.pg_config_dir;
     if !dir.is_absolute() {
@@ -163,7 +165,7 @@ pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderEr
     let mut files = vec![
         ManagedFile {
             path: dir.join("conf.d/pgaas.conf"),
-            contents: postgres::render_conf(s, &inputs.facts, dir, g)?,
+            contents: postgres::render_conf(s, &inputs.facts, dir, 0)?,
             mode: CONFIG_MODE,
         },
         ManagedFile {
@@ -173,7 +175,7 @@ pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderEr
         },
         ManagedFile {
             path: dir.join("pg_ident.conf"),
-            contents: hba::render_pg_ident(inputs.hba, g)?,
+            contents: hba::render_pg_ident(inputs.hba, 0)?,
             mode: HBA_MODE,
         },
     ];
@@ -182,7 +184,7 @@ pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderEr
         let pgb_rules = hba::compile_pgbouncer(inputs.hba)?;
         files.push(ManagedFile {
             path: pgb_dir.join("pgbouncer.ini"),
-            contents: pgbouncer::render_ini(s, g)?,
+            contents: pgbouncer::render_ini(s, 0)?,
             mode: HBA_MODE,
         });
         files.push(ManagedFile {
@@ -192,7 +194,7 @@ pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderEr
         });
     }
     if inputs.include_systemd {
-        for (name, contents) in systemd::render_units(s, dir, g)? {
+        for (name, contents) in systemd::render_units(s, dir, 0)? {
             files.push(ManagedFile {
                 path: s.paths.systemd_dir.join(name),
                 contents,

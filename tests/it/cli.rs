@@ -97,10 +97,10 @@ fn render_check_reports_a_hand_edit_with_a_diff() {
         String::from_utf8_lossy(&clean.stderr)
     );
 
-    let hba = dir.path().join("etc/postgresql/15/main/pg_hba.conf");
-    let mut text = std::fs::read_to_string(&hba).unwrap();
+    let conf = dir.path().join("etc/postgresql/15/main/conf.d/pgaas.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
     text.push_str("host all all 0.0.0.0/0 trust\n");
-    std::fs::write(&hba, text).unwrap();
+    std::fs::write(&conf, text).unwrap();
     let drift = run(true);
     assert_eq!(drift.status.code(), Some(1));
     let diff = String::from_utf8_lossy(&drift.stdout);

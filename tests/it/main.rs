@@ -1,6 +1,7 @@
 //! Integration tests against real servers: one binary, one shared platform (see `harness`).
 
 mod allowlist;
+mod allowlist_faults;
 mod api;
 mod cli;
 mod harness;
