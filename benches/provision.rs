@@ -129,10 +129,13 @@ async fn run(n: usize, secs: u64, dir: &Path, teardown: &mut Teardown) -> Res<()
             .expose()
             .to_string(),
     };
+    // Exactly what `pgaas dev` serves: the platform's tenant service (with its hba applier).
+    let mut state = AppState::new(pool.clone(), Arc::new(settings.clone()))
+        .with_pooler_available(platform.pooler_available());
+    state.tenants = platform.tenants();
     teardown.platform = Some(platform);
 
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    let state = AppState::new(pool.clone(), Arc::new(settings.clone()));
     tokio::spawn(api::serve(listener, state, std::future::pending()));
     let base_url = format!("http://{listen}");
     let http = reqwest::Client::new();

@@ -232,7 +232,7 @@ async fn connection_strings(State(state): State<AppState>, TenantPath(id): Tenan
     let tenant = state.tenants.get(id).await?;
     let s = &state.settings;
     let urls = ConnectionUrls::new(&state, &tenant, None);
-    let data = json!({
+    let mut data = json!({
         "database_id": tenant.id,
         "database_name": tenant.database_name.as_str(),
         "username": tenant.username.as_str(),
@@ -241,9 +241,12 @@ async fn connection_strings(State(state): State<AppState>, TenantPath(id): Tenan
         "sslmode": "require",
         "connection_string": urls.connection_string,
         "DIRECT_URL": urls.direct_url,
-        "DATABASE_URL": urls.database_url,
         "note": "The password was shown once, at creation; POST .../rotate-password issues a new one.",
     });
+    // Absent rather than null when there is no pooler, as in the create response.
+    if let Some(pooled) = urls.database_url {
+        data["DATABASE_URL"] = json!(pooled);
+    }
     Ok((
         StatusCode::OK,
         Json(json!({ "success": true, "data": data })),

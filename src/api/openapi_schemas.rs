@@ -128,7 +128,6 @@ pub fn schemas() -> Value {
         p.insert("port".into(), int());
         p.insert("sslmode".into(), json!({ "const": "require" }));
         p.insert("note".into(), string());
-        p.insert("DATABASE_URL".into(), json!({ "type": ["string", "null"] }));
     }
     let stats = object(
         &[

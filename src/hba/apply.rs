@@ -187,10 +187,7 @@ impl HbaApplier {
     }
 
     fn write(&self, path: &Path, text: &str, previous: &[(PathBuf, Option<String>)]) -> Result<(), ApplyError> {
-        self.write_owned(path, text).map(|_| ()).map_err(|e| {
-            self.restore(previous);
-            e
-        })
+        self.write_owned(path, text).map(|_| ()).inspect_err(|_| self.restore(previous))
     }
 
     /// Write a file and give it to the server's user when this process created it.

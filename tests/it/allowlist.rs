@@ -220,3 +220,21 @@ async fn fifty_concurrent_changes_across_ten_databases_all_land() {
         svc.delete(t.tenant.id, &ctx).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn ipv6_entries_hold_too() {
+    let p = platform();
+    let svc = p.tenants();
+    let ctx = AuditContext::cli();
+    let t = create(&svc, "ipv6@example.com").await;
+    let c = Creds::from(&t);
+    let v6: IpAddr = std::net::Ipv6Addr::LOCALHOST.into();
+    connect_from(v6, p.pg_port, &c, true).await.unwrap();
+    svc.allow(t.tenant.id, AllowEntry::parse("127.0.0.2").unwrap(), None, &ctx).await.unwrap();
+    refused_by_hba(connect_from(v6, p.pg_port, &c, true).await, "::1 with only an IPv4 entry");
+    let e = svc.allow(t.tenant.id, AllowEntry::parse("::1").unwrap(), None, &ctx).await.unwrap();
+    assert_eq!(e.ip_address, "::1/128");
+    connect_from(v6, p.pg_port, &c, true).await.unwrap();
+    refused_by_hba(connect_from(v4(3), p.pg_port, &c, true).await, "127.0.0.3 not listed");
+    svc.delete(t.tenant.id, &ctx).await.unwrap();
+}

@@ -1,0 +1,157 @@
+//! One order, from `newOrder` to the PEM chain: arm the responder for each pending
+//! authorization, tell the CA to validate, wait for the order to be ready (and, when it turns
+//! invalid, find out why from the challenge's own error), finalize with a CSR for a fresh ECDSA
+//! P-256 key, and collect the chain. Nothing is written here; the caller installs the result
+//! only when all of it arrived.
+
+use std::{net::IpAddr, time::Duration};
+
+use instant_acme::{
+    Account, AuthorizationStatus, CertificateIdentifier, Identifier, NewOrder, OrderStatus,
+    RetryPolicy,
+};
+use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+
+use super::{AcmeError, ChallengeKind, responder::Responder};
+
+/// A key and the chain the CA signed for it, not yet on disk.
+pub struct Issued {
+    pub key_pem: String,
+    pub chain_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued").field("key_pem", &"***").finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn identifier(domain: &str) -> Identifier {
+    match domain.parse::<IpAddr>() {
+        Ok(ip) => Identifier::Ip(ip),
+        Err(_) => Identifier::Dns(domain.to_string()),
+    }
+}
+
+/// Place the order and see it through. `replaces` names the certificate this one succeeds,
+/// when the CA supports renewal information.
+pub(crate) async fn order_certificate(
+    account: &Account,
+    domain: &str,
+    responder: &Responder,
+    replaces: Option<CertificateIdentifier<'static>>,
+) -> Result<Issued, AcmeError> {
+    let ids = [identifier(domain)];
+    let mut new_order = NewOrder::new(&ids);
+    if let Some(r) = replaces {
+        new_order = new_order.replaces(r);
+    }
+    let mut order = account
+        .new_order(&new_order)
+        .await
+        .map_err(|e| AcmeError::acme("placing the order", e))?;
+
+    let kind = responder.kind;
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(|e| AcmeError::acme("fetching the authorization", e))?;
+        match authz.status {
+            AuthorizationStatus::Pending => {}
+            // The CA remembers a recent validation of this name for this account.
+            AuthorizationStatus::Valid => continue,
+            status => {
+                return Err(AcmeError::OrderInvalid(format!(
+                    "the authorization for {domain} is {status:?}"
+                )));
+            }
+        }
+        let name = authz.identifier().to_string();
+        let mut challenge = authz
+            .challenge(kind.acme_type())
+            .ok_or_else(|| AcmeError::ChallengeNotOffered {
+                identifier: name.clone(),
+                challenge: kind,
+                other: match kind {
+                    ChallengeKind::Http01 => ChallengeKind::TlsAlpn01,
+                    ChallengeKind::TlsAlpn01 => ChallengeKind::Http01,
+                },
+            })?;
+        responder.add(&name, &challenge.token, &challenge.key_authorization())?;
+        challenge
+            .set_ready()
+            .await
+            .map_err(|e| AcmeError::acme("starting the validation", e))?;
+    }
+
+    let validation = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .backoff(1.5)
+        .timeout(Duration::from_secs(120));
+    let status = order
+        .poll_ready(&validation)
+        .await
+        .map_err(|e| AcmeError::acme("waiting for the validation", e))?;
+    match status {
+        OrderStatus::Ready => {}
+        OrderStatus::Invalid => return Err(why_invalid(&mut order, kind).await),
+        other => {
+            return Err(AcmeError::OrderInvalid(format!(
+                "the order is {other:?} instead of ready after the validation"
+            )));
+        }
+    }
+
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![match domain.parse::<IpAddr>() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => SanType::DnsName(domain.try_into()?),
+    }];
+    let csr = params.serialize_request(&key)?;
+    order
+        .finalize_csr(csr.der())
+        .await
+        .map_err(|e| AcmeError::acme("finalizing the order", e))?;
+    let issuance = RetryPolicy::new().timeout(Duration::from_secs(120));
+    let chain_pem = order
+        .poll_certificate(&issuance)
+        .await
+        .map_err(|e| AcmeError::acme("downloading the certificate", e))?;
+    Ok(Issued {
+        key_pem: key.serialize_pem(),
+        chain_pem,
+    })
+}
+
+/// The most specific reason the CA gives: a challenge's error, else the order's.
+async fn why_invalid(order: &mut instant_acme::Order, kind: ChallengeKind) -> AcmeError {
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(mut authz)) = authorizations.next().await {
+        // The order's copy may predate the validation: fetch the authorization again.
+        if authz.refresh().await.is_err() {
+            continue;
+        }
+        let identifier = authz.identifier().to_string();
+        if let Some(problem) = authz.challenges.iter().find_map(|c| c.error.as_ref()) {
+            return AcmeError::ChallengeRejected {
+                identifier,
+                challenge: kind,
+                detail: format!(
+                    "{} [{}]",
+                    super::problem_detail(problem),
+                    problem.r#type.as_deref().unwrap_or("no problem type")
+                ),
+            };
+        }
+    }
+    let state = order.state();
+    match &state.error {
+        Some(p) => AcmeError::OrderInvalid(format!(
+            "{} [{}]",
+            super::problem_detail(p),
+            p.r#type.as_deref().unwrap_or("no problem type")
+        )),
+        None => AcmeError::OrderInvalid("the CA gave no reason".into()),
+    }
+}
