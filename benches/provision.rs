@@ -7,7 +7,8 @@
 //! ratio is the whole cost the API adds over bare DDL; and (b) `GET /api/databases/{id}` from 16
 //! concurrent keep-alive clients for 10 s (`BENCH_SECS`) against `pgaas serve` running as its own
 //! process, so its RSS (read from /proc) is the API's alone. Load generator and server share the
-//! machine, which the figures include.
+//! machine, which the figures include. `BENCH_WITHOUT_POOLER=1` serves (a) without the hba
+//! applier, so creates skip PgBouncer's auth-file refresh: the difference is that step's cost.
 
 use std::{
     net::SocketAddr,
@@ -132,7 +133,10 @@ async fn run(n: usize, secs: u64, dir: &Path, teardown: &mut Teardown) -> Res<()
     // Exactly what `pgaas dev` serves: the platform's tenant service (with its hba applier).
     let mut state = AppState::new(pool.clone(), Arc::new(settings.clone()))
         .with_pooler_available(platform.pooler_available());
-    state.tenants = platform.tenants();
+    // Diagnostic knob: without the hba applier, create skips refreshing PgBouncer's auth file.
+    if std::env::var_os("BENCH_WITHOUT_POOLER").is_none() {
+        state.tenants = platform.tenants();
+    }
     teardown.platform = Some(platform);
 
     let listener = tokio::net::TcpListener::bind(listen).await?;

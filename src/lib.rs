@@ -3,6 +3,7 @@
 //! Dependencies point down: `cli` -> `api`/`dev` -> `hba`/`control_db`/`render`/`pg` -> `model`.
 //! Nothing below `cli` parses arguments; nothing but `api` knows HTTP.
 
+pub mod acme;
 pub mod api;
 pub mod cli;
 pub mod control_db;

@@ -170,9 +170,17 @@ mod tests {
 
     #[test]
     fn eab_keys_decode_in_every_common_base64_and_never_show() {
-        let a = Eab::new("kid-1", "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W").unwrap();
+        let a = Eab::new(
+            "kid-1",
+            "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W",
+        )
+        .unwrap();
         assert_eq!(a.key.len(), 48);
-        let b = Eab::new("kid-1", "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W==").unwrap();
+        let b = Eab::new(
+            "kid-1",
+            "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W==",
+        )
+        .unwrap();
         assert_eq!(a.key, b.key);
         assert!(!format!("{a:?}").contains("zWND"));
         assert!(Eab::new("kid-1", "not base64 !").unwrap_err().is_usage());

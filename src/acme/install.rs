@@ -38,19 +38,14 @@ pub struct TlsTarget {
 }
 
 impl TlsTarget {
-    /// The files the rendered configs point at, or the same names under `tls_dir`.
+    /// The files the rendered configs point at, or the same names under `tls_dir`, with the key
+    /// owner resolved (a missing PostgreSQL user is a settings error, found before any order).
     pub fn from_settings(settings: &Settings, tls_dir: Option<&Path>) -> Result<Self, AcmeError> {
-        let (mut cert_file, mut key_file) =
-            (settings.tls.cert_file.clone(), settings.tls.key_file.clone());
-        if let Some(dir) = tls_dir {
-            let name = |p: &Path, default: &str| {
-                p.file_name()
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| default.into())
-            };
-            cert_file = dir.join(name(&cert_file, "server.crt"));
-            key_file = dir.join(name(&key_file, "server.key"));
-        }
+        let Self {
+            cert_file,
+            key_file,
+            ..
+        } = Self::paths(settings, tls_dir);
         let key_owner = if nix::unistd::Uid::effective().is_root() {
             let user = &settings.postgres.os_user;
             Some(OsUser::lookup(user).map_err(|_| {
@@ -66,6 +61,28 @@ impl TlsTarget {
             key_file,
             key_owner,
         })
+    }
+
+    /// Just the paths, for reading.
+    pub fn paths(settings: &Settings, tls_dir: Option<&Path>) -> Self {
+        let (cert_file, key_file) = (&settings.tls.cert_file, &settings.tls.key_file);
+        let Some(dir) = tls_dir else {
+            return Self {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                key_owner: None,
+            };
+        };
+        let name = |p: &Path, default: &str| {
+            p.file_name()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| default.into())
+        };
+        Self {
+            cert_file: dir.join(name(cert_file, "server.crt")),
+            key_file: dir.join(name(key_file, "server.key")),
+            key_owner: None,
+        }
     }
 
     /// The certificate on disk now, if any.
@@ -89,9 +106,10 @@ impl TlsTarget {
 /// The leaf of `issued`, once it is known to match our key and cover `domain`.
 pub(crate) fn check_pair(issued: &Issued, domain: &str) -> Result<CertInfo, AcmeError> {
     let bad = |what: &str| AcmeError::BadCertificate(what.to_string());
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad("is not PEM"))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad("is not PEM"))?;
     let leaf = chain.first().ok_or_else(|| bad("is empty"))?;
     let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|_| bad("does not parse"))?;
     let key = rcgen::KeyPair::from_pem(&issued.key_pem)?;
@@ -100,7 +118,10 @@ pub(crate) fn check_pair(issued: &Issued, domain: &str) -> Result<CertInfo, Acme
     }
     let info = CertInfo::from_der(leaf.as_ref()).ok_or_else(|| bad("does not parse"))?;
     if !info.sans.iter().any(|s| s.eq_ignore_ascii_case(domain)) {
-        return Err(bad(&format!("does not name {domain} (names: {:?})", info.sans)));
+        return Err(bad(&format!(
+            "does not name {domain} (names: {:?})",
+            info.sans
+        )));
     }
     Ok(info)
 }
@@ -139,6 +160,8 @@ pub enum ReloadOutcome {
     Reloaded,
     NotRunning,
     Disabled,
+    /// The new files are not the ones the servers read (`--tls-dir`).
+    OtherFiles,
     Failed(String),
 }
 
@@ -167,8 +190,15 @@ pub(crate) async fn reload_postgres(settings: &Settings) -> ReloadOutcome {
     let result = async {
         let mut conn = PgConnection::connect_with(&admin_options(settings))
             .await
-            .map_err(|e| format!("connecting as {} over the socket: {e}", settings.postgres.superuser))?;
-        crate::pg::cluster::reload(&mut conn).await.map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                format!(
+                    "connecting as {} over the socket: {e}",
+                    settings.postgres.superuser
+                )
+            })?;
+        crate::pg::cluster::reload(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
         conn.close().await.ok();
         Ok::<_, String>(())
     };

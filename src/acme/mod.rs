@@ -20,11 +20,12 @@ mod store;
 
 use std::{fmt, net::SocketAddr, path::PathBuf};
 
+pub use client::Eab;
 pub use install::{ReloadOutcome, TlsTarget};
 pub use issue::{
-    CertStatus, Eab, IssueReport, IssueRequest, RenewReport, RenewRequest, issue, renew, status,
+    CertStatus, IssueReport, IssueRequest, RenewReport, RenewRequest, issue, renew, status,
 };
-pub use served::{Served, ServedCheck, served_leaf};
+pub use served::{Served, ServedCheck, check_served, served_leaf};
 pub use store::{AcmeStore, IssueParams};
 
 /// Let's Encrypt's production directory, the default.
@@ -118,7 +119,9 @@ pub enum AcmeError {
         challenge: ChallengeKind,
         detail: String,
     },
-    #[error("the CA marked the order invalid: {0}; nothing was changed, try again or pick another challenge type")]
+    #[error(
+        "the CA marked the order invalid: {0}; nothing was changed, try again or pick another challenge type"
+    )]
     OrderInvalid(String),
     #[error("the CA offers no {challenge} challenge for {identifier}; try --challenge {other}")]
     ChallengeNotOffered {
@@ -136,7 +139,7 @@ pub enum AcmeError {
     BadCertificate(String),
     #[error("writing the new key and certificate failed; the previous ones are back in place")]
     Install(#[source] crate::render::RenderError),
-    #[error("{0}")]
+    #[error(transparent)]
     Write(#[from] crate::render::RenderError),
 }
 
@@ -187,9 +190,11 @@ fn problem_message(during: &str, kind: Option<&str>, detail: &str) -> String {
             "the CA's rate limit was hit; wait until it resets (the detail says when) and use --staging while testing"
         }
         Some("externalAccountRequired") => {
-            "this CA requires external account binding: pass --eab-kid and --eab-hmac-key (or PGAAS_ACME_EAB_HMAC_KEY) from your CA account"
+            "this CA requires external account binding: pass --eab-kid and --eab-hmac-key (or ACME_EAB_HMAC_KEY) from your CA account"
         }
-        Some("unauthorized") => "the account may not be used for this; check the EAB credentials and the domain",
+        Some("unauthorized") => {
+            "the account may not be used for this; check the EAB credentials and the domain"
+        }
         Some("rejectedIdentifier") => "the CA will not issue for this name; check --domain",
         Some("invalidContact") => "the CA refuses the contact address; check --email",
         Some("badNonce" | "serverInternal") => "a temporary problem at the CA; try again",
@@ -213,7 +218,10 @@ mod tests {
             detail: "too many certificates (5) already issued for this exact set of domains".into(),
         };
         let msg = e.to_string();
-        assert!(msg.contains("urn:ietf:params:acme:error:rateLimited"), "{msg}");
+        assert!(
+            msg.contains("urn:ietf:params:acme:error:rateLimited"),
+            "{msg}"
+        );
         assert!(msg.contains("too many certificates (5)"), "{msg}");
         assert!(msg.contains("wait until it resets"), "{msg}");
     }

@@ -22,7 +22,9 @@ pub struct Issued {
 
 impl std::fmt::Debug for Issued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Issued").field("key_pem", &"***").finish_non_exhaustive()
+        f.debug_struct("Issued")
+            .field("key_pem", &"***")
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,16 +68,17 @@ pub(crate) async fn order_certificate(
             }
         }
         let name = authz.identifier().to_string();
-        let mut challenge = authz
-            .challenge(kind.acme_type())
-            .ok_or_else(|| AcmeError::ChallengeNotOffered {
-                identifier: name.clone(),
-                challenge: kind,
-                other: match kind {
-                    ChallengeKind::Http01 => ChallengeKind::TlsAlpn01,
-                    ChallengeKind::TlsAlpn01 => ChallengeKind::Http01,
-                },
-            })?;
+        let mut challenge =
+            authz
+                .challenge(kind.acme_type())
+                .ok_or_else(|| AcmeError::ChallengeNotOffered {
+                    identifier: name.clone(),
+                    challenge: kind,
+                    other: match kind {
+                        ChallengeKind::Http01 => ChallengeKind::TlsAlpn01,
+                        ChallengeKind::TlsAlpn01 => ChallengeKind::Http01,
+                    },
+                })?;
         responder.add(&name, &challenge.token, &challenge.key_authorization())?;
         challenge
             .set_ready()
@@ -87,14 +90,15 @@ pub(crate) async fn order_certificate(
         .initial_delay(Duration::from_millis(250))
         .backoff(1.5)
         .timeout(Duration::from_secs(120));
-    let status = order
-        .poll_ready(&validation)
-        .await
-        .map_err(|e| AcmeError::acme("waiting for the validation", e))?;
-    match status {
-        OrderStatus::Ready => {}
-        OrderStatus::Invalid => return Err(why_invalid(&mut order, kind).await),
-        other => {
+    match order.poll_ready(&validation).await {
+        Ok(OrderStatus::Ready) => {}
+        Ok(OrderStatus::Invalid) => return Err(why_invalid(&mut order, kind, None).await),
+        // instant-acme reports an order carrying an error as that error: find the cause.
+        Err(instant_acme::Error::Api(problem)) => {
+            return Err(why_invalid(&mut order, kind, Some(problem)).await);
+        }
+        Err(e) => return Err(AcmeError::acme("waiting for the validation", e)),
+        Ok(other) => {
             return Err(AcmeError::OrderInvalid(format!(
                 "the order is {other:?} instead of ready after the validation"
             )));
@@ -125,7 +129,11 @@ pub(crate) async fn order_certificate(
 }
 
 /// The most specific reason the CA gives: a challenge's error, else the order's.
-async fn why_invalid(order: &mut instant_acme::Order, kind: ChallengeKind) -> AcmeError {
+async fn why_invalid(
+    order: &mut instant_acme::Order,
+    kind: ChallengeKind,
+    order_problem: Option<instant_acme::Problem>,
+) -> AcmeError {
     let mut authorizations = order.authorizations();
     while let Some(Ok(mut authz)) = authorizations.next().await {
         // The order's copy may predate the validation: fetch the authorization again.
@@ -145,8 +153,7 @@ async fn why_invalid(order: &mut instant_acme::Order, kind: ChallengeKind) -> Ac
             };
         }
     }
-    let state = order.state();
-    match &state.error {
+    match order_problem.as_ref().or(order.state().error.as_ref()) {
         Some(p) => AcmeError::OrderInvalid(format!(
             "{} [{}]",
             super::problem_detail(p),

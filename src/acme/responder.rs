@@ -35,7 +35,6 @@ type Tokens = Arc<Mutex<HashMap<String, String>>>;
 /// A bound, serving challenge responder. Stop it with [`Responder::stop`].
 pub struct Responder {
     pub kind: ChallengeKind,
-    pub addr: SocketAddr,
     tokens: Tokens,
     certs: Arc<AlpnCerts>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -82,7 +81,6 @@ impl Responder {
         };
         Ok(Self {
             kind,
-            addr,
             tokens,
             certs,
             shutdown: Some(tx),
@@ -99,7 +97,8 @@ impl Responder {
     ) -> Result<(), AcmeError> {
         match self.kind {
             ChallengeKind::Http01 => {
-                lock(&self.tokens).insert(token.to_string(), key_authorization.as_str().to_string());
+                lock(&self.tokens)
+                    .insert(token.to_string(), key_authorization.as_str().to_string());
             }
             ChallengeKind::TlsAlpn01 => {
                 let key = validation_cert(identifier, key_authorization.digest().as_ref())?;
@@ -114,7 +113,10 @@ impl Responder {
             let _ = tx.send(());
         }
         // A validator holding a keep-alive connection must not keep the command waiting.
-        if tokio::time::timeout(Duration::from_secs(2), &mut self.task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
+            .await
+            .is_err()
+        {
             self.task.abort();
         }
     }
@@ -130,7 +132,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn http01_answer(State(tokens): State<Tokens>, Path(token): Path<String>) -> (StatusCode, String) {
+async fn http01_answer(
+    State(tokens): State<Tokens>,
+    Path(token): Path<String>,
+) -> (StatusCode, String) {
     match lock(&tokens).get(&token) {
         Some(answer) => (StatusCode::OK, answer.clone()),
         None => (StatusCode::NOT_FOUND, "no such challenge\n".into()),
@@ -181,7 +186,8 @@ impl ResolvesServerCert for AlpnCerts {
         // RFC 8737: the validation certificate is for acme-tls/1 clients only.
         let alpn = hello.alpn()?.any(|p| p == ACME_TLS_ALPN);
         let name = hello.server_name()?.to_ascii_lowercase();
-        alpn.then(|| lock(&self.by_name).get(&name).cloned()).flatten()
+        alpn.then(|| lock(&self.by_name).get(&name).cloned())
+            .flatten()
     }
 }
 
@@ -196,7 +202,11 @@ fn alpn_server_config(certs: Arc<AlpnCerts>) -> Result<Arc<rustls::ServerConfig>
     Ok(Arc::new(config))
 }
 
-async fn serve_alpn(listener: TcpListener, config: Arc<rustls::ServerConfig>, mut stop: oneshot::Receiver<()>) {
+async fn serve_alpn(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     loop {
         let stream = tokio::select! {

@@ -60,17 +60,23 @@ pub async fn served_leaf(host: IpAddr, port: u16) -> Result<Vec<u8>, String> {
     };
     tokio::time::timeout(Duration::from_secs(10), probe)
         .await
-        .unwrap_or_else(|_| Err(format!("{host}:{port} did not finish a TLS handshake within 10 s")))
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "{host}:{port} did not finish a TLS handshake within 10 s"
+            ))
+        })
 }
 
 fn compare_only_config() -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(CompareOnly(provider)))
-        .with_no_client_auth())
+    Ok(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(CompareOnly(provider)))
+            .with_no_client_auth(),
+    )
 }
 
 #[derive(Debug)]
@@ -94,7 +100,12 @@ impl ServerCertVerifier for CompareOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -103,7 +114,12 @@ impl ServerCertVerifier for CompareOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -132,14 +148,20 @@ pub struct ServedCheck {
 
 impl ServedCheck {
     pub fn is_mismatch(&self) -> bool {
-        matches!(self.served, Served::Differs { .. } | Served::Unreachable { .. })
+        matches!(
+            self.served,
+            Served::Differs { .. } | Served::Unreachable { .. }
+        )
     }
 }
 
 /// Loopback when the server listens on every address (or on loopback), else its first address.
 fn probe_host(listen: &[String]) -> IpAddr {
     let loopback = IpAddr::from([127, 0, 0, 1]);
-    if listen.iter().any(|a| a == "*" || a == "localhost" || a == "0.0.0.0" || a == "127.0.0.1") {
+    if listen
+        .iter()
+        .any(|a| a == "*" || a == "localhost" || a == "0.0.0.0" || a == "127.0.0.1")
+    {
         return loopback;
     }
     listen
@@ -150,11 +172,22 @@ fn probe_host(listen: &[String]) -> IpAddr {
 
 /// Compare what PostgreSQL and PgBouncer serve with `file_leaf`. A reload is asynchronous in
 /// PostgreSQL's postmaster, so a difference is re-checked for a few seconds before it counts.
-pub async fn check_served(settings: &Settings, file_leaf: &[u8], patience: Duration) -> Vec<ServedCheck> {
+pub async fn check_served(
+    settings: &Settings,
+    file_leaf: &[u8],
+    patience: Duration,
+) -> Vec<ServedCheck> {
     let pg_host = probe_host(&settings.postgres.listen_addresses);
     let mut checks = vec![
-        check_one("PostgreSQL", pg_host, settings.postgres.port, postgres_running(settings), file_leaf, patience)
-            .await,
+        check_one(
+            "PostgreSQL",
+            pg_host,
+            settings.postgres.port,
+            postgres_running(settings),
+            file_leaf,
+            patience,
+        )
+        .await,
     ];
     let bouncer_host = probe_host(std::slice::from_ref(&settings.pgbouncer.listen_addr));
     let check = match pgbouncer_handle(settings) {
@@ -164,7 +197,15 @@ pub async fn check_served(settings: &Settings, file_leaf: &[u8], patience: Durat
             served: Served::Disabled,
         },
         Some(b) => {
-            check_one("PgBouncer", bouncer_host, settings.pgbouncer.port, b.is_running(), file_leaf, patience).await
+            check_one(
+                "PgBouncer",
+                bouncer_host,
+                settings.pgbouncer.port,
+                b.is_running(),
+                file_leaf,
+                patience,
+            )
+            .await
         }
     };
     checks.push(check);
@@ -181,20 +222,34 @@ async fn check_one(
 ) -> ServedCheck {
     let address = format!("{host}:{port}");
     if !running {
-        return ServedCheck { service, address, served: Served::NotRunning };
+        return ServedCheck {
+            service,
+            address,
+            served: Served::NotRunning,
+        };
     }
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         let served = match served_leaf(host, port).await {
             Ok(der) if der == file_leaf => Served::Matches,
             Ok(der) => match CertInfo::from_der(&der) {
-                Some(info) => Served::Differs { subject: info.subject, not_after: info.not_after },
-                None => Served::Differs { subject: "(unparsable certificate)".into(), not_after: 0 },
+                Some(info) => Served::Differs {
+                    subject: info.subject,
+                    not_after: info.not_after,
+                },
+                None => Served::Differs {
+                    subject: "(unparsable certificate)".into(),
+                    not_after: 0,
+                },
             },
             Err(detail) => Served::Unreachable { detail },
         };
         if served == Served::Matches || tokio::time::Instant::now() >= deadline {
-            return ServedCheck { service, address, served };
+            return ServedCheck {
+                service,
+                address,
+                served,
+            };
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -7,7 +7,7 @@
 use std::{
     fs::{File, OpenOptions},
     net::SocketAddr,
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -63,6 +63,7 @@ impl AcmeStore {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(AcmeError::io(&path))?;
         Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| AcmeError::Io {
@@ -185,7 +186,10 @@ mod tests {
         };
         store.save_params(&params).unwrap();
         assert_eq!(store.load_params().unwrap(), Some(params));
-        let mode = std::fs::metadata(store.params_file()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(store.params_file())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_ne!(
             store.account_file("https://a/dir"),

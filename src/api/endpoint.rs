@@ -29,6 +29,8 @@ pub struct Doc {
     pub summary: &'static str,
     /// The `{id}` path parameter's description, when the path has one.
     pub path_id: Option<&'static str>,
+    /// Path parameters besides `{id}` (e.g. `{whitelistId}`).
+    pub path_params: &'static [Param],
     pub query: &'static [Param],
     /// Request body schema (a name under `components/schemas`).
     pub body: Option<&'static str>,
@@ -44,6 +46,7 @@ impl Doc {
         tag: "",
         summary: "",
         path_id: None,
+        path_params: &[],
         query: &[],
         body: None,
         ok: (200, "text"),

@@ -18,6 +18,7 @@ mod metrics;
 mod openapi;
 mod openapi_schemas;
 mod urls;
+mod whitelist;
 
 use std::sync::Arc;
 
@@ -86,6 +87,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     all.extend(databases::endpoints());
     all.extend(audit_logs::endpoints());
     all.extend(keys::endpoints());
+    all.extend(whitelist::endpoints());
     all.push(endpoint::keyed(
         Method::GET,
         "/metrics",

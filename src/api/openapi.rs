@@ -73,6 +73,9 @@ fn operation(doc: &Doc, scope: Option<Scope>) -> Value {
             "schema": { "type": "string", "format": "uuid" },
         }));
     }
+    for p in doc.path_params {
+        params.push(json!({ "name": p.name, "in": "path", "required": true, "description": p.description, "schema": schema_of(p.ty) }));
+    }
     for p in doc.query {
         params.push(json!({ "name": p.name, "in": "query", "required": false, "description": p.description, "schema": schema_of(p.ty) }));
     }

@@ -207,6 +207,21 @@ pub fn schemas() -> Value {
         "ApiKeyWithSecret": key_created,
         "ApiKeyCreated": envelope(r("ApiKeyWithSecret"), true),
         "ApiKeyList": list("ApiKey", json!({})),
+        "WhitelistEntry": object(&["id", "database_id", "ip_address", "added_at"], json!({
+            "id": fmt("uuid"),
+            "database_id": fmt("uuid"),
+            "ip_address": { "type": "string", "description": "Normalised network: 203.0.113.5/32, 192.168.1.0/24, 2001:db8::/32.",
+                "examples": ["203.0.113.5/32"] },
+            "description": { "type": ["string", "null"] },
+            "added_at": fmt("date-time"),
+        })),
+        "WhitelistEntryCreated": envelope(r("WhitelistEntry"), true),
+        "WhitelistList": list("WhitelistEntry", json!({})),
+        "AddWhitelistRequest": closed(&["ipAddress"], json!({
+            "ipAddress": { "type": "string", "description": "An IPv4/IPv6 address (one host) or network with zero host bits; not /0.",
+                "examples": ["203.0.113.5", "192.168.1.0/24"] },
+            "description": { "type": "string", "maxLength": 200 },
+        })),
         "CreateDatabaseRequest": closed(&["friendlyName", "ownerEmail"], json!({
             "friendlyName": { "type": "string", "minLength": 1, "maxLength": 100 },
             "ownerEmail": fmt("email"),

@@ -250,7 +250,7 @@ async fn create(service: &TenantService, a: CreateArgs) -> Result<ExitCode, Tena
         println!("  password:          {password}");
         println!("  connection string: {}", urls.direct);
         if let Some(pooled) = &urls.pooled {
-            println!("  pooled (PgBouncer): {pooled}");
+            println!("  pooled URL:        {pooled}");
         }
     }
     // On stderr so `--json` output stays one document.

@@ -68,7 +68,7 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         if args.exit_after_start {
             drop(listener);
         } else {
-            let stats = super::start_background(&state).await;
+            let (state, stats) = super::start_background(state).await;
             api::serve(listener, state, super::shutdown_signal()).await.context("serving the API")?;
             stats.abort();
         }

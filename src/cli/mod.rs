@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each an `Args` struct and a `run()` that calls
 //! library code. Only this module knows clap.
 
+mod cert;
 mod config;
 mod db;
 mod dev;
@@ -48,6 +49,9 @@ pub enum Command {
     Key(key::Command),
     /// Check the control DB and migrations, finish or undo stuck work, report orphans.
     Doctor(doctor::Args),
+    /// TLS certificates from an ACME CA (Let's Encrypt by default): issue, renew, status.
+    #[command(subcommand)]
+    Cert(cert::Command),
 }
 
 /// Parse, dispatch, and turn errors into the right exit code with the whole error chain.
@@ -61,6 +65,7 @@ pub fn main() -> ExitCode {
         Command::Db(cmd) => db::run(cli.config, cmd),
         Command::Key(cmd) => key::run(cli.config, cmd),
         Command::Doctor(args) => doctor::run(cli.config, args),
+        Command::Cert(cmd) => cert::run(cli.config, cmd),
     };
     match result {
         Ok(code) => code,
@@ -89,20 +94,24 @@ pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// What the API does before it answers: finish or undo half-done work, then keep usage stats.
-pub(crate) async fn start_background(state: &crate::api::AppState) -> tokio::task::JoinHandle<()> {
+/// What the API does before it answers: finish or undo half-done work, then keep usage stats
+/// (attached to the state, so `/metrics` reports them).
+pub(crate) async fn start_background(
+    state: crate::api::AppState,
+) -> (crate::api::AppState, tokio::task::JoinHandle<()>) {
     match state.tenants.reconcile(std::time::Duration::ZERO).await {
         Ok(report) if !report.is_clean() => tracing::warn!(?report, "reconciler acted at start"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "reconciler could not run at start; run `pgaas doctor`"),
     }
     let api = &state.settings.api;
-    crate::tenant::StatsCollector::new(
+    let collector = crate::tenant::StatsCollector::new(
         state.tenants.clone(),
         std::time::Duration::from_secs(api.stats_interval_secs),
         std::time::Duration::from_secs(api.stats_size_interval_secs),
-    )
-    .spawn()
+    );
+    let handle = collector.clone().spawn();
+    (state.with_stats(collector), handle)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -40,7 +40,7 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", settings.api.listen))?;
         tracing::info!(listen = %settings.api.listen, "API listening");
         let state = AppState::new(pool, Arc::new(settings));
-        let stats = super::start_background(&state).await;
+        let (state, stats) = super::start_background(state).await;
         api::serve(listener, state, super::shutdown_signal()).await?;
         stats.abort();
         Ok(ExitCode::SUCCESS)

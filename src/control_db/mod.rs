@@ -146,6 +146,8 @@ pub async fn bootstrap(
         format!("GRANT pg_read_all_stats, pg_signal_backend TO {api_q}"),
         // Nobody but the superuser and the owner connects to the maintenance databases.
         "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC".to_string(),
+        // template1 is copied into every new database: no tenant may even connect to it.
+        "REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC".to_string(),
     ] {
         admin.execute(stmt.as_str()).await?;
     }

@@ -79,6 +79,8 @@ impl TenantService {
         let bcrypt_task = tokio::task::spawn_blocking(move || bcrypt::hash(pw, BCRYPT_COST));
 
         let id = TenantId::new_random();
+        // Held until this request is done, so the reconciler never mistakes it for a crash.
+        let lock = self.work_lock(id).await?;
         let mut names = None;
         for _ in 0..3 {
             let (db, role) = generate_tenant_names();
@@ -112,7 +114,7 @@ impl TenantService {
             }
             Err(e) => Err(e),
         };
-        match result {
+        let result = match result {
             Ok(tenant) => {
                 self.refresh_pooler().await;
                 Ok(Provisioned { tenant, password })
@@ -125,12 +127,14 @@ impl TenantService {
                     "database.create",
                     "database",
                     Some(&id.to_string()),
-                    json!({ "database_name": db.as_str(), "error": e.to_string() }),
+                    json!({ "database_name": db.as_str(), "error": e.category() }),
                 )
                 .await;
                 Err(e)
             }
-        }
+        };
+        lock.release().await;
+        result
     }
 
     async fn provision(
@@ -351,12 +355,29 @@ impl TenantService {
         audit::record(&mut tx, ctx, "database.rotate_password", "database", Some(&id.to_string()), true, json!({})).await?;
         tx.commit().await?;
         self.refresh_pooler().await;
+        // Read again: the row's updated_at moved with the new hash.
+        let tenant = self.get(tenant.id).await.unwrap_or(tenant);
         Ok((tenant, password))
     }
 
     pub async fn delete(&self, id: TenantId, ctx: &AuditContext) -> Result<(), TenantError> {
+        let lock = self.work_lock(id).await?;
+        let result = self.delete_locked(id, ctx).await;
+        lock.release().await;
+        result
+    }
+
+    async fn delete_locked(&self, id: TenantId, ctx: &AuditContext) -> Result<(), TenantError> {
         let mut tx = self.pool.begin().await?;
-        let tenant = self.lock_active(&mut tx, id).await?;
+        let row: Option<TenantRow> = sqlx::query_as(&format!("{SELECT_TENANT} WHERE id = $1 FOR UPDATE"))
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let tenant: Tenant = row.ok_or(TenantError::NotFound(id))?.try_into()?;
+        // A delete that failed halfway left the row `deleting`: asking again finishes it.
+        if tenant.status == TenantStatus::Provisioning {
+            return Err(TenantError::State(format!("database {id} is still being created; try again in a moment")));
+        }
         sqlx::query("UPDATE databases SET status = 'deleting' WHERE id = $1")
             .bind(id.as_uuid())
             .execute(&mut *tx)
@@ -374,7 +395,7 @@ impl TenantService {
                     "database.delete",
                     "database",
                     Some(&id.to_string()),
-                    json!({ "database_name": tenant.database_name.as_str(), "error": e.to_string() }),
+                    json!({ "database_name": tenant.database_name.as_str(), "error": e.category() }),
                 )
                 .await;
                 Err(e)
@@ -460,6 +481,55 @@ impl TenantService {
                 "role {} exists but was not created by pgaas for database {id}; left in place",
                 role.as_str()
             ))),
+        }
+    }
+}
+
+/// A session-level advisory lock on one tenant, held on a connection of its own while a create
+/// or delete is under way. Dropped without `release` (a panic, a cancelled request), the
+/// connection is closed instead of returned to the pool, which releases the lock too.
+pub(super) struct WorkLock {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    key: i64,
+}
+
+pub(super) fn lock_key(id: TenantId) -> i64 {
+    let b = id.as_uuid().as_bytes();
+    i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+impl TenantService {
+    pub(super) async fn work_lock(&self, id: TenantId) -> Result<WorkLock, TenantError> {
+        let mut conn = self.pool.acquire().await?;
+        let key = lock_key(id);
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(key).execute(&mut *conn).await?;
+        Ok(WorkLock { conn: Some(conn), key })
+    }
+
+    /// `None` when another session is working on the tenant right now.
+    pub(super) async fn try_work_lock(&self, id: TenantId) -> Result<Option<WorkLock>, TenantError> {
+        let mut conn = self.pool.acquire().await?;
+        let key = lock_key(id);
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
+        Ok(got.then_some(WorkLock { conn: Some(conn), key }))
+    }
+}
+
+impl WorkLock {
+    pub(super) async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(self.key).execute(&mut *conn).await;
+            if unlocked.is_err() {
+                drop(conn.detach());
+            }
+        }
+    }
+}
+
+impl Drop for WorkLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
         }
     }
 }

@@ -48,9 +48,14 @@ impl TenantService {
         .await?;
         for id in stuck {
             let id = TenantId::from_uuid(id);
+            // A request still working on it holds its lock: not a crash, leave it alone.
+            let Some(lock) = self.try_work_lock(id).await? else { continue };
             let tenant = match self.get(id).await {
                 Ok(t) => t,
-                Err(TenantError::NotFound(_)) => continue,
+                Err(TenantError::NotFound(_)) => {
+                    lock.release().await;
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             let name = tenant.database_name.as_str().to_string();
@@ -59,6 +64,7 @@ impl TenantService {
                 TenantStatus::Provisioning => self.undo_stuck_provision(&tenant, &ctx).await.map(|_| report.undone_provisions.push(name.clone())),
                 _ => Ok(()),
             };
+            lock.release().await;
             if let Err(e) = outcome {
                 report.errors.push(format!("{name}: {e}"));
             }

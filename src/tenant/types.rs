@@ -92,6 +92,18 @@ pub enum TenantError {
 }
 
 impl TenantError {
+    /// A stable word for audit rows: readers of the audit log never see server error text.
+    pub fn category(&self) -> &'static str {
+        match self {
+            TenantError::NotFound(_) | TenantError::EntryNotFound(_) => "not_found",
+            TenantError::Validation(_) => "validation_failed",
+            TenantError::Conflict(_) => "conflict",
+            TenantError::State(_) => "wrong_state",
+            TenantError::Db(_) => "database_error",
+            TenantError::Internal(_) => "internal",
+        }
+    }
+
     pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         TenantError::Internal(e.to_string())
     }

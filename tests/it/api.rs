@@ -12,6 +12,7 @@ use crate::harness::{platform, psql};
 
 mod access;
 mod errors;
+mod whitelist;
 
 struct Api {
     client: reqwest::Client,

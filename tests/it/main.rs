@@ -1,10 +1,12 @@
 //! Integration tests against real servers: one binary, one shared platform (see `harness`).
 
+mod acme;
 mod allowlist;
 mod allowlist_faults;
 mod api;
 mod cli;
 mod harness;
 mod isolation;
+mod pebble;
 mod platform;
 mod tenants;

@@ -144,21 +144,36 @@ async fn update_changes_limits_in_the_catalog_and_refuses_bad_values_without_cha
 }
 
 #[tokio::test]
-async fn tenants_mid_deletion_refuse_changes() {
+async fn a_half_done_delete_is_finished_by_a_retry_or_the_reconciler() {
     let svc = service();
     let ctx = AuditContext::cli();
-    let t = svc.create(new_tenant("state@example.com", None), &ctx).await.unwrap().tenant;
-    sqlx::query("UPDATE databases SET status = 'deleting' WHERE id = $1")
-        .bind(t.id.as_uuid())
+    let a = svc.create(new_tenant("state-a@example.com", None), &ctx).await.unwrap().tenant;
+    let b = svc.create(new_tenant("state-b@example.com", None), &ctx).await.unwrap().tenant;
+    // As if a delete had committed `deleting` and then failed.
+    sqlx::query("UPDATE databases SET status = 'deleting' WHERE id = ANY($1)")
+        .bind(vec![*a.id.as_uuid(), *b.id.as_uuid()])
         .execute(svc.pool())
         .await
         .unwrap();
-    assert!(matches!(svc.rotate_password(t.id, &ctx).await, Err(TenantError::State(_))));
-    assert!(matches!(svc.delete(t.id, &ctx).await, Err(TenantError::State(_))));
-    // The reconciler finishes what the "crashed" delete started.
+    assert!(matches!(svc.rotate_password(a.id, &ctx).await, Err(TenantError::State(_))));
+    assert!(matches!(
+        svc.update(a.id, TenantPatch { max_connections: Some(2), ..Default::default() }, &ctx).await,
+        Err(TenantError::State(_))
+    ));
+    // Asking again finishes it.
+    svc.delete(a.id, &ctx).await.unwrap();
+    assert!(matches!(svc.get(a.id).await, Err(TenantError::NotFound(_))));
+    // The reconciler finishes the other.
     let report = svc.reconcile(Duration::ZERO).await.unwrap();
-    assert!(report.finished_deletions.contains(&t.database_name.as_str().to_string()), "{report:?}");
-    assert!(matches!(svc.get(t.id).await, Err(TenantError::NotFound(_))));
+    assert!(report.finished_deletions.contains(&b.database_name.as_str().to_string()), "{report:?}");
+    assert!(matches!(svc.get(b.id).await, Err(TenantError::NotFound(_))));
+    let mut su = admin().await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = ANY($1)")
+        .bind(vec![a.database_name.as_str().to_string(), b.database_name.as_str().to_string()])
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
 }
 
 #[tokio::test]
@@ -238,6 +253,34 @@ async fn a_failed_create_undoes_only_what_it_made() {
     assert_eq!(failure, "failure");
     let report = svc.reconcile(Duration::ZERO).await.unwrap();
     assert_eq!(report.orphan_roles, ["user_00000000deadbeef"], "reported, not dropped");
+    platform.pool.close().await;
+    platform.down().unwrap();
+}
+
+#[tokio::test]
+async fn the_reconciler_leaves_rows_that_a_live_request_is_working_on() {
+    let (platform, _dir) = private_platform("reconcile-lock").await;
+    let svc = TenantService::new(platform.pool.clone(), Arc::new(platform.settings.clone()));
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO databases (id, database_name, username, owner_email, friendly_name, status)
+         VALUES ($1, 'tenant_00000000000000ab', 'user_00000000000000ab', 'lock@example.com', 'lock', 'provisioning')",
+    )
+    .bind(id)
+    .execute(&platform.pool)
+    .await
+    .unwrap();
+    // A request holds the tenant's work lock (first 8 bytes of its id, as the service takes it).
+    let key = i64::from_be_bytes(id.as_bytes()[..8].try_into().unwrap());
+    let mut holder = platform.cluster.admin_connect(&platform.settings.control_db.name).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(key).execute(&mut holder).await.unwrap();
+    let report = svc.reconcile(Duration::ZERO).await.unwrap();
+    assert!(report.undone_provisions.is_empty(), "{report:?}");
+    assert!(svc.get(pgaas::model::TenantId::from_uuid(id)).await.is_ok(), "an in-flight create was undone");
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut holder).await.unwrap();
+    let report = svc.reconcile(Duration::ZERO).await.unwrap();
+    assert_eq!(report.undone_provisions, ["tenant_00000000000000ab"], "{report:?}");
+    drop(holder);
     platform.pool.close().await;
     platform.down().unwrap();
 }

@@ -1,0 +1,198 @@
+//! After a crash: rows stuck mid-create or mid-delete with their objects made by hand exactly as
+//! `provision()` makes them, and tenant-named objects without a row. The reconciler finishes or
+//! undoes the former and reports, but never drops, the latter; `pgaas doctor` says so.
+
+use super::*;
+use crate::isolation::cli::pgaas;
+
+/// What `provision()` in src/tenant/lifecycle.rs leaves after each step, made by hand.
+async fn fake_tenant_objects(su: &Client, id: uuid::Uuid, suffix: &str) {
+    let api = &platform().settings.control_db.user;
+    su.batch_execute(&format!(
+        "CREATE ROLE user_{suffix} LOGIN CONNECTION LIMIT 2 IN ROLE pgaas_tenants;
+         COMMENT ON ROLE user_{suffix} IS 'pgaas tenant {id}';
+         GRANT user_{suffix} TO \"{api}\";"
+    ))
+    .await
+    .unwrap();
+    su.batch_execute(&format!(
+        "CREATE DATABASE tenant_{suffix} OWNER user_{suffix} CONNECTION LIMIT 2"
+    ))
+    .await
+    .unwrap();
+    su.batch_execute(&format!(
+        "COMMENT ON DATABASE tenant_{suffix} IS 'pgaas tenant {id}';
+         REVOKE ALL ON DATABASE tenant_{suffix} FROM PUBLIC;"
+    ))
+    .await
+    .unwrap();
+}
+
+async fn fake_row(control: &Client, id: uuid::Uuid, suffix: &str, status: &str, age: &str) {
+    control
+        .execute(
+            &format!(
+                "INSERT INTO databases (id, database_name, username, owner_email, friendly_name,
+                                        max_connections, status, created_at, updated_at)
+                 VALUES ($1::text::uuid, $2, $3, $4, 'crashed', 2, '{status}', now() - interval '{age}', now() - interval '{age}')"
+            ),
+            &[&id.to_string(), &format!("tenant_{suffix}"), &format!("user_{suffix}"), &unique_email("crash")],
+        )
+        .await
+        .unwrap();
+}
+
+fn suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciler_finishes_crashed_work_and_reports_orphans() {
+    let svc = service();
+    let su = superuser("postgres").await;
+    let control = superuser(&platform().settings.control_db.name).await;
+    let (stuck_create, stuck_delete, fresh) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
+    let (s1, s2, s3, s4, s5) = (suffix(), suffix(), suffix(), suffix(), suffix());
+    fake_tenant_objects(&su, stuck_create, &s1).await;
+    fake_row(&control, stuck_create, &s1, "provisioning", "1 hour").await;
+    fake_tenant_objects(&su, stuck_delete, &s2).await;
+    fake_row(&control, stuck_delete, &s2, "deleting", "1 hour").await;
+    // Orphans: tenant-named objects nobody has a row for.
+    su.batch_execute(&format!("CREATE DATABASE tenant_{s3}"))
+        .await
+        .unwrap();
+    su.batch_execute(&format!("CREATE ROLE user_{s4} NOLOGIN"))
+        .await
+        .unwrap();
+    // A create that is still in flight (its row is recent) must be left alone.
+    fake_row(&control, fresh, &s5, "provisioning", "0 seconds").await;
+
+    // Other tests provision on this cluster right now, and their rows are provisioning for a
+    // moment: a zero age would undo them. Rows stuck for an hour are what a crash leaves.
+    let report = svc.reconcile(Duration::from_secs(1800)).await.unwrap();
+    assert!(
+        report.undone_provisions.contains(&format!("tenant_{s1}")),
+        "{report:?}"
+    );
+    assert!(
+        report.finished_deletions.contains(&format!("tenant_{s2}")),
+        "{report:?}"
+    );
+    assert!(
+        report.orphan_databases.contains(&format!("tenant_{s3}")),
+        "{report:?}"
+    );
+    assert!(
+        report.orphan_roles.contains(&format!("user_{s4}")),
+        "{report:?}"
+    );
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(!report.is_clean());
+
+    for s in [&s1, &s2] {
+        assert!(
+            !database_exists(&format!("tenant_{s}")).await,
+            "tenant_{s} left behind"
+        );
+        assert!(
+            !role_exists(&format!("user_{s}")).await,
+            "user_{s} left behind"
+        );
+    }
+    assert!(
+        database_exists(&format!("tenant_{s3}")).await,
+        "an orphan database was dropped"
+    );
+    assert!(
+        role_exists(&format!("user_{s4}")).await,
+        "an orphan role was dropped"
+    );
+    let ids = vec![
+        stuck_create.to_string(),
+        stuck_delete.to_string(),
+        fresh.to_string(),
+    ];
+    let rows: Vec<String> = control
+        .query(
+            "SELECT id::text FROM databases WHERE id::text = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![fresh.to_string()],
+        "stuck rows must go, the in-flight one must stay"
+    );
+    let actions: Vec<(String, String)> = control
+        .query(
+            "SELECT resource_id, action FROM audit_logs WHERE resource_id = ANY($1) ORDER BY id",
+            &[&vec![stuck_create.to_string(), stuck_delete.to_string()]],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        actions.contains(&(
+            stuck_create.to_string(),
+            "database.reconcile_undo_create".into()
+        )),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&(stuck_delete.to_string(), "database.delete".into())),
+        "{actions:?}"
+    );
+
+    control
+        .execute(
+            "DELETE FROM databases WHERE id::text = $1",
+            &[&fresh.to_string()],
+        )
+        .await
+        .unwrap();
+    su.batch_execute(&format!("DROP DATABASE IF EXISTS tenant_{s3}"))
+        .await
+        .unwrap();
+    su.batch_execute(&format!("DROP ROLE IF EXISTS user_{s4}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_reports_an_orphan_and_leaves_it() {
+    let su = superuser("postgres").await;
+    let orphan = format!("tenant_{}", suffix());
+    su.batch_execute(&format!("CREATE DATABASE {orphan}"))
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(|| pgaas(&["doctor"]))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("control DB:  reachable"), "{stdout}");
+    assert!(stdout.contains("migrations:  "), "{stdout}");
+    assert!(
+        stdout.contains(&orphan) && stdout.contains("DROP DATABASE"),
+        "{stdout}"
+    );
+    assert!(database_exists(&orphan).await, "doctor dropped an orphan");
+    su.batch_execute(&format!("DROP DATABASE {orphan}"))
+        .await
+        .unwrap();
+}
