@@ -225,8 +225,6 @@ async fn tenants_reach_only_their_own_database() {
 /// template1 is copied into every new tenant database; a tenant that could write there would
 /// plant objects in every future neighbour.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known gap: CONNECT on template1 is still granted to PUBLIC (control_db::bootstrap \
-            revokes it only on postgres); a tenant can connect there, though it can create nothing"]
 async fn tenants_cannot_connect_to_the_template_databases() {
     let svc = service();
     let t = create(&svc, "template", Some(2)).await;

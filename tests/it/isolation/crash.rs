@@ -68,12 +68,15 @@ async fn reconciler_finishes_crashed_work_and_reports_orphans() {
     su.batch_execute(&format!("CREATE ROLE user_{s4} NOLOGIN"))
         .await
         .unwrap();
-    // A create that is still in flight (its row is recent) must be left alone.
+    // A row younger than `min_age` is left to whoever may still be working on it (`pgaas
+    // doctor` beside a live API); at API start (age zero) it is undone too.
     fake_row(&control, fresh, &s5, "provisioning", "0 seconds").await;
 
-    // Other tests provision on this cluster right now, and their rows are provisioning for a
-    // moment: a zero age would undo them. Rows stuck for an hour are what a crash leaves.
     let report = svc.reconcile(Duration::from_secs(1800)).await.unwrap();
+    assert!(
+        !report.undone_provisions.contains(&format!("tenant_{s5}")),
+        "{report:?}"
+    );
     assert!(
         report.undone_provisions.contains(&format!("tenant_{s1}")),
         "{report:?}"
@@ -153,13 +156,27 @@ async fn reconciler_finishes_crashed_work_and_reports_orphans() {
         "{actions:?}"
     );
 
-    control
-        .execute(
-            "DELETE FROM databases WHERE id::text = $1",
+    // What the API runs at start. Other tests' creates in flight hold their tenant's work lock,
+    // so only rows nobody is working on are touched.
+    let report = svc.reconcile(Duration::ZERO).await.unwrap();
+    assert!(
+        report.undone_provisions.contains(&format!("tenant_{s5}")),
+        "{report:?}"
+    );
+    assert!(
+        report.orphan_databases.contains(&format!("tenant_{s3}")),
+        "{report:?}"
+    );
+    let left: i64 = control
+        .query_one(
+            "SELECT count(*) FROM databases WHERE id::text = $1",
             &[&fresh.to_string()],
         )
         .await
-        .unwrap();
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    assert!(database_exists(&format!("tenant_{s3}")).await);
     su.batch_execute(&format!("DROP DATABASE IF EXISTS tenant_{s3}"))
         .await
         .unwrap();
