@@ -5,6 +5,7 @@
 
 pub mod acme;
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod control_db;
 pub mod dev;

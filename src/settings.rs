@@ -77,6 +77,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub paths: PathSettings,
     pub tenants: TenantSettings,
+    pub backups: BackupSettings,
 }
 
 impl Default for Settings {
@@ -92,6 +93,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             paths: PathSettings::default(),
             tenants: TenantSettings::default(),
+            backups: BackupSettings::default(),
         }
     }
 }
@@ -113,6 +115,10 @@ pub struct PostgresSettings {
     pub config_dir: Option<PathBuf>,
     /// Data directory (Debian: `/var/lib/postgresql/<version>/main`, derived when absent).
     pub data_dir: Option<PathBuf>,
+    /// Where pg_hba.conf and pg_ident.conf live (the config dir when absent). `pgaas install`
+    /// sets `/etc/pgaas/postgresql`: a directory the API's system user owns, so it can replace
+    /// pg_hba.conf atomically without write access to the cluster's own directory.
+    pub hba_dir: Option<PathBuf>,
     pub socket_dir: PathBuf,
     /// The cluster's superuser role. It logs in only over the local socket, by peer.
     pub superuser: String,
@@ -131,6 +137,7 @@ impl Default for PostgresSettings {
             memory_mb: None,
             config_dir: None,
             data_dir: None,
+            hba_dir: None,
             socket_dir: PathBuf::from("/var/run/postgresql"),
             superuser: "postgres".into(),
             os_user: "postgres".into(),
@@ -144,6 +151,13 @@ impl PostgresSettings {
         self.config_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/etc/postgresql/{version}/main")))
+    }
+
+    /// pg_hba.conf and pg_ident.conf live here.
+    pub fn hba_dir_for(&self, version: u32) -> PathBuf {
+        self.hba_dir
+            .clone()
+            .unwrap_or_else(|| self.config_dir_for(version))
     }
 
     pub fn data_dir_for(&self, version: u32) -> PathBuf {
@@ -182,8 +196,18 @@ pub struct PgBouncerSettings {
     pub default_pool_size: u32,
     pub max_client_conn: u32,
     pub config_dir: PathBuf,
+    /// Where pgbouncer_hba.conf and userlist.txt live (`config_dir` when absent); like
+    /// `postgres.hba_dir`, a directory the API's system user may write.
+    pub auth_dir: Option<PathBuf>,
     pub pidfile: PathBuf,
     pub logfile: PathBuf,
+}
+
+impl PgBouncerSettings {
+    /// The directory of the files that follow the control DB (auth_hba_file, auth_file).
+    pub fn auth_dir(&self) -> PathBuf {
+        self.auth_dir.clone().unwrap_or_else(|| self.config_dir.clone())
+    }
 }
 
 impl Default for PgBouncerSettings {
@@ -196,6 +220,7 @@ impl Default for PgBouncerSettings {
             default_pool_size: 25,
             max_client_conn: 1000,
             config_dir: PathBuf::from("/etc/pgbouncer"),
+            auth_dir: None,
             pidfile: PathBuf::from("/var/run/postgresql/pgbouncer.pid"),
             logfile: PathBuf::from("/var/log/postgresql/pgbouncer.log"),
         }
@@ -339,6 +364,20 @@ impl Default for TenantSettings {
             default_max_connections: 20,
             max_connections_cap: 100,
         }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSettings {
+    /// `pgaas backup prune` deletes dumps older than this; the newest verified dump of each
+    /// database is kept whatever its age.
+    pub retention_days: u32,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self { retention_days: 7 }
     }
 }
 

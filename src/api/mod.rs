@@ -8,6 +8,7 @@
 
 mod audit_logs;
 mod auth;
+mod backups;
 mod databases;
 mod endpoint;
 mod error;
@@ -88,6 +89,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     all.extend(audit_logs::endpoints());
     all.extend(keys::endpoints());
     all.extend(whitelist::endpoints());
+    all.extend(backups::endpoints());
     all.push(endpoint::keyed(
         Method::GET,
         "/metrics",

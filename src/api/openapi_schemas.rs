@@ -237,6 +237,10 @@ pub fn schemas() -> Value {
                 "maxConnections": { "type": "integer", "minimum": 1 },
             },
         },
+        // Backups (api/backups.rs).
+        "Backup": backup_schema(),
+        "BackupCreated": envelope(r("Backup"), true),
+        "BackupList": list("Backup", json!({})),
         "CreateApiKeyRequest": closed(&["name"], json!({
             "name": { "type": "string", "minLength": 1, "maxLength": 100 },
             "scopes": { "type": "array", "items": { "enum": ["read", "write", "admin"] }, "minItems": 1,
@@ -244,4 +248,21 @@ pub fn schemas() -> Value {
             "expiresAt": fmt("date-time"),
         })),
     })
+}
+
+/// One backup file, as `api/backups.rs` serialises `backup::BackupFile`.
+fn backup_schema() -> Value {
+    object(
+        &["database", "file_name", "created_at", "size_bytes", "checksum"],
+        json!({
+            "database": { "type": "string", "description": "The database the dump is of." },
+            "file_name": { "type": "string", "examples": ["20250102T020000.123Z.dump"],
+                "description": "pg_dump custom format; the UTC time it was taken." },
+            "created_at": fmt("date-time"),
+            "size_bytes": int(),
+            "sha256": { "type": ["string", "null"], "description": "From the sidecar file (sha256sum format)." },
+            "checksum": { "enum": ["verified", "unchecked", "mismatch", "missing"],
+                "description": "verified: recomputed and matching; unchecked: sidecar present, not re-read; missing: no sidecar." },
+        }),
+    )
 }

@@ -85,7 +85,8 @@ pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
     let rt = super::tokio_runtime()?;
     rt.block_on(async move {
         let pool = control_pool(&settings)?;
-        let service = TenantService::new(pool.clone(), Arc::new(settings));
+        // With the host's hba applier, so deleting a listed tenant takes its lines out too.
+        let service: TenantService = super::host_tenants(pool.clone(), Arc::new(settings));
         let result = match cmd {
             Command::List(a) => list(&service, a).await,
             Command::Show(a) => show(&service, a).await,

@@ -1,6 +1,8 @@
 //! The command line: one file per subcommand, each an `Args` struct and a `run()` that calls
 //! library code. Only this module knows clap.
 
+mod allow;
+mod backup;
 mod cert;
 mod config;
 mod db;
@@ -8,6 +10,7 @@ mod dev;
 mod doctor;
 mod key;
 mod render;
+mod restore;
 mod serve;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -44,6 +47,10 @@ pub enum Command {
     /// Tenant databases: list, show, create, delete.
     #[command(subcommand)]
     Db(db::Command),
+    /// Allow an address or network to reach a database (its allow-list); in force on return.
+    Allow(allow::AllowArgs),
+    /// Remove an allow-list entry; the last one removed opens the database to any address (TLS).
+    Deny(allow::DenyArgs),
     /// API keys: create, list, revoke.
     #[command(subcommand)]
     Key(key::Command),
@@ -52,6 +59,11 @@ pub enum Command {
     /// TLS certificates from an ACME CA (Let's Encrypt by default): issue, renew, status.
     #[command(subcommand)]
     Cert(cert::Command),
+    /// Backups: run (pg_dump, verified, checksummed), list, prune.
+    #[command(subcommand)]
+    Backup(backup::Command),
+    /// Restore a database from a verified backup, in place or --into a new database.
+    Restore(restore::Args),
 }
 
 /// Parse, dispatch, and turn errors into the right exit code with the whole error chain.
@@ -63,9 +75,13 @@ pub fn main() -> ExitCode {
         Command::Render(args) => render::run(cli.config, args),
         Command::Config(cmd) => config::run(cli.config, cmd),
         Command::Db(cmd) => db::run(cli.config, cmd),
+        Command::Allow(args) => allow::allow(cli.config, args),
+        Command::Deny(args) => allow::deny(cli.config, args),
         Command::Key(cmd) => key::run(cli.config, cmd),
         Command::Doctor(args) => doctor::run(cli.config, args),
         Command::Cert(cmd) => cert::run(cli.config, cmd),
+        Command::Backup(cmd) => backup::run(cli.config, cmd),
+        Command::Restore(args) => restore::run(cli.config, args),
     };
     match result {
         Ok(code) => code,
@@ -112,6 +128,24 @@ pub(crate) async fn start_background(
     );
     let handle = collector.clone().spawn();
     (state.with_stats(collector), handle)
+}
+
+/// The tenant service of this host: allow-lists write the host's hba files (see
+/// `HbaApplier::for_host`); without PostgreSQL binaries to learn the version from, and no
+/// `postgres.version` setting, allow-list changes are refused with a message.
+pub(crate) fn host_tenants(
+    pool: sqlx::PgPool,
+    settings: std::sync::Arc<crate::settings::Settings>,
+) -> crate::tenant::TenantService {
+    let service = crate::tenant::TenantService::new(pool, settings.clone());
+    let version = settings
+        .postgres
+        .version
+        .or_else(|| crate::pg::binaries::PgBinaries::find(None).ok().map(|b| b.version));
+    match version {
+        Some(v) => service.with_hba(crate::hba::apply::HbaApplier::for_host(&settings, v)),
+        None => service,
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

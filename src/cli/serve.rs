@@ -39,7 +39,18 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", settings.api.listen))?;
         tracing::info!(listen = %settings.api.listen, "API listening");
-        let state = AppState::new(pool, Arc::new(settings));
+        let settings = Arc::new(settings);
+        let mut state = AppState::new(pool.clone(), settings.clone());
+        state.tenants = super::host_tenants(pool, settings.clone());
+        let mut pooler = false;
+        if let Some(applier) = state.tenants.hba() {
+            // Files in line with the rows before the first request (a crash may have left them behind).
+            if let Err(e) = applier.sync(state.tenants.pool()).await {
+                tracing::warn!(error = %e, "pg_hba.conf could not be brought in line with the control DB; run `pgaas doctor`");
+            }
+            pooler = settings.pgbouncer.enabled && applier.pooler.is_some();
+        }
+        let state = state.with_pooler_available(pooler);
         let (state, stats) = super::start_background(state).await;
         api::serve(listener, state, super::shutdown_signal()).await?;
         stats.abort();

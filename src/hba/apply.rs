@@ -257,3 +257,35 @@ impl HbaApplier {
         }
     }
 }
+
+impl HbaApplier {
+    /// The applier of a host configured by `settings`: pg_hba.conf in the PostgreSQL config dir
+    /// of `pg_version`, PgBouncer's files when it is enabled (reloaded through its pid file).
+    /// `pgaas dev` builds its own (see `dev`), with its local paths.
+    pub fn for_host(settings: &crate::settings::Settings, pg_version: u32) -> HbaApplier {
+        let pgb = &settings.pgbouncer;
+        let owner = crate::pg::cluster::OsUser::lookup(&settings.postgres.os_user).ok();
+        let pooler: Option<Arc<dyn PoolerReload>> = match (pgb.enabled, crate::pg::pgbouncer::find_binary(), &owner) {
+            (true, Some(binary), Some(owner)) => Some(Arc::new(crate::pg::pgbouncer::LocalPgBouncer {
+                binary,
+                ini: pgb.config_dir.join("pgbouncer.ini"),
+                pidfile: pgb.pidfile.clone(),
+                port: pgb.port,
+                owner: owner.clone(),
+            })),
+            _ => None,
+        };
+        HbaApplier {
+            base: HbaPolicy::base(settings),
+            pg_hba_file: settings.postgres.config_dir_for(pg_version).join("pg_hba.conf"),
+            pgbouncer: pgb.enabled.then(|| PoolerFiles {
+                hba_file: pgb.config_dir.join("pgbouncer_hba.conf"),
+                userlist_file: pgb.config_dir.join("userlist.txt"),
+                admin_user: settings.postgres.superuser.clone(),
+            }),
+            pooler,
+            file_owner: owner.map(|o| (o.uid, o.gid)),
+            userlist_lock: Arc::default(),
+        }
+    }
+}

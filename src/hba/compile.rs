@@ -199,7 +199,11 @@ pub fn compile_pgbouncer(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
         rule(
             ConnKind::Local,
             name("pgbouncer"),
-            name(&policy.superuser),
+            if policy.pooler_admins.is_empty() {
+                name(&policy.superuser)
+            } else {
+                policy.pooler_admins.iter().map(HbaName::name).collect()
+            },
             None,
             HbaMethod::Peer { map: None },
             "the admin console, over PgBouncer's own socket, for the OS user of the same name",

@@ -33,6 +33,9 @@ pub struct HbaPolicy {
     pub tenant_group: String,
     /// OS users mapped to the superuser by peer authentication (pg_ident map [`PEER_MAP`]).
     pub admin_os_users: Vec<String>,
+    /// OS users let into PgBouncer's admin console by peer, under their own name: the
+    /// superuser's, and the API's system user (which reloads PgBouncer through the console).
+    pub pooler_admins: Vec<String>,
     pub tenants: Vec<TenantAccess>,
 }
 
@@ -44,12 +47,17 @@ impl HbaPolicy {
         if settings.postgres.os_user != "root" {
             admin_os_users.push("root".into());
         }
+        let mut pooler_admins = vec![settings.postgres.superuser.clone()];
+        if !pooler_admins.contains(&settings.api.system_user) {
+            pooler_admins.push(settings.api.system_user.clone());
+        }
         HbaPolicy {
             superuser: settings.postgres.superuser.clone(),
             api_role: settings.control_db.user.clone(),
             control_db: settings.control_db.name.clone(),
             tenant_group: crate::control_db::TENANT_GROUP.to_string(),
             admin_os_users,
+            pooler_admins,
             tenants: Vec::new(),
         }
     }

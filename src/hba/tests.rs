@@ -11,6 +11,7 @@ fn policy() -> HbaPolicy {
         control_db: "postgres_control".into(),
         tenant_group: "pgaas_tenants".into(),
         admin_os_users: vec!["postgres".into(), "root".into()],
+        pooler_admins: vec!["postgres".into()],
         tenants: vec![
             TenantAccess {
                 database: "tenant_open".into(),

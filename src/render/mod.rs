@@ -162,6 +162,7 @@ pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderEr
         ));
     }
     let rules = hba::compile(inputs.hba)?;
+    let hba_dir = s.postgres.hba_dir.clone().unwrap_or_else(|| dir.clone());
     let mut files = vec![
         ManagedFile {
             path: dir.join("conf.d/pgaas.conf"),
@@ -169,12 +170,12 @@ pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderEr
             mode: CONFIG_MODE,
         },
         ManagedFile {
-            path: dir.join("pg_hba.conf"),
+            path: hba_dir.join("pg_hba.conf"),
             contents: hba::render_pg_hba(&rules, g)?,
             mode: HBA_MODE,
         },
         ManagedFile {
-            path: dir.join("pg_ident.conf"),
+            path: hba_dir.join("pg_ident.conf"),
             contents: hba::render_pg_ident(inputs.hba, 0)?,
             mode: HBA_MODE,
         },
@@ -188,7 +189,7 @@ pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderEr
             mode: HBA_MODE,
         });
         files.push(ManagedFile {
-            path: pgb_dir.join("pgbouncer_hba.conf"),
+            path: s.pgbouncer.auth_dir().join("pgbouncer_hba.conf"),
             contents: hba::render_pgbouncer_hba(&pgb_rules, g)?,
             mode: HBA_MODE,
         });

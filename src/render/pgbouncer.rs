@@ -64,10 +64,22 @@ fn connstr_path(what: &str, path: &Path) -> Result<String, RenderError> {
     }
 }
 
-/// `pgbouncer.ini`; auth files live beside it in `pgbouncer.config_dir`.
+/// The console's admins: the superuser, and the API's system user, which reloads PgBouncer
+/// through the console after rewriting its auth files (it may not signal a process of another
+/// user). Both log in by peer only (see `hba::compile_pgbouncer`).
+fn admin_users(s: &Settings) -> Result<String, RenderError> {
+    let mut users = vec![plain_role("postgres.superuser", &s.postgres.superuser)?];
+    let api = plain_role("api.system_user", &s.api.system_user)?;
+    if !users.contains(&api) {
+        users.push(api);
+    }
+    Ok(users.join(","))
+}
+
+/// `pgbouncer.ini`; auth files live in `pgbouncer.auth_dir` (default: beside it).
 pub fn render_ini(s: &Settings, generation: u64) -> Result<String, RenderError> {
     let pgb = &s.pgbouncer;
-    let dir = &pgb.config_dir;
+    let dir = &pgb.auth_dir();
     if pgb.port == 0 || s.postgres.port == 0 {
         return Err(RenderError::invalid(
             "pgbouncer.port",
@@ -90,8 +102,8 @@ pub fn render_ini(s: &Settings, generation: u64) -> Result<String, RenderError> 
         listen_port: pgb.port,
         // PgBouncer's own socket beside the server's: their names differ by port.
         unix_socket_dir: ini_path("postgres.socket_dir", &s.postgres.socket_dir)?,
-        auth_hba_file: ini_path("pgbouncer.config_dir", &dir.join("pgbouncer_hba.conf"))?,
-        auth_file: ini_path("pgbouncer.config_dir", &dir.join("userlist.txt"))?,
+        auth_hba_file: ini_path("pgbouncer.auth_dir", &dir.join("pgbouncer_hba.conf"))?,
+        auth_file: ini_path("pgbouncer.auth_dir", &dir.join("userlist.txt"))?,
         pidfile: ini_path("pgbouncer.pidfile", &pgb.pidfile)?,
         logfile: ini_path("pgbouncer.logfile", &pgb.logfile)?,
         tls_cert_file: ini_path("tls.cert_file", &s.tls.cert_file)?,
@@ -99,7 +111,7 @@ pub fn render_ini(s: &Settings, generation: u64) -> Result<String, RenderError> 
         pool_mode: pgb.pool_mode.as_str(),
         default_pool_size: pgb.default_pool_size,
         max_client_conn: pgb.max_client_conn,
-        admin_users: plain_role("postgres.superuser", &s.postgres.superuser)?.to_string(),
+        admin_users: admin_users(s)?,
     };
     render_template("pgbouncer/pgbouncer.ini.j2", &ctx)
 }

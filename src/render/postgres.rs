@@ -100,6 +100,9 @@ pub fn render_conf(
     let conf = |what: &str, v: &str| quoted(what, v, conf_value(v));
     let path = |what: &str, p: &Path| abs_path(what, p).and_then(|v| conf(what, v));
     let memory = size_memory(facts.memory_mb, pg.max_connections);
+    // The hba family may live outside the cluster's directory (`postgres.hba_dir`), where the
+    // API's own user can replace it.
+    let hba_dir = pg.hba_dir.clone().unwrap_or_else(|| config_dir.to_path_buf());
     let ctx = PgConf {
         generation,
         version,
@@ -108,8 +111,8 @@ pub fn render_conf(
         unix_socket_directories: conf("postgres.socket_dir", &socket_dir_element(&pg.socket_dir)?)?,
         max_connections: pg.max_connections,
         superuser_reserved_connections: pg.superuser_reserved_connections,
-        hba_file: path("PostgreSQL config dir", &config_dir.join("pg_hba.conf"))?,
-        ident_file: path("PostgreSQL config dir", &config_dir.join("pg_ident.conf"))?,
+        hba_file: path("postgres.hba_dir", &hba_dir.join("pg_hba.conf"))?,
+        ident_file: path("postgres.hba_dir", &hba_dir.join("pg_ident.conf"))?,
         ssl_cert_file: path("tls.cert_file", &s.tls.cert_file)?,
         ssl_key_file: path("tls.key_file", &s.tls.key_file)?,
         shared_buffers: mb(memory.shared_buffers_mb),

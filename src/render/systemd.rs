@@ -51,6 +51,16 @@ fn optional_path_list_item(what: &str, path: &Path) -> Result<String, RenderErro
     Ok(quote_word(&format!("-{s}")).replace('%', "%%"))
 }
 
+/// The source path of a `LoadCredential=ID:PATH` line: specifiers expand there and a `:` would
+/// end the id, blanks are fine (the rest of the line is the path).
+fn credential_source(what: &str, path: &Path) -> Result<String, RenderError> {
+    let s = abs_path(what, path)?;
+    if s.contains(':') {
+        return Err(RenderError::invalid(what, s, "must not contain ':' (systemd LoadCredential=)"));
+    }
+    Ok(s.replace('%', "%%"))
+}
+
 #[derive(Serialize, Debug)]
 struct ApiUnit {
     generation: u64,
@@ -58,6 +68,9 @@ struct ApiUnit {
     binary: String,
     config_file: String,
     read_write_paths: Vec<String>,
+    /// `LoadCredential=` source: the control-DB password file stays root-only (0600) and
+    /// systemd hands the service a private copy.
+    password_credential: Option<String>,
 }
 
 #[derive(Serialize, Debug)]
@@ -88,10 +101,17 @@ pub fn render_units(
         binary: binary.clone(),
         config_file: config_file.clone(),
         read_write_paths: vec![
-            path_list_item("PostgreSQL config dir", pg_config_dir)?,
+            path_list_item(
+                "postgres.hba_dir",
+                &s.postgres.hba_dir.clone().unwrap_or_else(|| pg_config_dir.to_path_buf()),
+            )?,
             path_list_item("paths.state_dir", &s.paths.state_dir)?,
-            optional_path_list_item("pgbouncer.config_dir", &s.pgbouncer.config_dir)?,
+            optional_path_list_item("pgbouncer.auth_dir", &s.pgbouncer.auth_dir())?,
         ],
+        password_credential: match (&s.control_db.password_file, &s.control_db.password) {
+            (Some(file), None) => Some(credential_source("control_db.password_file", file)?),
+            _ => None,
+        },
     };
     // Backups run as the cluster's OS user: pg_dump reaches every database by peer over the socket.
     let backup = JobUnit {

@@ -153,6 +153,8 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
     for (key, path) in [
         ("postgres.config_dir", &pg.config_dir),
         ("postgres.data_dir", &pg.data_dir),
+        ("postgres.hba_dir", &pg.hba_dir),
+        ("pgbouncer.auth_dir", &s.pgbouncer.auth_dir),
     ] {
         if let Some(p) = path {
             c.abs_path(key, p);
@@ -274,6 +276,9 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
             "tenants.default_max_connections",
             "must be between 1 and tenants.max_connections_cap",
         );
+    }
+    if !(1..=3650).contains(&s.backups.retention_days) {
+        c.fail("backups.retention_days", "must be between 1 and 3650 (days)");
     }
 }
 

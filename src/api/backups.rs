@@ -1,0 +1,154 @@
+//! `/api/databases/{id}/backups`: take a backup of one tenant now, and list its backups. The
+//! dump runs as the API role through the local socket (see `crate::backup` for why), on a
+//! blocking thread, and answers only once the dump is verified, checksummed and renamed into
+//! place. Every POST leaves an audit row, success or failure; pg_dump's own words go to the log,
+//! not to the client.
+
+use axum::{
+    Json,
+    extract::State,
+    http::{Method, StatusCode},
+};
+use serde_json::{Value, json};
+
+use super::{
+    ApiError, AppState,
+    endpoint::{Doc, Endpoint, keyed},
+    extract::{Caller, TenantPath},
+};
+use crate::{
+    backup::{BackupError, Backups, Login},
+    model::TenantStatus,
+    tenant::{Tenant, audit},
+};
+
+type Answer = Result<(StatusCode, Json<Value>), ApiError>;
+
+fn backup_error(e: BackupError) -> ApiError {
+    match e {
+        BackupError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => ApiError::Unavailable(
+            "The backup directory is not writable by the API's system user; ask the operator to fix paths.backup_dir".into(),
+        ),
+        BackupError::Binaries(_) => ApiError::Unavailable("PostgreSQL client tools are not installed on the API host".into()),
+        e => ApiError::Internal(e.into()),
+    }
+}
+
+async fn usable(state: &AppState, id: crate::model::TenantId) -> Result<Tenant, ApiError> {
+    let tenant = state.tenants.get(id).await?;
+    match tenant.status {
+        TenantStatus::Active | TenantStatus::Suspended => Ok(tenant),
+        s => Err(ApiError::Conflict(format!(
+            "Database {id} is {s}; try again when it is active"
+        ))),
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+) -> Answer {
+    let tenant = usable(&state, id).await?;
+    let ctx = caller.audit();
+    let resource = id.to_string();
+    let database = tenant.database_name.as_str().to_owned();
+    let settings = state.settings.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let password = settings
+            .control_db_password()
+            .map_err(|e| BackupError::Invalid(format!("reading the control DB password: {e}")))?
+            .ok_or_else(|| {
+                BackupError::Invalid("the API role has no password configured".into())
+            })?;
+        Backups::new(&settings)?.dump(&database, &Login::ApiRole(password))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let file = match result {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(tenant = %id, error = %e, "API-triggered backup failed");
+            let details =
+                json!({ "database_name": tenant.database_name.as_str(), "reason": "dump_failed" });
+            audit::record_failure(
+                &state.pool,
+                &ctx,
+                "database.backup",
+                "database",
+                Some(&resource),
+                details,
+            )
+            .await;
+            return Err(backup_error(e));
+        }
+    };
+    let mut conn = state.pool.acquire().await?;
+    let details = json!({ "file_name": file.file_name, "size_bytes": file.size_bytes, "sha256": file.sha256 });
+    audit::record(
+        &mut conn,
+        &ctx,
+        "database.backup",
+        "database",
+        Some(&resource),
+        true,
+        details,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "success": true, "message": "Backup created and verified", "data": file })),
+    ))
+}
+
+async fn list(State(state): State<AppState>, TenantPath(id): TenantPath) -> Answer {
+    let tenant = state.tenants.get(id).await?;
+    let settings = state.settings.clone();
+    let database = tenant.database_name.as_str().to_owned();
+    // Lists from disk without re-reading dumps (checksum "unchecked"): cheap enough per request.
+    let files =
+        tokio::task::spawn_blocking(move || Backups::new(&settings)?.list(Some(&database), false))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?
+            .map_err(backup_error)?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "success": true, "count": files.len(), "data": files })),
+    ))
+}
+
+const ID: Option<&str> = Some("The database's id (a UUID).");
+
+pub fn endpoints() -> Vec<Endpoint> {
+    let tag = "backups";
+    vec![
+        keyed(
+            Method::POST,
+            "/api/databases/{id}/backups",
+            create,
+            Doc {
+                operation_id: "createBackup",
+                tag,
+                summary: "Back up the database now (pg_dump custom format); answers once the dump is verified and checksummed.",
+                path_id: ID,
+                ok: (201, "BackupCreated"),
+                errors: &[409, 503],
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::GET,
+            "/api/databases/{id}/backups",
+            list,
+            Doc {
+                operation_id: "listBackups",
+                tag,
+                summary: "The database's backups on this host, newest first.",
+                path_id: ID,
+                ok: (200, "BackupList"),
+                errors: &[503],
+                ..Doc::DEFAULT
+            },
+        ),
+    ]
+}

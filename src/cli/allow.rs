@@ -1,0 +1,87 @@
+//! `pgaas allow DB CIDR` / `pgaas deny DB ENTRY`: the allow-list from the host's shell, through
+//! the same service as the API, so the change is in force (pg_hba.conf and PgBouncer's written,
+//! validated, reloaded) when the command returns.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use crate::{
+    model::AllowEntry,
+    settings::LoadOptions,
+    tenant::{AuditContext, TenantError, parse_description},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct AllowArgs {
+    /// The database: its id or its name (tenant_...).
+    pub database: String,
+    /// An address (one host) or a network with zero host bits: 203.0.113.5, 192.168.1.0/24, 2001:db8::/32.
+    pub cidr: String,
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DenyArgs {
+    /// The database: its id or its name (tenant_...).
+    pub database: String,
+    /// The entry: its id, or the network as listed (203.0.113.5/32).
+    pub entry: String,
+}
+
+pub fn allow(config: Option<PathBuf>, a: AllowArgs) -> anyhow::Result<ExitCode> {
+    run(config, |svc| async move {
+        let tenant = svc.find(&a.database).await?;
+        let entry = AllowEntry::parse(&a.cidr)?;
+        let description = parse_description(a.description.as_deref())?;
+        let row = svc.allow(tenant.id, entry, description, &AuditContext::cli()).await?;
+        println!("{} may now connect to {} (entry {}); the rule is in force", row.ip_address, tenant.database_name.as_str(), row.id);
+        Ok(())
+    })
+}
+
+pub fn deny(config: Option<PathBuf>, a: DenyArgs) -> anyhow::Result<ExitCode> {
+    run(config, |svc| async move {
+        let tenant = svc.find(&a.database).await?;
+        let row = svc.find_allowed(tenant.id, &a.entry).await?;
+        svc.disallow(tenant.id, row.id, &AuditContext::cli()).await?;
+        let left = svc.list_allowed(tenant.id).await?.len();
+        if left == 0 {
+            println!(
+                "{} removed; the allow-list of {} is empty: any address may connect (TLS only)",
+                row.ip_address,
+                tenant.database_name.as_str()
+            );
+        } else {
+            println!("{} removed; {left} entries remain for {}", row.ip_address, tenant.database_name.as_str());
+        }
+        Ok(())
+    })
+}
+
+fn run<F, Fut>(config: Option<PathBuf>, f: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(crate::tenant::TenantService) -> Fut,
+    Fut: std::future::Future<Output = Result<(), TenantError>>,
+{
+    let settings = match super::load_settings(LoadOptions::from_process(config)) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let rt = super::tokio_runtime()?;
+    rt.block_on(async move {
+        let pool = super::db::control_pool(&settings)?;
+        let svc = super::host_tenants(pool.clone(), Arc::new(settings));
+        let result = f(svc).await;
+        pool.close().await;
+        match result {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(match e {
+                    TenantError::Validation(_) => 2,
+                    _ => 1,
+                }))
+            }
+        }
+    })
+}

@@ -1,0 +1,102 @@
+//! `pgaas restore DB [--from FILE] [--into NEW_NAME] [--yes]`: restore a database from a backup.
+//! The dump's checksum is verified before anything is touched; `--into` restores into a new
+//! database owned by the same role and leaves the original alone; in place, the dump's objects
+//! are dropped and recreated in one transaction, after a typed confirmation on a terminal (or
+//! `--yes`; without a terminal, `--yes` is required).
+
+use std::{
+    io::{BufRead, IsTerminal, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use crate::{
+    backup::{BackupError, Backups, RestoreMode, superuser_connect, targets},
+    settings::LoadOptions,
+    tenant::size_pretty,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A tenant id, a tenant database name, or the control database name.
+    #[arg(value_name = "DB")]
+    pub db: String,
+    /// The dump to restore (its `.sha256` sidecar must match); default: DB's newest verified backup.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Restore into a new database of this name, owned by DB's owner; DB is not touched.
+    #[arg(long, value_name = "NEW_NAME")]
+    pub into: Option<String>,
+    /// Restore in place without asking; required when stdin is not a terminal.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
+    let settings = match super::load_settings(LoadOptions::from_process(config)) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let backups = Backups::new(&settings)?;
+    let rt = super::tokio_runtime()?;
+    let result: Result<ExitCode, BackupError> = rt.block_on(async {
+        let mut conn = superuser_connect(&settings, &settings.control_db.name).await?;
+        let target = targets::resolve(&mut conn, &settings, &args.db).await?;
+        let mode = match &args.into {
+            Some(name) => RestoreMode::Into(name.clone()),
+            None => RestoreMode::InPlace,
+        };
+        // Everything that can refuse does so before the confirmation and before any change.
+        let file = backups.choose(&target, args.from.as_deref())?;
+        backups.check_restore(&mut conn, &target, &mode).await?;
+        eprintln!(
+            "==> {} from {} (taken {}, {}, checksum verified)",
+            target.database,
+            file.path.display(),
+            file.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            size_pretty(i64::try_from(file.size_bytes).unwrap_or(i64::MAX))
+        );
+        if mode == RestoreMode::InPlace && !args.yes && !confirmed(&target.database)? {
+            return Ok(ExitCode::from(2));
+        }
+        backups.restore(&mut conn, &target, &file, &mode).await?;
+        match &mode {
+            RestoreMode::InPlace => println!(
+                "restored {} in place from {}",
+                target.database, file.file_name
+            ),
+            RestoreMode::Into(new) => println!(
+                "restored {} into the new database {new} (owner {}) from {}; {} was not touched",
+                target.database, target.owner, file.file_name, target.database
+            ),
+        }
+        Ok(ExitCode::SUCCESS)
+    });
+    result.or_else(|e| Ok(super::backup::explain(&e)))
+}
+
+/// Ask on a terminal; refuse outright without one.
+fn confirmed(database: &str) -> Result<bool, BackupError> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        eprintln!(
+            "error: refusing to restore {database} in place without --yes when stdin is not a terminal; nothing was changed"
+        );
+        return Ok(false);
+    }
+    eprint!(
+        "Restore {database} in place? Every object in the dump is dropped and recreated; changes made since the dump are lost.\n\
+         Type the database name to confirm: "
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    stdin
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| BackupError::Invalid(format!("reading the confirmation: {e}")))?;
+    if answer.trim() != database {
+        eprintln!("not confirmed; nothing was changed");
+        return Ok(false);
+    }
+    Ok(true)
+}

@@ -1,0 +1,97 @@
+"""Host-side clients: the scenarios check a machine from outside with the host's own psql, curl and
+openssl, across the machine's network (nspawn: the veth; QEMU: the forwarded ports, arriving in the
+guest from 10.0.2.2)."""
+
+import json
+import shlex
+import subprocess
+import urllib.parse
+
+
+def run(cmd, timeout=60, env=None, stdin=None):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, input=stdin)
+    return r.returncode, r.stdout, r.stderr
+
+
+def tenant_url(url, machine, ca_file, sslmode="verify-full"):
+    """A connection string as the API returned it, pointed at where the host reaches the machine.
+
+    The host name in it stays (verify-full checks it against the certificate); `hostaddr` says
+    which address to dial and the port is mapped to the forwarded one.
+    """
+    u = urllib.parse.urlsplit(url)
+    addr, port = machine.endpoint(u.port or 5432)
+    query = dict(urllib.parse.parse_qsl(u.query))
+    query.update(sslmode=sslmode, hostaddr=addr, connect_timeout="10")
+    if ca_file:
+        query["sslrootcert"] = str(ca_file)
+    netloc = f"{u.username}:{u.password}@{u.hostname}:{port}" if u.password else \
+        f"{u.username}@{u.hostname}:{port}"
+    return urllib.parse.urlunsplit((u.scheme, netloc, u.path, urllib.parse.urlencode(query), ""))
+
+
+def psql(conninfo, sql, timeout=60):
+    """(exit code, stdout, stderr) of the host's psql; -X: no ~/.psqlrc, unaligned tuples only."""
+    return run(["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql],
+               timeout=timeout, env={"PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "10"})
+
+
+class Api:
+    """The pgaas REST API of a machine, called with the host's curl.
+
+    An nspawn machine's API listens on the guest's loopback: curl runs in the machine's network
+    namespace (host binary, guest network). A QEMU machine's is reached through an ssh forward.
+    """
+
+    def __init__(self, machine, key, port=3000):
+        self.machine, self.key = machine, key
+        self.prefix, self.base = machine.loopback_client(port)
+
+    def call(self, method, path, body=None, key=None, expect=None):
+        cmd = self.prefix + ["curl", "-sS", "-m", "60", "-X", method, "-w", "\n%{http_code}",
+                             "-H", f"X-API-Key: {key or self.key}"]
+        if body is not None:
+            cmd += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
+        rc, out, err = run(cmd + [self.base + path], timeout=90)
+        if rc != 0:
+            raise AssertionError(f"curl {method} {path} failed ({rc}): {err}")
+        text, _, status = out.rpartition("\n")
+        status = int(status)
+        try:
+            doc = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError:
+            doc = text
+        if expect is not None and status != expect:
+            raise AssertionError(f"{method} {path}: HTTP {status}, expected {expect}: {text[:2000]}")
+        return status, doc
+
+
+def served_certificate(machine, port, servername):
+    """PEM of the leaf certificate the machine's PostgreSQL-protocol port serves (STARTTLS)."""
+    addr, port = machine.endpoint(port)
+    rc, out, err = run(["openssl", "s_client", "-starttls", "postgres", "-connect", f"{addr}:{port}",
+                        "-servername", servername], timeout=30, stdin="")
+    begin, end = out.find("-----BEGIN CERTIFICATE-----"), out.find("-----END CERTIFICATE-----")
+    if begin < 0:
+        raise AssertionError(f"no certificate served on {addr}:{port}: {err[-1000:]}")
+    return out[begin:end + len("-----END CERTIFICATE-----")] + "\n"
+
+
+def cert_fields(pem):
+    rc, out, err = run(["openssl", "x509", "-noout", "-serial", "-issuer", "-subject", "-enddate",
+                        "-ext", "subjectAltName"], stdin=pem)
+    if rc != 0:
+        raise AssertionError(f"openssl x509: {err}")
+    return out
+
+
+def verify_chain(machine, port, servername, ca_file):
+    """openssl's verdict on the served chain against `ca_file` and `servername` (exit 0: valid)."""
+    addr, port = machine.endpoint(port)
+    return run(["openssl", "s_client", "-starttls", "postgres", "-connect", f"{addr}:{port}",
+                "-servername", servername, "-verify_return_error", "-verify_hostname", servername,
+                "-CAfile", str(ca_file)], timeout=30, stdin="")
+
+
+def quote(s):
+    return shlex.quote(s)

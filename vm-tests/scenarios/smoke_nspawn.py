@@ -1,0 +1,32 @@
+"""nspawn machine boots, runs the binary, installs PostgreSQL from the mirror."""
+
+TIER = "nspawn"
+SUITES = ("bookworm", "trixie")
+
+
+def test(t, machine):
+    with t.subtest("the release binary runs in the machine"):
+        out = machine.succeed("pgaas --version")
+        assert out.startswith("pgaas "), out
+        out = machine.succeed("pgaas render --root /tmp/x 2>&1")
+        machine.succeed("test -s /tmp/x/etc/pgbouncer/pgbouncer.ini")
+        machine.succeed("test -s /tmp/x/etc/systemd/system/pgaas-api.service")
+        assert "changed" in out, out
+
+    with t.subtest("the machine reaches nothing but the mirror, through the host's proxy"):
+        # No route to the internet: only the host side of the link answers.
+        machine.fail("curl -sS -m 5 --noproxy '*' http://deb.debian.org/debian/")
+        machine.fail(f"curl -sS -m 5 -x http://{machine.host_address}:3142 https://crates.io/")
+
+    with t.subtest("apt-get install postgresql works from the Debian mirror"):
+        machine.succeed("apt-get update -q", timeout=300)
+        machine.succeed("apt-get install -y -q postgresql", timeout=600)
+        machine.wait_for_unit(f"postgresql@{t.pg_version}-main.service")
+        out = machine.succeed("su postgres -c \"psql -XAtc 'show server_version_num'\"")
+        assert out.strip().startswith(str(t.pg_version)), out
+
+    with t.subtest("the guest's PostgreSQL is in the guest's network, not the host's"):
+        machine.succeed("ss -ltn | grep -q '127.0.0.1:5432'")
+        import subprocess
+        host = subprocess.run(["ss", "-ltnH", "sport", "= :5432"], capture_output=True, text=True)
+        assert "5432" not in host.stdout, f"something listens on the host's 5432: {host.stdout}"
