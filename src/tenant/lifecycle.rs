@@ -108,8 +108,7 @@ impl TenantService {
         let verifier = verifier_task.await.map_err(TenantError::internal)?.map_err(TenantError::internal)?;
 
         let mut created = Created::default();
-        let mut pooler_refresh = None;
-        let result = self.provision(id, &db, &role, max, &verifier, &mut created, &mut pooler_refresh).await;
+        let result = self.provision(id, &db, &role, max, &verifier, &mut created).await;
         let result = match result {
             Ok(()) => {
                 let hash = bcrypt_task.await.map_err(TenantError::internal)?.map_err(TenantError::internal)?;
@@ -119,7 +118,7 @@ impl TenantService {
         };
         // The pooler's auth file was being refreshed beside CREATE DATABASE; the response waits
         // for it, so a pooled URL works as soon as it is handed out.
-        if let Some(refresh) = pooler_refresh {
+        if let Some(refresh) = created.pooler_refresh.take() {
             let _ = refresh.await;
         }
         let result = match result {
@@ -151,7 +150,6 @@ impl TenantService {
         max: i32,
         verifier: &str,
         created: &mut Created,
-        pooler_refresh: &mut Option<tokio::task::JoinHandle<()>>,
     ) -> Result<(), TenantError> {
         let role_q = ident(role.as_str())?;
         let db_q = ident(db.as_str())?;
@@ -175,7 +173,7 @@ impl TenantService {
         created.role = true;
         if self.hba.as_ref().is_some_and(|h| h.pgbouncer.is_some()) {
             let svc = self.clone();
-            *pooler_refresh = Some(tokio::spawn(async move { svc.refresh_pooler().await }));
+            created.pooler_refresh = Some(tokio::spawn(async move { svc.refresh_pooler().await }));
         }
 
         conn.execute(format!("CREATE DATABASE {db_q} OWNER {role_q} CONNECTION LIMIT {max}").as_str()).await?;
@@ -561,10 +559,13 @@ impl Drop for WorkLock {
     }
 }
 
-#[derive(Clone, Copy, Default)]
+/// What this request made, so a failure undoes exactly that.
+#[derive(Default)]
 struct Created {
     role: bool,
     database: bool,
+    /// The PgBouncer auth-file refresh started once the role existed.
+    pooler_refresh: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn make_cursor(t: &Tenant) -> String {
