@@ -197,4 +197,6 @@ pub fn check_network(network: IpNetwork) -> Result<IpNetwork, HbaError> {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
