@@ -2,7 +2,7 @@
 //! `<paths.backup_dir>/<database>/<UTC timestamp>.dump`, each with a `sha256sum`-format sidecar
 //! (`<name>.dump.sha256`); listing, retention, and restore in place or into a new database.
 //!
-//! Crash safety is in the order of the steps ([`dump`]): pg_dump's output is streamed by pgaas
+//! Crash safety is in the order of the steps (`dump.rs`): pg_dump's output is streamed by pgaas
 //! (no shell pipeline, so a failed dump cannot hide behind a successful `gzip`) into
 //! `.<name>.dump.partial` while it is hashed, fsynced, its exit status checked, the archive read
 //! back with `pg_restore --list`, the sidecar written as `.<name>.dump.sha256.partial`, and only

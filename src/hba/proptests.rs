@@ -20,11 +20,11 @@ const GROUP: &str = "pgaas_tenants";
 fn oracle(p: &HbaPolicy, c: &Client) -> Decision {
     let member = c.user_groups.iter().any(|g| g == GROUP);
     let Some(addr) = c.addr else {
+        let api_to_control = c.user == API && c.database == CONTROL;
+        let tenant = member && c.user != API;
         return if c.user == SU {
             Decision::Accept(HbaMethod::Peer { map: Some(PEER_MAP.into()) })
-        } else if c.user == API && c.database == CONTROL {
-            Decision::Accept(HbaMethod::ScramSha256)
-        } else if member && c.user != API {
+        } else if api_to_control || tenant {
             Decision::Accept(HbaMethod::ScramSha256)
         } else {
             Decision::Reject

@@ -4,6 +4,9 @@
 //! before anything is touched, and the API routes. Each test gets its own backup directory
 //! (`PGAAS_PATHS__BACKUP_DIR`), so `--all` and `prune` runs never see another test's files.
 
+mod api;
+mod restore;
+
 use std::{
     path::{Path, PathBuf},
     process::{Output, Stdio},
@@ -133,146 +136,10 @@ fn listed(backup_dir: &Path, db: &str) -> Vec<Value> {
     v["data"].as_array().unwrap().clone()
 }
 
-#[tokio::test]
-async fn backup_drop_a_table_restore_in_place_and_the_data_is_identical() {
-    let t = tenant("inplace").await;
-    let db = t.database_name.as_str();
-    load(&t);
-    let before = checksum(db);
-    let backups = temp_state_dir("bk-inplace");
-
-    let out = pgaas(
-        &backups,
-        &["backup", "run", "--database", &t.id.to_string()],
-    );
+fn run_one(backups: &Path, db: &str) -> PathBuf {
+    let out = pgaas(backups, &["backup", "run", "--database", db]);
     assert!(out.status.success(), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!("{db}: dumping")) && stderr.contains("verified"),
-        "{stderr}"
-    );
-    let dir = backups.join(db);
-    let names = files(&dir);
-    assert_eq!(
-        names.len(),
-        2,
-        "a dump and its sidecar, nothing else: {names:?}"
-    );
-    let dump = dir.join(&names[0]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        dump.display().to_string()
-    );
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&dump).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    assert_eq!(
-        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-        0o700
-    );
-    // The sidecar is what sha256sum writes, so operators can check it without pgaas.
-    let check = std::process::Command::new("sha256sum")
-        .arg("-c")
-        .arg(&names[1])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
-
-    su(
-        db,
-        "DROP TABLE items; UPDATE notes SET body = 'changed' WHERE id < 10;",
-    );
-    assert_ne!(
-        su(
-            db,
-            "SELECT count(*) FROM pg_tables WHERE tablename = 'items'"
-        ),
-        "1"
-    );
-
-    // Without a terminal and without --yes, nothing happens.
-    let out = pgaas(&backups, &["restore", db]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--yes"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(
-        su(
-            db,
-            "SELECT count(*) FROM pg_tables WHERE tablename = 'items'"
-        ),
-        "0"
-    );
-
-    let out = pgaas(&backups, &["restore", db, "--yes"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(checksum(db), before);
-    assert_eq!(
-        su(
-            db,
-            "SELECT tableowner FROM pg_tables WHERE tablename = 'items'"
-        ),
-        t.username.as_str()
-    );
-    remove(&t).await;
-}
-
-#[tokio::test]
-async fn restore_into_a_new_database_copies_the_data_and_leaves_the_original_alone() {
-    let t = tenant("into").await;
-    let db = t.database_name.as_str();
-    load(&t);
-    let at_backup = checksum(db);
-    let backups = temp_state_dir("bk-into");
-    let out = pgaas(&backups, &["backup", "run", "--database", db]);
-    assert!(out.status.success(), "{}", text(&out));
-    su(db, "INSERT INTO items VALUES (100000, 'after the backup')");
-    let original = checksum(db);
-    assert_ne!(original, at_backup);
-
-    let copy = format!("{db}_copy");
-    for bad in ["Bad-Name", "postgres", db] {
-        let out = pgaas(&backups, &["restore", db, "--into", bad]);
-        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
-    }
-    let out = pgaas(&backups, &["restore", &t.id.to_string(), "--into", &copy]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        checksum(&copy),
-        at_backup,
-        "the copy holds the backup's data"
-    );
-    assert_eq!(checksum(db), original, "the original is untouched");
-    let (owner, public_connect) = (
-        su(
-            "postgres",
-            &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{copy}'"),
-        ),
-        su(
-            "postgres",
-            &format!("SELECT has_database_privilege('public', '{copy}', 'CONNECT')"),
-        ),
-    );
-    assert_eq!(owner, t.username.as_str());
-    assert_eq!(public_connect, "f");
-    assert_eq!(
-        su(
-            &copy,
-            "SELECT tableowner FROM pg_tables WHERE tablename = 'items'"
-        ),
-        t.username.as_str()
-    );
-    su("postgres", &format!("DROP DATABASE {copy} WITH (FORCE)"));
-    remove(&t).await;
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 #[tokio::test]
@@ -407,12 +274,6 @@ fn backdate(path: &Path, days: i64) -> PathBuf {
     new
 }
 
-fn run_one(backups: &Path, db: &str) -> PathBuf {
-    let out = pgaas(backups, &["backup", "run", "--database", db]);
-    assert!(out.status.success(), "{}", text(&out));
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 #[tokio::test]
 async fn prune_keeps_the_newest_verified_backup_even_when_all_are_past_retention() {
     let t = tenant("prune").await;
@@ -455,118 +316,5 @@ async fn prune_keeps_the_newest_verified_backup_even_when_all_are_past_retention
         complete_looking(&backups.join(db)),
         vec![name.clone(), format!("{name}.sha256")]
     );
-    remove(&t).await;
-}
-
-#[tokio::test]
-async fn a_checksum_mismatch_makes_restore_refuse_without_touching_anything() {
-    let t = tenant("mismatch").await;
-    let db = t.database_name.as_str();
-    load(&t);
-    let backups = temp_state_dir("bk-mismatch");
-    let dump = run_one(&backups, db);
-    su(db, "DELETE FROM items WHERE id > 1000");
-    let now = checksum(db);
-    let mut bytes = std::fs::read(&dump).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
-    std::fs::write(&dump, bytes).unwrap();
-
-    let listed = listed(&backups, db);
-    assert_eq!(listed[0]["checksum"], "mismatch");
-    let copy = format!("{db}_never");
-    let from = dump.display().to_string();
-    for args in [
-        vec!["restore", db, "--yes"],
-        vec!["restore", db, "--yes", "--from", &from],
-        vec!["restore", db, "--from", &from, "--into", &copy],
-    ] {
-        let out = pgaas(&backups, &args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("nothing was changed") || stderr.contains("no verified backup"),
-            "{stderr}"
-        );
-    }
-    assert_eq!(checksum(db), now);
-    assert_eq!(
-        su(
-            "postgres",
-            &format!("SELECT count(*) FROM pg_database WHERE datname = '{copy}'")
-        ),
-        "0"
-    );
-    remove(&t).await;
-}
-
-#[tokio::test]
-async fn api_backups_are_made_listed_audited_and_need_a_key() {
-    let p = platform();
-    let t = tenant("api").await;
-    load(&t);
-    let client = reqwest::Client::new();
-    let url = |id: &str| format!("{}/api/databases/{id}/backups", p.base_url);
-    let id = t.id.to_string();
-
-    let res = client
-        .post(url(&id))
-        .header("X-API-Key", &p.api_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let body: Value = res.json().await.unwrap();
-    let data = &body["data"];
-    let name = data["file_name"].as_str().unwrap().to_string();
-    assert!(name.ends_with(".dump"), "{body}");
-    assert!(data["size_bytes"].as_u64().unwrap() > 0);
-    assert_eq!(data["sha256"].as_str().unwrap().len(), 64);
-    assert_eq!(data["checksum"], "verified");
-    assert!(data["created_at"].is_string());
-    // Dumped as the API role into the platform's backup directory, restorable like any other.
-    let path = p
-        .settings
-        .paths
-        .backup_dir
-        .join(t.database_name.as_str())
-        .join(&name);
-    assert!(path.is_file());
-    assert!(
-        !body
-            .to_string()
-            .contains(&p.settings.paths.backup_dir.display().to_string()),
-        "no host paths: {body}"
-    );
-
-    let res = client
-        .get(url(&id))
-        .header("X-API-Key", &p.api_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let list: Value = res.json().await.unwrap();
-    assert_eq!(list["count"], 1);
-    assert_eq!(list["data"][0]["file_name"], name.as_str());
-
-    let unknown = uuid::Uuid::new_v4().to_string();
-    for req in [client.post(url(&unknown)), client.get(url(&unknown))] {
-        let res = req.header("X-API-Key", &p.api_key).send().await.unwrap();
-        assert_eq!(res.status(), 404);
-    }
-    for req in [client.post(url(&id)), client.get(url(&id))] {
-        assert_eq!(req.send().await.unwrap().status(), 401);
-    }
-    let control = &p.settings.control_db.name;
-    let audit = su(
-        control,
-        &format!(
-            "SELECT outcome || ' ' || (details->>'file_name') FROM audit_logs WHERE action = 'database.backup' AND resource_id = '{id}'"
-        ),
-    );
-    assert_eq!(audit, format!("success {name}"));
-    let listed = listed(&p.settings.paths.backup_dir, t.database_name.as_str());
-    assert_eq!(listed.len(), 1, "still one: the 401s made nothing");
     remove(&t).await;
 }
