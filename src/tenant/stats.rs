@@ -101,13 +101,15 @@ impl StatsCollector {
             "SELECT t.id, t.database_name,
                     COALESCE(s.numbackends, 0)::bigint,
                     COALESCE(s.xact_commit + s.xact_rollback, 0)::bigint,
-                    CASE WHEN $1 THEN pg_database_size(d.oid) END
+                    CASE WHEN $1 OR NOT (t.database_name = ANY($2)) THEN pg_database_size(d.oid) END
              FROM databases t
              JOIN pg_database d ON d.datname = t.database_name
              LEFT JOIN pg_stat_database s ON s.datid = d.oid
              WHERE t.status = 'active'",
         )
         .bind(refresh_sizes)
+        // Tenants new since the last size pass are measured now, not shown as 0 bytes until then.
+        .bind(sizes.keys().cloned().collect::<Vec<String>>())
         .fetch_all(pool)
         .await?;
         let mut snap = StatsSnapshot::default();
@@ -136,6 +138,8 @@ impl StatsCollector {
         .bind(&query_col)
         .execute(pool)
         .await?;
+        // Forget deleted tenants.
+        sizes.retain(|name, _| snap.per_tenant.contains_key(name));
         if let Ok(mut s) = self.snapshot.write() {
             *s = snap;
         }

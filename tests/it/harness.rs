@@ -126,6 +126,17 @@ fn start() -> TestPlatform {
     let mut state =
         AppState::new(platform.pool.clone(), Arc::new(settings.clone())).with_pooler_available(platform.pooler_available());
     state.tenants = platform.tenants();
+    // Usage stats every second, so tests see the collector's rows and /metrics without waiting.
+    let collector = pgaas::tenant::StatsCollector::new(
+        state.tenants.clone(),
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(1),
+    );
+    {
+        let _in_runtime = runtime.enter();
+        drop(collector.clone().spawn());
+    }
+    let state = state.with_stats(collector);
     assert!(platform.pooler_available(), "PgBouncer must run for the tests (apt-get install pgbouncer)");
     runtime.spawn(api::serve(listener, state, std::future::pending()));
     let tp = TestPlatform {

@@ -284,3 +284,48 @@ async fn the_reconciler_leaves_rows_that_a_live_request_is_working_on() {
     platform.pool.close().await;
     platform.down().unwrap();
 }
+
+#[tokio::test]
+async fn the_collector_records_usage_and_metrics_report_it() {
+    let p = platform();
+    let svc = service();
+    let ctx = AuditContext::cli();
+    let made = svc.create(new_tenant("collector@example.com", Some(5)), &ctx).await.unwrap();
+    let t = &made.tenant;
+    // A live session, so the connection count is not zero.
+    let mut session = superuser(&p.socket_dir, p.pg_port, &p.superuser, t.database_name.as_str()).await;
+    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (size, conns): (i64, i32) = loop {
+        let row: Option<(i64, i32)> = sqlx::query_as(
+            "SELECT size_bytes, active_connections FROM database_stats WHERE database_id = $1 AND active_connections > 0
+             ORDER BY recorded_at DESC LIMIT 1",
+        )
+        .bind(t.id.as_uuid())
+        .fetch_optional(svc.pool())
+        .await
+        .unwrap();
+        if let Some(r) = row {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no database_stats row for the tenant");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(size > 1_000_000, "size {size}");
+    assert!(conns >= 1);
+
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", p.base_url))
+        .header("X-API-Key", &p.api_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!("pgaas_tenant_size_bytes{{database=\"{}\"}}", t.database_name.as_str());
+    assert!(metrics.contains(&line), "{line} missing from /metrics");
+    drop(session);
+    svc.delete(t.id, &ctx).await.unwrap();
+}
