@@ -11,6 +11,7 @@ pub mod control_db;
 pub mod dev;
 pub mod hba;
 pub mod host;
+pub mod install;
 pub mod model;
 pub mod pg;
 pub mod render;

@@ -8,10 +8,13 @@ mod config;
 mod db;
 mod dev;
 mod doctor;
+mod install;
 mod key;
 mod render;
 mod restore;
 mod serve;
+mod status;
+mod uninstall;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -59,6 +62,12 @@ pub enum Command {
     /// TLS certificates from an ACME CA (Let's Encrypt by default): issue, renew, status.
     #[command(subcommand)]
     Cert(cert::Command),
+    /// Bootstrap this host (root): PostgreSQL, PgBouncer, TLS, control DB, API and timers.
+    Install(install::Args),
+    /// Services, version, connections, sizes, certificate, backups, hba generation.
+    Status(status::Args),
+    /// Remove what `pgaas install` created (keeps data and backups unless --purge-data).
+    Uninstall(uninstall::Args),
     /// Backups: run (pg_dump, verified, checksummed), list, prune.
     #[command(subcommand)]
     Backup(backup::Command),
@@ -80,6 +89,9 @@ pub fn main() -> ExitCode {
         Command::Key(cmd) => key::run(cli.config, cmd),
         Command::Doctor(args) => doctor::run(cli.config, args),
         Command::Cert(cmd) => cert::run(cli.config, cmd),
+        Command::Install(args) => install::run(cli.config, args),
+        Command::Status(args) => status::run(cli.config, args),
+        Command::Uninstall(args) => uninstall::run(cli.config, args),
         Command::Backup(cmd) => backup::run(cli.config, cmd),
         Command::Restore(args) => restore::run(cli.config, args),
     };

@@ -18,6 +18,9 @@ use crate::{
 /// The group every tenant role joins; pg_hba admits tenants over TLS by membership in it.
 pub const TENANT_GROUP: &str = "pgaas_tenants";
 
+/// The group of tenants without an allow-list; pg_hba admits its members from any address (TLS).
+pub const OPEN_GROUP: &str = "pgaas_open_tenants";
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +128,10 @@ pub async fn bootstrap(
             .execute(format!("CREATE ROLE {group_q} NOLOGIN").as_str())
             .await?;
     }
+    let open_q = quote_ident(OPEN_GROUP).map_err(|e| ControlDbError::Invalid(e.to_string()))?;
+    if !role_exists(admin, OPEN_GROUP).await? {
+        admin.execute(format!("CREATE ROLE {open_q} NOLOGIN").as_str()).await?;
+    }
     let password_sql = format!("PASSWORD '{}'", verifier.replace('\'', "''"));
     if role_exists(admin, api).await? {
         admin
@@ -143,6 +150,7 @@ pub async fn bootstrap(
     }
     for stmt in [
         format!("GRANT {group_q} TO {api_q} WITH ADMIN OPTION"),
+        format!("GRANT {open_q} TO {api_q} WITH ADMIN OPTION"),
         format!("GRANT pg_read_all_stats, pg_signal_backend TO {api_q}"),
         // Nobody but the superuser and the owner connects to the maintenance databases.
         "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC".to_string(),

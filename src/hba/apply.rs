@@ -205,6 +205,38 @@ impl HbaApplier {
     /// Bring the files in line with the rows without a change of policy: at start-up, after a
     /// crash, or for `pgaas render`. Applies (new generation) only when a file differs.
     pub async fn sync(&self, pool: &PgPool) -> Result<i64, ApplyError> {
+        // Listed tenants out of the open group before anything else (fail-closed) ...
+        self.reconcile_membership(pool, false).await?;
+        let generation = self.sync_files(pool).await?;
+        // ... unlisted ones back in only once the files are in force.
+        self.reconcile_membership(pool, true).await?;
+        Ok(generation)
+    }
+
+    /// Bring open-group membership in line with the rows: `open == false` removes tenants that
+    /// have an allow-list, `open == true` adds active tenants that have none.
+    async fn reconcile_membership(&self, pool: &PgPool, open: bool) -> Result<(), ApplyError> {
+        let roles: Vec<String> = sqlx::query_scalar(
+            "SELECT d.username FROM databases d JOIN pg_roles r ON r.rolname = d.username
+             WHERE d.status IN ('active', 'suspended')
+               AND EXISTS (SELECT 1 FROM ip_whitelist w WHERE w.database_id = d.id) <> $2
+               AND pg_has_role(d.username, $1, 'MEMBER') <> $2",
+        )
+        .bind(&self.base.open_group)
+        .bind(open)
+        .fetch_all(pool)
+        .await?;
+        let group = crate::pg::quote::quote_ident(&self.base.open_group).map_err(|e| ApplyError::Reload(e.to_string()))?;
+        for role in roles {
+            let role_q = crate::pg::quote::quote_ident(&role).map_err(|e| ApplyError::Reload(e.to_string()))?;
+            let sql = if open { format!("GRANT {group} TO {role_q}") } else { format!("REVOKE {group} FROM {role_q}") };
+            sqlx::query(&sql).execute(pool).await?;
+            tracing::info!(role, open, "open-group membership repaired");
+        }
+        Ok(())
+    }
+
+    async fn sync_files(&self, pool: &PgPool) -> Result<i64, ApplyError> {
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(LOCK_KEY).execute(&mut *tx).await?;
         let policy = self.policy(&mut tx).await?;
@@ -230,6 +262,7 @@ impl HbaApplier {
         self.refresh_pooler_users(pool).await?;
         Ok(generation)
     }
+
 
     /// Rewrite PgBouncer's auth file from the tenants' verifiers and reload it when it changed.
     /// Called after every create, password rotation and delete.
@@ -277,10 +310,10 @@ impl HbaApplier {
         };
         HbaApplier {
             base: HbaPolicy::base(settings),
-            pg_hba_file: settings.postgres.config_dir_for(pg_version).join("pg_hba.conf"),
+            pg_hba_file: settings.postgres.hba_dir_for(pg_version).join("pg_hba.conf"),
             pgbouncer: pgb.enabled.then(|| PoolerFiles {
-                hba_file: pgb.config_dir.join("pgbouncer_hba.conf"),
-                userlist_file: pgb.config_dir.join("userlist.txt"),
+                hba_file: pgb.auth_dir().join("pgbouncer_hba.conf"),
+                userlist_file: pgb.auth_dir().join("userlist.txt"),
                 admin_user: settings.postgres.superuser.clone(),
             }),
             pooler,

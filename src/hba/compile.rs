@@ -62,9 +62,10 @@ fn normalised_tenants(policy: &HbaPolicy) -> Result<Vec<TenantAccess>, HbaError>
     Ok(tenants)
 }
 
-/// Allow lines for each tenant that has an allow-list, each followed by the reject that closes
-/// its database to every other address.
-fn tenant_allow_rules(tenants: &[TenantAccess], out: &mut Vec<HbaRule>) {
+/// Allow lines for each tenant that has an allow-list; for PgBouncer (which has no groups to
+/// exclude listed tenants from its default rule) each followed by the reject that closes its
+/// database to every other address.
+fn tenant_allow_rules(tenants: &[TenantAccess], with_reject: bool, out: &mut Vec<HbaRule>) {
     for t in tenants.iter().filter(|t| !t.allow.is_empty()) {
         for (i, net) in t.allow.iter().enumerate() {
             let comment = if i == 0 {
@@ -84,14 +85,16 @@ fn tenant_allow_rules(tenants: &[TenantAccess], out: &mut Vec<HbaRule>) {
                 )
             });
         }
-        out.push(rule(
-            ConnKind::Host,
-            name(&t.database),
-            all(),
-            Some(HbaAddress::All),
-            HbaMethod::Reject,
-            &format!("tenant {}: every other address", t.database),
-        ));
+        if with_reject {
+            out.push(rule(
+                ConnKind::Host,
+                name(&t.database),
+                all(),
+                Some(HbaAddress::All),
+                HbaMethod::Reject,
+                &format!("tenant {}: every other address", t.database),
+            ));
+        }
     }
 }
 
@@ -164,17 +167,21 @@ pub fn compile(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
             "tenants over the socket: this is how PgBouncer reaches the server",
         ),
     ]);
-    tenant_allow_rules(&tenants, &mut rules);
+    // The default path comes first, so most connections match after a handful of lines however
+    // many tenants have lists. Only roles of tenants without an allow-list are members of the
+    // open group (pgaas moves a role out before its first entry takes effect and back after its
+    // last is gone), so a listed tenant never matches here and falls through to its own lines.
+    rules.push(rule(
+        ConnKind::HostSsl,
+        all(),
+        vec![HbaName::group(&policy.open_group)],
+        Some(HbaAddress::All),
+        HbaMethod::ScramSha256,
+        "tenants without an allow-list: TLS + SCRAM from anywhere; CONNECT is revoked from \
+         PUBLIC on every database, so each role reaches only its own",
+    ));
+    tenant_allow_rules(&tenants, false, &mut rules);
     rules.extend([
-        rule(
-            ConnKind::HostSsl,
-            all(),
-            vec![HbaName::group(&policy.tenant_group)],
-            Some(HbaAddress::All),
-            HbaMethod::ScramSha256,
-            "tenants without an allow-list: TLS + SCRAM from anywhere; CONNECT is revoked from \
-             PUBLIC on every database, so each role reaches only its own",
-        ),
         rule(
             ConnKind::Host,
             all(),
@@ -228,7 +235,7 @@ pub fn compile_pgbouncer(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
             "no plaintext TCP for anyone",
         ),
     ];
-    tenant_allow_rules(&tenants, &mut rules);
+    tenant_allow_rules(&tenants, true, &mut rules);
     rules.extend([
         rule(
             ConnKind::HostSsl,

@@ -39,10 +39,12 @@ pub struct HbaLine {
 }
 
 #[derive(Serialize)]
-struct HbaContext<'a> {
+struct HbaContext {
     generation: u64,
     file: &'static str,
-    lines: &'a [HbaLine],
+    /// The rule lines, laid out here rather than looped over in the template: with ten thousand
+    /// tenants the file has ten thousand lines, and the apply path renders it on every change.
+    body: String,
 }
 
 #[derive(Serialize)]
@@ -244,10 +246,27 @@ fn render_hba(
     template: &str,
 ) -> Result<String, HbaError> {
     let lines = pad(format_rules(rules, dialect)?);
+    let mut body = String::with_capacity(lines.len() * 96);
+    for l in &lines {
+        if !l.comment.is_empty() {
+            body.push_str("\n# ");
+            body.push_str(&l.comment);
+            body.push('\n');
+        }
+        for (i, col) in [&l.kind, &l.database, &l.user, &l.address, &l.method].into_iter().enumerate() {
+            if i > 0 {
+                body.push_str("  ");
+            }
+            body.push_str(col);
+        }
+        body.push('\n');
+    }
+    // The template ends the file with its own newline.
+    body.pop();
     let ctx = HbaContext {
         generation,
         file: dialect.label(),
-        lines: &lines,
+        body,
     };
     render::render_template(template, &ctx).map_err(|e| HbaError::Render(Box::new(e)))
 }

@@ -31,6 +31,9 @@ pub struct HbaPolicy {
     pub control_db: String,
     /// Every tenant role is a member of this group (e.g. `pgaas_tenants`).
     pub tenant_group: String,
+    /// Roles of tenants without an allow-list are members of this group too; pg_hba's default
+    /// tenant path admits only them.
+    pub open_group: String,
     /// OS users mapped to the superuser by peer authentication (pg_ident map [`PEER_MAP`]).
     pub admin_os_users: Vec<String>,
     /// OS users let into PgBouncer's admin console by peer, under their own name: the
@@ -56,6 +59,7 @@ impl HbaPolicy {
             api_role: settings.control_db.user.clone(),
             control_db: settings.control_db.name.clone(),
             tenant_group: crate::control_db::TENANT_GROUP.to_string(),
+            open_group: crate::control_db::OPEN_GROUP.to_string(),
             admin_os_users,
             pooler_admins,
             tenants: Vec::new(),

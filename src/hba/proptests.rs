@@ -15,6 +15,7 @@ const SU: &str = "postgres";
 const API: &str = "pgaas_api";
 const CONTROL: &str = "postgres_control";
 const GROUP: &str = "pgaas_tenants";
+const OPEN: &str = "pgaas_open_tenants";
 
 /// What the policy says at the pg_hba level (database privileges come after, in the server).
 fn oracle(p: &HbaPolicy, c: &Client) -> Decision {
@@ -40,14 +41,16 @@ fn oracle(p: &HbaPolicy, c: &Client) -> Decision {
             Decision::Reject
         };
     }
-    if let Some(t) = p.tenants.iter().find(|t| t.database == c.database && !t.allow.is_empty()) {
-        return if c.user == t.role && t.allow.iter().any(|n| n.contains(addr)) {
-            Decision::Accept(HbaMethod::ScramSha256)
-        } else {
-            Decision::Reject
-        };
+    // Tenants without a list (members of the open group) get in from anywhere; CONNECT, not
+    // pg_hba, keeps them out of other tenants' databases.
+    if c.user_groups.iter().any(|g| g == OPEN) {
+        return Decision::Accept(HbaMethod::ScramSha256);
     }
-    if member { Decision::Accept(HbaMethod::ScramSha256) } else { Decision::Reject }
+    let listed = p.tenants.iter().find(|t| t.database == c.database && t.role == c.user);
+    match listed {
+        Some(t) if t.allow.iter().any(|n| n.contains(addr)) => Decision::Accept(HbaMethod::ScramSha256),
+        _ => Decision::Reject,
+    }
 }
 
 fn random_net(rng: &mut StdRng) -> IpNetwork {
@@ -80,6 +83,7 @@ fn random_policy(rng: &mut StdRng) -> HbaPolicy {
         api_role: API.into(),
         control_db: CONTROL.into(),
         tenant_group: GROUP.into(),
+        open_group: OPEN.into(),
         admin_os_users: vec!["postgres".into(), "root".into()],
         pooler_admins: vec![],
         tenants,
@@ -93,6 +97,7 @@ fn random_client(rng: &mut StdRng, p: &HbaPolicy) -> Client {
     users.extend([SU.to_string(), API.into(), "someone".into(), "user_ffffffffffffffff".into()]);
     let user = users.choose(rng).unwrap().clone();
     let member = user.starts_with("user_");
+    let user_for_groups = user.clone();
     // Addresses near the listed networks are the interesting ones.
     let nets: Vec<IpNetwork> = p.tenants.iter().flat_map(|t| t.allow.clone()).collect();
     let addr = match rng.random_range(0..6) {
@@ -106,7 +111,12 @@ fn random_client(rng: &mut StdRng, p: &HbaPolicy) -> Client {
     Client {
         database: dbs.choose(rng).unwrap().clone(),
         user,
-        user_groups: if member { vec![GROUP.into()] } else { vec![] },
+        user_groups: match (member, p.tenants.iter().find(|t| t.role == user_for_groups)) {
+            (false, _) => vec![],
+            // A role with a list has left the open group.
+            (true, Some(t)) if !t.allow.is_empty() => vec![GROUP.into()],
+            (true, _) => vec![GROUP.into(), OPEN.into()],
+        },
         addr,
         tls: rng.random_bool(0.7),
     }

@@ -134,7 +134,10 @@ impl Cx {
                 out.push(format!("owner -> {}:{}", want.owner, want.group))
             }
             Some(_) => {}
-            None => out.push(format!("owner -> {}:{} (created earlier in this run)", want.owner, want.group)),
+            None => out.push(format!(
+                "owner -> {}:{} (created earlier in this run)",
+                want.owner, want.group
+            )),
         }
         out
     }

@@ -78,8 +78,14 @@ mod tests {
     fn distribution_versions() {
         let d12 = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n";
         assert_eq!(distribution_pg_version(d12), Some(15));
-        assert_eq!(distribution_pg_version("ID=debian\nVERSION_ID=\"13\"\n"), Some(17));
-        assert_eq!(distribution_pg_version("ID=ubuntu\nVERSION_ID=\"24.04\"\n"), Some(16));
+        assert_eq!(
+            distribution_pg_version("ID=debian\nVERSION_ID=\"13\"\n"),
+            Some(17)
+        );
+        assert_eq!(
+            distribution_pg_version("ID=ubuntu\nVERSION_ID=\"24.04\"\n"),
+            Some(16)
+        );
         assert_eq!(distribution_pg_version("ID=fedora\nVERSION_ID=40\n"), None);
     }
 
@@ -90,9 +96,15 @@ mod tests {
         s.postgres.hba_dir = Some("/etc/pgaas/postgresql".into());
         s.pgbouncer.auth_dir = Some("/etc/pgaas/pgbouncer".into());
         let a = api_hba_applier(&s);
-        assert_eq!(a.pg_hba_file, Path::new("/etc/pgaas/postgresql/pg_hba.conf"));
+        assert_eq!(
+            a.pg_hba_file,
+            Path::new("/etc/pgaas/postgresql/pg_hba.conf")
+        );
         let files = a.pgbouncer.unwrap();
-        assert_eq!(files.userlist_file, Path::new("/etc/pgaas/pgbouncer/userlist.txt"));
+        assert_eq!(
+            files.userlist_file,
+            Path::new("/etc/pgaas/pgbouncer/userlist.txt")
+        );
         assert_eq!(files.admin_user, "pgaas");
         assert!(a.pooler.is_some());
     }

@@ -17,16 +17,29 @@ pub const MANIFEST_NAME: &str = "install-manifest.json";
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Record {
     /// A file that did not exist before.
-    File { path: PathBuf },
+    File {
+        path: PathBuf,
+    },
     /// A file that existed and was overwritten; its original is kept at `backup`.
-    Replaced { path: PathBuf, backup: PathBuf },
-    Dir { path: PathBuf },
+    Replaced {
+        path: PathBuf,
+        backup: PathBuf,
+    },
+    Dir {
+        path: PathBuf,
+    },
     /// A system user (and its group) made with useradd.
-    User { name: String },
+    User {
+        name: String,
+    },
     /// A unit enabled by the installer.
-    Unit { name: String },
+    Unit {
+        name: String,
+    },
     /// A package installed by the installer (uninstall keeps packages; it lists them).
-    Package { name: String },
+    Package {
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,8 +121,12 @@ mod tests {
         m.add(Record::File {
             path: "/etc/pgbouncer/pgbouncer.ini".into(),
         });
-        m.add(Record::User { name: "pgaas".into() });
-        m.add(Record::User { name: "pgaas".into() });
+        m.add(Record::User {
+            name: "pgaas".into(),
+        });
+        m.add(Record::User {
+            name: "pgaas".into(),
+        });
         assert_eq!(m.records.len(), 2);
         assert!(matches!(m.records[0], Record::Replaced { .. }));
 

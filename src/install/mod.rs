@@ -18,9 +18,9 @@ pub mod manifest;
 pub mod playbook;
 pub mod runner;
 pub mod status;
+mod steps;
 pub mod system;
 pub mod uninstall;
-mod steps;
 
 use std::path::{Path, PathBuf};
 
@@ -51,7 +51,12 @@ pub fn install_settings(mut s: Settings, pg_version: u32, tls: &TlsMode) -> Sett
         .get_or_insert_with(|| config_dir.join("secrets/control-db-password"));
     match tls {
         TlsMode::SelfSigned => {
-            let dir = s.tls.cert_file.parent().unwrap_or(&config_dir).to_path_buf();
+            let dir = s
+                .tls
+                .cert_file
+                .parent()
+                .unwrap_or(&config_dir)
+                .to_path_buf();
             s.tls.ca_file = Some(dir.join("ca.crt"));
         }
         TlsMode::Acme { domain, .. } => {
@@ -90,7 +95,12 @@ pub fn vars(s: &Settings, pg_version: u32) -> Vars {
         backup_dir: text(&s.paths.backup_dir),
         systemd_dir: text(&s.paths.systemd_dir),
         binary: text(&s.paths.binary),
-        bin_dir: text(s.paths.binary.parent().unwrap_or(Path::new("/usr/local/bin"))),
+        bin_dir: text(
+            s.paths
+                .binary
+                .parent()
+                .unwrap_or(Path::new("/usr/local/bin")),
+        ),
         api_user: s.api.system_user.clone(),
         pg_user: s.postgres.os_user.clone(),
         control_db: s.control_db.name.clone(),
@@ -113,7 +123,8 @@ pub fn load_playbook(file: Option<&Path>, vars: &Vars) -> Result<Vec<Step>> {
     let (source, text) = match file {
         Some(p) => (
             p.display().to_string(),
-            std::fs::read_to_string(p).with_context(|| format!("reading the playbook {}", p.display()))?,
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the playbook {}", p.display()))?,
         ),
         None => (
             "playbooks/install.yaml (embedded)".to_string(),
@@ -160,9 +171,17 @@ pub fn summary(cx: &Cx) -> String {
         "  Secrets:        {} (root-only; the API gets it through systemd credentials)\n",
         cx.vars.control_db_password_file
     ));
-    out.push_str(&format!("  Settings:       {}/pgaas.yaml\n", cx.vars.config_dir));
-    out.push_str(&format!("  Backups:        {} (daily at 02:00)\n", s.paths.backup_dir.display()));
-    out.push_str("  Commands:       pgaas status, pg-status, pg-list-databases, pg-backup-control\n");
+    out.push_str(&format!(
+        "  Settings:       {}/pgaas.yaml\n",
+        cx.vars.config_dir
+    ));
+    out.push_str(&format!(
+        "  Backups:        {} (daily at 02:00)\n",
+        s.paths.backup_dir.display()
+    ));
+    out.push_str(
+        "  Commands:       pgaas status, pg-status, pg-list-databases, pg-backup-control\n",
+    );
     match &cx.first_api_key {
         Some(key) => out.push_str(&format!(
             "\n  First admin API key (shown once; only its hash is stored):\n    {}\n\n  Try: curl -H 'X-API-Key: {}' http://{}/api/databases\n",
@@ -178,7 +197,10 @@ pub fn summary(cx: &Cx) -> String {
 /// Where a path under `root` lives on the host (for messages).
 pub fn host_path(root: Option<&Path>, p: &Path) -> PathBuf {
     match root {
-        Some(r) => p.strip_prefix(r).map(|rel| Path::new("/").join(rel)).unwrap_or_else(|_| p.to_path_buf()),
+        Some(r) => p
+            .strip_prefix(r)
+            .map(|rel| Path::new("/").join(rel))
+            .unwrap_or_else(|_| p.to_path_buf()),
         None => p.to_path_buf(),
     }
 }

@@ -241,8 +241,15 @@ impl Step {
         .collect();
         match set.as_slice() {
             [one] => Ok(one),
-            [] => Err(format!("step {:?} has no action key (apt, file, ...)", self.name)),
-            many => Err(format!("step {:?} has several action keys: {}", self.name, many.join(", "))),
+            [] => Err(format!(
+                "step {:?} has no action key (apt, file, ...)",
+                self.name
+            )),
+            many => Err(format!(
+                "step {:?} has several action keys: {}",
+                self.name,
+                many.join(", ")
+            )),
         }
     }
 }

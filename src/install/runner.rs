@@ -56,7 +56,7 @@ impl Handlers {
         self.pending = later;
         if now.iter().all(|h| h.action == HandlerAction::DaemonReload) && units.is_some() {
             // Nothing for these units: leave a lone daemon-reload for later.
-            self.pending.extend(now.drain(..));
+            self.pending.append(&mut now);
             return Vec::new();
         }
         let restarts: Vec<String> = now
@@ -74,7 +74,11 @@ fn run_handler(cx: &Cx, h: &Handler) -> Result<()> {
     let argv: Vec<String> = match h.action {
         HandlerAction::DaemonReload => vec!["systemctl".into(), "daemon-reload".into()],
         // A reload of a stopped unit is nothing to do: it reads its files when it starts.
-        HandlerAction::Reload => vec!["systemctl".into(), "try-reload-or-restart".into(), h.unit.clone()],
+        HandlerAction::Reload => vec![
+            "systemctl".into(),
+            "try-reload-or-restart".into(),
+            h.unit.clone(),
+        ],
         HandlerAction::Restart => vec!["systemctl".into(), "restart".into(), h.unit.clone()],
     };
     let out = cx.system.run(&argv, &[])?;
@@ -161,7 +165,14 @@ pub fn run(steps: &[Step], cx: &mut Cx, dry_run: bool, out: &mut dyn Write) -> R
             for h in effects.notify {
                 handlers.add(h);
             }
-            manifest.save(&cx.path(&cx.settings.paths.state_dir.join(super::manifest::MANIFEST_NAME)))?;
+            manifest.save(
+                &cx.path(
+                    &cx.settings
+                        .paths
+                        .state_dir
+                        .join(super::manifest::MANIFEST_NAME),
+                ),
+            )?;
             let _ = writeln!(out, "changed");
             Ok(true)
         })();
@@ -199,7 +210,10 @@ pub fn run(steps: &[Step], cx: &mut Cx, dry_run: bool, out: &mut dyn Write) -> R
             let names: Vec<String> = handlers.pending.iter().map(|h| h.to_string()).collect();
             let _ = writeln!(out, "not run yet: {}", names.join(", "));
         }
-        let _ = writeln!(out, "Fix the cause, then run `pgaas install` again: it continues from where the host is.");
+        let _ = writeln!(
+            out,
+            "Fix the cause, then run `pgaas install` again: it continues from where the host is."
+        );
     }
     report
 }
@@ -210,7 +224,9 @@ mod tests {
 
     #[test]
     fn handlers_run_once_daemon_reload_first_restart_over_reload() {
-        let mut h = Handlers { pending: Vec::new() };
+        let mut h = Handlers {
+            pending: Vec::new(),
+        };
         h.add(Handler::new(HandlerAction::Reload, "postgresql@15-main"));
         h.add(Handler::daemon_reload());
         h.add(Handler::new(HandlerAction::Restart, "pgaas-api.service"));
@@ -219,9 +235,15 @@ mod tests {
         let now = h.take(Some(&["postgresql@15-main".to_string()]));
         assert_eq!(
             now,
-            vec![Handler::daemon_reload(), Handler::new(HandlerAction::Restart, "postgresql@15-main")]
+            vec![
+                Handler::daemon_reload(),
+                Handler::new(HandlerAction::Restart, "postgresql@15-main")
+            ]
         );
-        assert_eq!(h.pending, vec![Handler::new(HandlerAction::Restart, "pgaas-api.service")]);
+        assert_eq!(
+            h.pending,
+            vec![Handler::new(HandlerAction::Restart, "pgaas-api.service")]
+        );
         assert!(h.take(Some(&["pgbouncer".to_string()])).is_empty());
         assert_eq!(h.take(None).len(), 1);
     }

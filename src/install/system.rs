@@ -185,7 +185,9 @@ impl System for FakeSystem {
             }
             ("dpkg-query", _) => CmdOutput::fail(format!("no packages found matching {last}")),
             ("apt-cache", "policy") if s.lists_fresh && s.available.contains(&last) => {
-                CmdOutput::ok(format!("{last}:\n  Installed: (none)\n  Candidate: 1.0-1\n"))
+                CmdOutput::ok(format!(
+                    "{last}:\n  Installed: (none)\n  Candidate: 1.0-1\n"
+                ))
             }
             ("apt-cache", "policy") => CmdOutput::ok(""),
             ("apt-get", "update") => {
@@ -193,11 +195,27 @@ impl System for FakeSystem {
                 CmdOutput::ok("")
             }
             ("apt-get", "install") => {
-                for p in argv.iter().skip(2).filter(|a| !a.starts_with('-')) {
+                for p in argv
+                    .iter()
+                    .skip(2)
+                    .filter(|a| !a.starts_with('-') && !a.contains("::="))
+                {
                     if !s.available.contains(p) {
                         return Ok(CmdOutput::fail(format!("E: Unable to locate package {p}")));
                     }
                     s.installed.insert(p.clone());
+                    // Debian enables and starts a service when its package is installed.
+                    let unit = match p.strip_prefix("postgresql-") {
+                        Some(v) if v.chars().all(|c| c.is_ascii_digit()) => {
+                            Some(format!("postgresql@{v}-main"))
+                        }
+                        _ if p == "pgbouncer" => Some("pgbouncer".to_string()),
+                        _ => None,
+                    };
+                    if let Some(u) = unit {
+                        s.enabled.insert(u.clone());
+                        s.active.insert(u);
+                    }
                     if p.starts_with("postgresql") && !s.users.contains_key("postgres") {
                         s.users.insert("postgres".into(), me);
                         s.groups.insert("postgres".into(), me.gid);

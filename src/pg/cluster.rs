@@ -347,14 +347,15 @@ pub async fn reload(conn: &mut PgConnection) -> Result<(), ClusterError> {
     sqlx::query("SELECT pg_reload_conf()")
         .execute(&mut *conn)
         .await?;
-    for _ in 0..100 {
+    // Polled briefly: the reload is on the path of every allow-list change.
+    for _ in 0..1000 {
         let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT pg_conf_load_time()")
             .fetch_one(&mut *conn)
             .await?;
         if now > before {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Err(ClusterError::Command {
         command: "pg_reload_conf()".into(),

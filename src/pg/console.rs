@@ -22,7 +22,9 @@ pub enum ConsoleError {
     Io { path: PathBuf, source: io::Error },
     #[error("PgBouncer refused: {0}")]
     Server(String),
-    #[error("PgBouncer asked for authentication method {0}; the console user must be admitted by peer in pgbouncer_hba.conf")]
+    #[error(
+        "PgBouncer asked for authentication method {0}; the console user must be admitted by peer in pgbouncer_hba.conf"
+    )]
     Auth(i32),
     #[error("unexpected message {0:?} from PgBouncer")]
     Protocol(char),
@@ -44,15 +46,23 @@ impl ConsoleReload {
     /// Run one simple-query command on the console; returns the command tags it answered.
     pub fn command(&self, sql: &str) -> Result<Vec<String>, ConsoleError> {
         let path = self.socket_path();
-        let io_err = |source| ConsoleError::Io { path: path.clone(), source };
+        let io_err = |source| ConsoleError::Io {
+            path: path.clone(),
+            source,
+        };
         let mut s = UnixStream::connect(&path).map_err(io_err)?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io_err)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(io_err)?;
         s.write_all(&startup(&self.user)).map_err(io_err)?;
         loop {
             let (tag, body) = read_message(&mut s).map_err(io_err)?;
             match tag {
                 b'R' => {
-                    let code = i32::from_be_bytes(body.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0xff; 4]));
+                    let code = i32::from_be_bytes(
+                        body.get(..4)
+                            .and_then(|b| b.try_into().ok())
+                            .unwrap_or([0xff; 4]),
+                    );
                     if code != 0 {
                         return Err(ConsoleError::Auth(code));
                     }
@@ -73,7 +83,9 @@ impl ConsoleReload {
         loop {
             let (tag, body) = read_message(&mut s).map_err(io_err)?;
             match tag {
-                b'C' => tags.push(String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned()),
+                b'C' => tags.push(
+                    String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned(),
+                ),
                 b'E' => error = Some(error_message(&body)),
                 b'Z' => break,
                 _ => {}
@@ -90,7 +102,11 @@ impl ConsoleReload {
 fn startup(user: &str) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&196_608i32.to_be_bytes()); // protocol 3.0
-    for (k, v) in [("user", user), ("database", "pgbouncer"), ("application_name", "pgaas")] {
+    for (k, v) in [
+        ("user", user),
+        ("database", "pgbouncer"),
+        ("application_name", "pgaas"),
+    ] {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());
@@ -128,7 +144,9 @@ impl PoolerReload for ConsoleReload {
         if !self.socket_path().exists() {
             return Ok(());
         }
-        self.command("RELOAD;").map(|_| ()).map_err(|e| e.to_string())
+        self.command("RELOAD;")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -139,23 +157,39 @@ mod tests {
     #[test]
     fn startup_message_is_protocol_3_with_user_and_console_database() {
         let m = startup("pgaas");
-        assert_eq!(i32::from_be_bytes(m[..4].try_into().unwrap()) as usize, m.len());
+        assert_eq!(
+            i32::from_be_bytes(m[..4].try_into().unwrap()) as usize,
+            m.len()
+        );
         assert_eq!(&m[4..8], &196_608i32.to_be_bytes());
         let text = String::from_utf8_lossy(&m[8..]);
-        assert!(text.contains("user\0pgaas\0database\0pgbouncer\0"), "{text:?}");
+        assert!(
+            text.contains("user\0pgaas\0database\0pgbouncer\0"),
+            "{text:?}"
+        );
         assert!(m.ends_with(&[0, 0]));
     }
 
     #[test]
     fn error_fields_yield_the_message() {
-        assert_eq!(error_message(b"SERROR\0C08P01\0Mnot allowed\0\0"), "not allowed");
+        assert_eq!(
+            error_message(b"SERROR\0C08P01\0Mnot allowed\0\0"),
+            "not allowed"
+        );
     }
 
     #[test]
     fn a_missing_socket_means_nothing_to_reload() {
         let dir = tempfile::tempdir().unwrap();
-        let c = ConsoleReload { socket_dir: dir.path().into(), port: 1, user: "x".into() };
+        let c = ConsoleReload {
+            socket_dir: dir.path().into(),
+            port: 1,
+            user: "x".into(),
+        };
         assert!(c.reload().is_ok());
-        assert!(matches!(c.command("SHOW VERSION;"), Err(ConsoleError::Io { .. })));
+        assert!(matches!(
+            c.command("SHOW VERSION;"),
+            Err(ConsoleError::Io { .. })
+        ));
     }
 }

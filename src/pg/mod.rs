@@ -3,7 +3,9 @@
 
 pub mod binaries;
 pub mod cluster;
+pub mod console;
 pub mod pgbouncer;
 pub mod quote;
 pub mod scram;
+pub mod systemd_cluster;
 pub mod tls;

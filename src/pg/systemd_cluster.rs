@@ -20,7 +20,9 @@ pub struct HostRunner;
 
 impl CommandRunner for HostRunner {
     fn run(&self, argv: &[&str]) -> io::Result<(bool, String)> {
-        let (program, args) = argv.split_first().ok_or_else(|| io::Error::other("empty command"))?;
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| io::Error::other("empty command"))?;
         let out = std::process::Command::new(program).args(args).output()?;
         let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
         if text.trim().is_empty() {
@@ -60,10 +62,13 @@ impl SystemdCluster {
 
     fn systemctl(&self, verb: &str) -> Result<(), ClusterError> {
         let unit = self.unit();
-        let (ok, detail) = self
-            .runner
-            .run(&["systemctl", verb, &unit])
-            .map_err(|e| ClusterError::Command { command: format!("systemctl {verb} {unit}"), detail: e.to_string() })?;
+        let (ok, detail) =
+            self.runner
+                .run(&["systemctl", verb, &unit])
+                .map_err(|e| ClusterError::Command {
+                    command: format!("systemctl {verb} {unit}"),
+                    detail: e.to_string(),
+                })?;
         if ok {
             Ok(())
         } else {
@@ -81,11 +86,17 @@ impl SystemdCluster {
         let (ok, detail) = self
             .runner
             .run(&["pg_dropcluster", "--stop", &v, &self.name])
-            .map_err(|e| ClusterError::Command { command: "pg_dropcluster".into(), detail: e.to_string() })?;
+            .map_err(|e| ClusterError::Command {
+                command: "pg_dropcluster".into(),
+                detail: e.to_string(),
+            })?;
         if ok {
             Ok(())
         } else {
-            Err(ClusterError::Command { command: "pg_dropcluster".into(), detail })
+            Err(ClusterError::Command {
+                command: "pg_dropcluster".into(),
+                detail,
+            })
         }
     }
 }

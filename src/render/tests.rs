@@ -41,6 +41,7 @@ fn policy() -> HbaPolicy {
         api_role: "pgaas_api".into(),
         control_db: "postgres_control".into(),
         tenant_group: "pgaas_tenants".into(),
+        open_group: "pgaas_open_tenants".into(),
         admin_os_users: vec!["postgres".into(), "root".into()],
         pooler_admins: vec!["postgres".into()],
         tenants: vec![

@@ -56,8 +56,57 @@ impl TenantService {
             .await?)
     }
 
+    /// Whether the tenant's role is in the open group (admitted from any address).
+    async fn set_open(&self, id: TenantId, open: bool) -> Result<(), TenantError> {
+        let tenant = self.get(id).await?;
+        let role = super::lifecycle::ident(tenant.username.as_str())?;
+        let group = super::lifecycle::ident(crate::control_db::OPEN_GROUP)?;
+        let sql = if open { format!("GRANT {group} TO {role}") } else { format!("REVOKE {group} FROM {role}") };
+        sqlx::query(&sql).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn has_entries(&self, id: TenantId) -> Result<bool, TenantError> {
+        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1)")
+            .bind(id.as_uuid())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// Add an entry; returns it once it is in force.
+    ///
+    /// The first entry of a tenant restricts it: its role leaves the open group *before* the
+    /// new file is in force (fail-closed: for a moment it may be refused everywhere, never let in
+    /// from everywhere), and rejoins if the change fails. Runs under the tenant's work lock, so
+    /// changes to one tenant's list never interleave.
     pub async fn allow(
+        &self,
+        id: TenantId,
+        entry: AllowEntry,
+        description: Option<String>,
+        ctx: &AuditContext,
+    ) -> Result<AllowRow, TenantError> {
+        self.applier()?;
+        self.get(id).await?;
+        let lock = self.work_lock(id).await?;
+        let first = !self.has_entries(id).await?;
+        let result = async {
+            if first {
+                self.set_open(id, false).await?;
+            }
+            self.allow_locked(id, entry, description, ctx).await
+        }
+        .await;
+        if result.is_err() && first && !self.has_entries(id).await.unwrap_or(true) {
+            if let Err(e) = self.set_open(id, true).await {
+                tracing::error!(tenant = %id, error = %e, "could not reopen a tenant after a failed change; `pgaas render` repairs it");
+            }
+        }
+        lock.release().await;
+        result
+    }
+
+    async fn allow_locked(
         &self,
         id: TenantId,
         entry: AllowEntry,
@@ -105,8 +154,21 @@ impl TenantService {
     }
 
     /// Remove an entry; when it was the last one, the database is open to any address again
-    /// (TLS only).
+    /// (TLS only): the role rejoins the open group only after the file without its lines is in
+    /// force and the row is gone.
     pub async fn disallow(&self, id: TenantId, entry_id: Uuid, ctx: &AuditContext) -> Result<AllowRow, TenantError> {
+        self.applier()?;
+        let lock = self.work_lock(id).await?;
+        let result = self.disallow_locked(id, entry_id, ctx).await;
+        let result = match result {
+            Ok(row) if !self.has_entries(id).await? => self.set_open(id, true).await.map(|()| row),
+            other => other,
+        };
+        lock.release().await;
+        result
+    }
+
+    async fn disallow_locked(&self, id: TenantId, entry_id: Uuid, ctx: &AuditContext) -> Result<AllowRow, TenantError> {
         let applier = self.applier()?;
         let mut tx = self.pool.begin().await?;
         let tenant = self.lock_active(&mut tx, id).await?;

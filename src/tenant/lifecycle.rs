@@ -154,6 +154,8 @@ impl TenantService {
         let role_q = ident(role.as_str())?;
         let db_q = ident(db.as_str())?;
         let group_q = ident(crate::control_db::TENANT_GROUP)?;
+        // New tenants have no allow-list: members of the open group from the start.
+        let open_q = ident(crate::control_db::OPEN_GROUP)?;
         let comment = ownership_comment(id);
         let mut conn = self.pool.acquire().await?;
         // Role, its ownership mark, and our membership (needed to create a database it owns)
@@ -161,7 +163,7 @@ impl TenantService {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         tx.execute(
             format!(
-                "CREATE ROLE {role_q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION CONNECTION LIMIT {max} PASSWORD '{}' IN ROLE {group_q}",
+                "CREATE ROLE {role_q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION CONNECTION LIMIT {max} PASSWORD '{}' IN ROLE {group_q}, {open_q}",
                 verifier.replace('\'', "''")
             )
             .as_str(),

@@ -7,6 +7,7 @@ mod api;
 mod backup;
 mod cli;
 mod harness;
+mod install;
 mod isolation;
 mod pebble;
 mod platform;

@@ -15,6 +15,9 @@ class CommandFailed(AssertionError):
 
 class Machine:
     name = "machine"
+    # The binary under test, copied in at boot. Not on PATH: `pgaas install` puts its own copy
+    # in /usr/local/bin, and a scenario must see that happen.
+    pgaas = "/root/pgaas"
     # Where the host reaches the guest, and where the guest reaches the host.
     address = None
     host_address = None
@@ -39,10 +42,10 @@ class Machine:
             raise CommandFailed(f"{self.name}: `{cmd}` succeeded but must fail\n{out}{err}")
         return out + err
 
-    def wait_until_succeeds(self, cmd, timeout=120, interval=1.0):
+    def wait_until_succeeds(self, cmd, timeout=120, interval=1.0, attempt_timeout=None):
         deadline = time.monotonic() + timeout
         while True:
-            rc, out, err = self.execute(cmd, timeout=timeout)
+            rc, out, err = self.execute(cmd, timeout=attempt_timeout or timeout)
             if rc == 0:
                 return out
             if time.monotonic() > deadline:
@@ -55,9 +58,10 @@ class Machine:
 
     def wait_until_running(self, timeout=300):
         """systemd finished starting up; 'degraded' (some unit failed) also counts as up."""
+        # Polled: `is-system-running --wait` can hang for good when asked too early (Debian 13).
         out = self.wait_until_succeeds(
-            "s=$(systemctl is-system-running --wait); echo $s; "
-            "[ $s = running ] || [ $s = degraded ]", timeout)
+            "s=$(systemctl is-system-running); echo $s; [ $s = running ] || [ $s = degraded ]",
+            timeout, interval=0.5, attempt_timeout=15)
         return out.strip()
 
     def unit_property(self, unit, prop):

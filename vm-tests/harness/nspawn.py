@@ -109,7 +109,8 @@ class NspawnMachine(Machine):
         sh("ip", "-n", self.netns, "addr", "add", f"{self.address}/30", "dev", "eth0")
         sh("ip", "-n", self.netns, "link", "set", "eth0", "up")
         sh("ip", "-n", self.netns, "link", "set", "lo", "up")
-        sh("ip", "-n", self.netns, "route", "add", "default", "via", self.host_address)
+        # No default route: the guest can reach the host side of the link and nothing else,
+        # even on a host that forwards packets.
         self.proxy = AptProxy(self.host_address)
         self.undo.append(self.proxy.close)
 
@@ -122,8 +123,8 @@ class NspawnMachine(Machine):
         (root / "etc/resolv.conf").write_text("# no resolver: the machine has no way out\n")
         with open(root / "etc/hosts", "a") as f:
             f.write(f"{self.address} pgaas-vm.test\n{self.host_address} host.test\n")
-        shutil.copy(self.binary, root / "usr/local/bin/pgaas")
-        os.chmod(root / "usr/local/bin/pgaas", 0o755)
+        shutil.copy(self.binary, root / self.pgaas.lstrip("/"))
+        os.chmod(root / self.pgaas.lstrip("/"), 0o755)
 
     def execute(self, cmd, timeout=600, stdin=None):
         if self.proc.poll() is not None:

@@ -129,7 +129,7 @@ class QemuMachine(Machine):
         return [], f"http://127.0.0.1:{self.forwards[(self.master, port)]}"
 
     def copy_binary(self):
-        self.succeed("cat > /usr/local/bin/pgaas && chmod 0755 /usr/local/bin/pgaas",
+        self.succeed(f"cat > {self.pgaas} && chmod 0755 {self.pgaas}",
                      stdin=Path(self.binary).read_bytes())
 
     def reboot(self, timeout=300):

@@ -12,8 +12,8 @@ def test(t, machine):
         t.log(f"guest kernel {guest}")
 
     with t.subtest("the release binary runs in the machine"):
-        assert machine.succeed("pgaas --version").startswith("pgaas ")
-        machine.succeed("pgaas render --root /tmp/x >/dev/null 2>&1 && test -s /tmp/x/etc/pgbouncer/pgbouncer.ini")
+        assert machine.succeed(f"{machine.pgaas} --version").startswith("pgaas ")
+        machine.succeed(f"{machine.pgaas} render --root /tmp/x >/dev/null 2>&1 && test -s /tmp/x/etc/pgbouncer/pgbouncer.ini")
 
     with t.subtest("the machine reaches the Debian mirror and installs from it"):
         machine.succeed("apt-get update -q", timeout=600)

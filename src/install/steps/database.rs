@@ -36,17 +36,29 @@ async fn connect(opts: &PgConnectOptions, wait: Duration) -> Result<PgConnection
 }
 
 pub fn sql_check(s: &SqlStep, cx: &mut Cx) -> Result<Plan> {
-    let opts = cx.admin()?.database(&s.database);
+    let mut plan = Plan::default();
+    let Some(admin) = cx.admin.clone() else {
+        plan.change(format!(
+            "run in {}: {} (no server in this run)",
+            s.database,
+            s.statements.join("; ")
+        ));
+        return Ok(plan);
+    };
+    let opts = admin.database(&s.database);
     let unless = s.unless.clone();
     let found = cx.block_on(async move {
         let mut conn = connect(&opts, Duration::ZERO).await?;
         let row = sqlx::query(&unless).fetch_optional(&mut conn).await?;
         Ok::<_, sqlx::Error>(row.is_some())
     })?;
-    let mut plan = Plan::default();
     match found {
         Ok(true) => {}
-        Ok(false) => plan.change(format!("run in {}: {}", s.database, s.statements.join("; "))),
+        Ok(false) => plan.change(format!(
+            "run in {}: {}",
+            s.database,
+            s.statements.join("; ")
+        )),
         Err(e) => plan.change(format!(
             "run in {}: {} (the server is not reachable yet: {e})",
             s.database,
@@ -74,7 +86,9 @@ pub fn sql_apply(s: &SqlStep, cx: &mut Cx) -> Result<Effects> {
 
 fn api_password(cx: &Cx) -> Result<Option<Secret>> {
     let Some(file) = &cx.settings.control_db.password_file else {
-        bail!("control_db.password_file must be set for an installed host (the API reads its password from it)");
+        bail!(
+            "control_db.password_file must be set for an installed host (the API reads its password from it)"
+        );
     };
     Ok(read_secret_file(&cx.path(file))?)
 }
@@ -101,7 +115,10 @@ pub fn control_db_check(cx: &mut Cx) -> Result<Plan> {
     let mut plan = Plan::default();
     let settings = cx.settings.clone();
     let Some(password) = api_password(cx)? else {
-        plan.change(format!("{BOOTSTRAP} {} and the control database {}", settings.control_db.user, settings.control_db.name));
+        plan.change(format!(
+            "{BOOTSTRAP} {} and the control database {}",
+            settings.control_db.user, settings.control_db.name
+        ));
         return Ok(plan);
     };
     let applier = host::hba_applier(&settings, cx.root.as_deref(), None);
@@ -114,25 +131,36 @@ pub fn control_db_check(cx: &mut Cx) -> Result<Plan> {
             )]);
         };
         let mut out = Vec::new();
-        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap_or_default();
-        let pending = control_db::MIGRATOR.iter().filter(|m| !applied.contains(&m.version)).count();
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+        let pending = control_db::MIGRATOR
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .count();
         if pending > 0 {
             out.push(format!("apply {pending} control-DB migration(s)"));
             return Ok(out);
         }
         let policy = applier.policy(&mut conn).await?;
-        let generation = u64::try_from(crate::hba::apply::current_generation(&mut conn).await?).unwrap_or(0);
+        let generation =
+            u64::try_from(crate::hba::apply::current_generation(&mut conn).await?).unwrap_or(0);
         let want_pg = render_pg_hba(&compile(&policy)?, generation)?;
         if read_opt(&applier.pg_hba_file)?.as_deref() != Some(want_pg.as_bytes()) {
-            out.push(format!("rewrite {} from the control DB", applier.pg_hba_file.display()));
+            out.push(format!(
+                "rewrite {} from the control DB",
+                applier.pg_hba_file.display()
+            ));
         }
         if let Some(files) = &applier.pgbouncer {
             let want = render_pgbouncer_hba(&compile_pgbouncer(&policy)?, generation)?;
             if read_opt(&files.hba_file)?.as_deref() != Some(want.as_bytes()) {
-                out.push(format!("rewrite {} from the control DB", files.hba_file.display()));
+                out.push(format!(
+                    "rewrite {} from the control DB",
+                    files.hba_file.display()
+                ));
             }
             let secrets: Vec<(String, String)> =
                 sqlx::query_as("SELECT rolname, rolpassword FROM pgaas_priv.tenant_secrets()")
@@ -140,7 +168,10 @@ pub fn control_db_check(cx: &mut Cx) -> Result<Plan> {
                     .await?;
             let want = crate::pg::pgbouncer::render_userlist(&files.admin_user, &secrets);
             if read_opt(&files.userlist_file)?.as_deref() != Some(want.as_bytes()) {
-                out.push(format!("rewrite {} (tenant verifiers)", files.userlist_file.display()));
+                out.push(format!(
+                    "rewrite {} (tenant verifiers)",
+                    files.userlist_file.display()
+                ));
             }
         }
         Ok(out)
@@ -157,9 +188,17 @@ pub fn control_db_check(cx: &mut Cx) -> Result<Plan> {
 
 pub fn control_db_apply(cx: &mut Cx, plan: &Plan) -> Result<Effects> {
     let settings = cx.settings.clone();
-    let file = settings.control_db.password_file.clone().unwrap_or_default();
-    let password = api_password(cx)?
-        .ok_or_else(|| anyhow!("{} is missing; the secret step must come before control_db", file.display()))?;
+    let file = settings
+        .control_db
+        .password_file
+        .clone()
+        .unwrap_or_default();
+    let password = api_password(cx)?.ok_or_else(|| {
+        anyhow!(
+            "{} is missing; the secret step must come before control_db",
+            file.display()
+        )
+    })?;
     let admin = cx.admin()?;
     let bootstrap = plan.changes.iter().any(|c| c.starts_with(BOOTSTRAP));
     let applier = host::hba_applier(&settings, cx.root.as_deref(), None);
@@ -187,10 +226,17 @@ pub fn control_db_apply(cx: &mut Cx, plan: &Plan) -> Result<Effects> {
         if !cx.attr_drift(&f, &want).is_empty() {
             cx.set_attrs(&f, &want)?;
         }
-        let was = before.iter().find(|(p, _)| *p == f).and_then(|(_, b)| b.clone());
+        let was = before
+            .iter()
+            .find(|(p, _)| *p == f)
+            .and_then(|(_, b)| b.clone());
         if was.as_deref() != std::fs::read(&f).ok().as_deref() {
-            if f.file_name().is_some_and(|n| n == "userlist.txt" || n == "pgbouncer_hba.conf") {
-                effects.notify.push(Handler::new(HandlerAction::Reload, PGBOUNCER_UNIT));
+            if f.file_name()
+                .is_some_and(|n| n == "userlist.txt" || n == "pgbouncer_hba.conf")
+            {
+                effects
+                    .notify
+                    .push(Handler::new(HandlerAction::Reload, PGBOUNCER_UNIT));
             }
             if was.is_none() {
                 if let Some(host_path) = host_path(cx, &f) {
@@ -232,7 +278,8 @@ pub fn api_key_check(cx: &mut Cx) -> Result<Plan> {
 
 pub fn api_key_apply(s: &ApiKeyStep, cx: &mut Cx) -> Result<Effects> {
     let settings = cx.settings.clone();
-    let password = api_password(cx)?.ok_or_else(|| anyhow!("the control DB password file is missing"))?;
+    let password =
+        api_password(cx)?.ok_or_else(|| anyhow!("the control DB password file is missing"))?;
     let name = s.name.clone();
     let key = cx.block_on(async move {
         if active_keys(&settings, &password).await? > 0 {
@@ -257,7 +304,10 @@ fn tls_paths(cx: &Cx) -> (ServerCertTarget, LocalCa) {
         key_file: cx.path(&tls.key_file),
         key_owner,
     };
-    (target, LocalCa::in_dir(&cx.path(Path::new(&cx.vars.tls_dir))))
+    (
+        target,
+        LocalCa::in_dir(&cx.path(Path::new(&cx.vars.tls_dir))),
+    )
 }
 
 fn current(path: &Path) -> Option<CertInfo> {
@@ -275,7 +325,9 @@ pub fn tls_check(cx: &mut Cx) -> Result<Plan> {
             let good = cert.is_some_and(|c| {
                 Some(&c.issuer) == ca_subject.as_ref()
                     && c.days_left() > 30
-                    && names.iter().all(|n| c.sans.iter().any(|s| s.eq_ignore_ascii_case(n)))
+                    && names
+                        .iter()
+                        .all(|n| c.sans.iter().any(|s| s.eq_ignore_ascii_case(n)))
             });
             if !good {
                 plan.change(format!(
@@ -285,14 +337,18 @@ pub fn tls_check(cx: &mut Cx) -> Result<Plan> {
                 ));
             }
         }
-        TlsMode::Acme { domain, directory, .. } => {
+        TlsMode::Acme {
+            domain, directory, ..
+        } => {
             let good = cert.is_some_and(|c| {
                 c.days_left() > 30
                     && !c.issuer.contains("pgaas local CA")
                     && c.sans.iter().any(|s| s.eq_ignore_ascii_case(domain))
             });
             if !good {
-                plan.change(format!("obtain a certificate for {domain} from {directory} (HTTP-01)"));
+                plan.change(format!(
+                    "obtain a certificate for {domain} from {directory} (HTTP-01)"
+                ));
             }
         }
     }
@@ -318,7 +374,13 @@ pub fn tls_apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
         TlsMode::SelfSigned => {
             ca.ensure_server_cert(&target, &server_names(&cx.settings.public_host))?;
         }
-        TlsMode::Acme { domain, email, directory, ca_file, listen } => {
+        TlsMode::Acme {
+            domain,
+            email,
+            directory,
+            ca_file,
+            listen,
+        } => {
             if cx.root.is_some() {
                 bail!("ACME needs the real host (no root prefix): the CA must reach this machine");
             }

@@ -14,7 +14,11 @@ use crate::install::{
 };
 
 fn attrs(owner: &str, group: &str, mode: &str) -> Result<Attrs> {
-    Ok(Attrs::new(owner, group, parse_mode(mode).map_err(anyhow::Error::msg)?))
+    Ok(Attrs::new(
+        owner,
+        group,
+        parse_mode(mode).map_err(anyhow::Error::msg)?,
+    ))
 }
 
 pub fn dir_check(s: &DirStep, cx: &mut Cx) -> Result<Plan> {
@@ -22,7 +26,10 @@ pub fn dir_check(s: &DirStep, cx: &mut Cx) -> Result<Plan> {
     let path = cx.path(&s.path);
     let mut plan = Plan::default();
     match fs::metadata(&path) {
-        Ok(m) if !m.is_dir() => bail!("{} exists and is not a directory; move it away", s.path.display()),
+        Ok(m) if !m.is_dir() => bail!(
+            "{} exists and is not a directory; move it away",
+            s.path.display()
+        ),
         Ok(_) => {
             for d in cx.attr_drift(&path, &want) {
                 plan.change(format!("{}: {d}", s.path.display()));
@@ -64,7 +71,13 @@ pub fn dir_apply(s: &DirStep, cx: &mut Cx) -> Result<Effects> {
 }
 
 /// Compare `bytes` with `host_path` (under the root): the changes and, for text, a diff.
-pub fn file_plan(cx: &Cx, host_path: &Path, bytes: &[u8], want: &Attrs, text: bool) -> Result<Plan> {
+pub fn file_plan(
+    cx: &Cx,
+    host_path: &Path,
+    bytes: &[u8],
+    want: &Attrs,
+    text: bool,
+) -> Result<Plan> {
     let path = cx.path(host_path);
     let mut plan = Plan::default();
     let old = read_opt(&path)?;
@@ -74,7 +87,10 @@ pub fn file_plan(cx: &Cx, host_path: &Path, bytes: &[u8], want: &Attrs, text: bo
         Some(_) => {}
     }
     if old.as_deref() != Some(bytes) && text {
-        let old_text = old.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+        let old_text = old
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
         plan.diffs
             .push(diff(&old_text, &String::from_utf8_lossy(bytes), host_path));
     }
@@ -133,7 +149,10 @@ fn file_bytes(s: &FileStep, cx: &Cx) -> Result<(Vec<u8>, bool)> {
         (Some(c), false) => Ok((c.clone().into_bytes(), true)),
         (None, true) => {
             let exe = cx.system.current_exe()?;
-            Ok((fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?, false))
+            Ok((
+                fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?,
+                false,
+            ))
         }
         _ => bail!(
             "file {}: give exactly one of content or copy_of_running_binary",
@@ -144,7 +163,13 @@ fn file_bytes(s: &FileStep, cx: &Cx) -> Result<(Vec<u8>, bool)> {
 
 pub fn file_check(s: &FileStep, cx: &mut Cx) -> Result<Plan> {
     let (bytes, text) = file_bytes(s, cx)?;
-    let mut plan = file_plan(cx, &s.path, &bytes, &attrs(&s.owner, &s.group, &s.mode)?, text)?;
+    let mut plan = file_plan(
+        cx,
+        &s.path,
+        &bytes,
+        &attrs(&s.owner, &s.group, &s.mode)?,
+        text,
+    )?;
     if !text && !plan.is_ok() {
         plan.change("install a copy of the running pgaas binary".to_string());
     }
@@ -153,7 +178,13 @@ pub fn file_check(s: &FileStep, cx: &mut Cx) -> Result<Plan> {
 
 pub fn file_apply(s: &FileStep, cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
     let (bytes, _) = file_bytes(s, cx)?;
-    let (_, records) = install_file(cx, manifest, &s.path, &bytes, &attrs(&s.owner, &s.group, &s.mode)?)?;
+    let (_, records) = install_file(
+        cx,
+        manifest,
+        &s.path,
+        &bytes,
+        &attrs(&s.owner, &s.group, &s.mode)?,
+    )?;
     Ok(Effects {
         records,
         ..Effects::default()

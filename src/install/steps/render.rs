@@ -75,7 +75,11 @@ pub fn changed_keys(old: &str, new: &str) -> Vec<String> {
 /// The handler a changed file calls for.
 pub fn handler_for(file: &Path, old: &str, new: &str, postgres_unit: &str) -> Vec<Handler> {
     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let needs = |keys: &[&str]| changed_keys(old, new).iter().any(|k| keys.contains(&k.as_str()));
+    let needs = |keys: &[&str]| {
+        changed_keys(old, new)
+            .iter()
+            .any(|k| keys.contains(&k.as_str()))
+    };
     match name {
         "pgaas.conf" if needs(POSTMASTER_SETTINGS) => {
             vec![Handler::new(HandlerAction::Restart, postgres_unit)]
@@ -123,9 +127,14 @@ fn rows(cx: &mut Cx) -> Option<(Vec<TenantAccess>, i64)> {
     cx.block_on(async move {
         let connect = sqlx::Connection::connect_with(&opts);
         let mut conn: sqlx::PgConnection =
-            tokio::time::timeout(std::time::Duration::from_secs(5), connect).await.ok()?.ok()?;
+            tokio::time::timeout(std::time::Duration::from_secs(5), connect)
+                .await
+                .ok()?
+                .ok()?;
         let tenants = crate::hba::apply::load_tenants(&mut conn).await.ok()?;
-        let generation = crate::hba::apply::current_generation(&mut conn).await.ok()?;
+        let generation = crate::hba::apply::current_generation(&mut conn)
+            .await
+            .ok()?;
         Some((tenants, generation))
     })
     .ok()
@@ -190,13 +199,17 @@ pub fn apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
     let mut effects = Effects::default();
     for (f, attrs) in files(cx)? {
         let old = read_opt(&cx.path(&f.path))?.unwrap_or_default();
-        let (changed, records) = install_file(cx, manifest, &f.path, f.contents.as_bytes(), &attrs)?;
+        let (changed, records) =
+            install_file(cx, manifest, &f.path, f.contents.as_bytes(), &attrs)?;
         effects.records.extend(records);
         if changed {
             let old = String::from_utf8_lossy(&old);
-            effects
-                .notify
-                .extend(handler_for(&f.path, &old, &f.contents, &cx.vars.postgres_unit));
+            effects.notify.extend(handler_for(
+                &f.path,
+                &old,
+                &f.contents,
+                &cx.vars.postgres_unit,
+            ));
         }
     }
     Ok(effects)
@@ -210,11 +223,26 @@ mod tests {
     fn postmaster_settings_restart_and_the_rest_reload() {
         let p = Path::new("/etc/postgresql/15/main/conf.d/pgaas.conf");
         let unit = "postgresql@15-main";
-        let restart = handler_for(p, "port = 5432\nwork_mem = 4MB\n", "port = 5433\nwork_mem = 4MB\n", unit);
+        let restart = handler_for(
+            p,
+            "port = 5432\nwork_mem = 4MB\n",
+            "port = 5433\nwork_mem = 4MB\n",
+            unit,
+        );
         assert_eq!(restart, vec![Handler::new(HandlerAction::Restart, unit)]);
-        let reload = handler_for(p, "port = 5432\nwork_mem = 4MB\n", "port = 5432\nwork_mem = 8MB\n", unit);
+        let reload = handler_for(
+            p,
+            "port = 5432\nwork_mem = 4MB\n",
+            "port = 5432\nwork_mem = 8MB\n",
+            unit,
+        );
         assert_eq!(reload, vec![Handler::new(HandlerAction::Reload, unit)]);
-        let mc = handler_for(p, "max_connections = 500\n", "max_connections = 600\n", unit);
+        let mc = handler_for(
+            p,
+            "max_connections = 500\n",
+            "max_connections = 600\n",
+            unit,
+        );
         assert_eq!(mc[0].action, HandlerAction::Restart);
     }
 
@@ -226,12 +254,34 @@ mod tests {
             HandlerAction::Restart
         );
         assert_eq!(
-            handler_for(ini, "default_pool_size = 25\n", "default_pool_size = 30\n", "x")[0].action,
+            handler_for(
+                ini,
+                "default_pool_size = 25\n",
+                "default_pool_size = 30\n",
+                "x"
+            )[0]
+            .action,
             HandlerAction::Reload
         );
-        let api = handler_for(Path::new("/etc/systemd/system/pgaas-api.service"), "a", "b", "x");
-        assert_eq!(api, vec![Handler::daemon_reload(), Handler::new(HandlerAction::Restart, API_UNIT)]);
-        let backup = handler_for(Path::new("/etc/systemd/system/pgaas-backup.service"), "a", "b", "x");
+        let api = handler_for(
+            Path::new("/etc/systemd/system/pgaas-api.service"),
+            "a",
+            "b",
+            "x",
+        );
+        assert_eq!(
+            api,
+            vec![
+                Handler::daemon_reload(),
+                Handler::new(HandlerAction::Restart, API_UNIT)
+            ]
+        );
+        let backup = handler_for(
+            Path::new("/etc/systemd/system/pgaas-backup.service"),
+            "a",
+            "b",
+            "x",
+        );
         assert_eq!(backup, vec![Handler::daemon_reload()]);
     }
 

@@ -76,7 +76,11 @@ pub fn apt_check(s: &AptStep, cx: &mut Cx) -> Result<Plan> {
 pub fn apt_apply(s: &AptStep, cx: &mut Cx) -> Result<Effects> {
     let required = missing(cx, &s.packages)?;
     if !required.is_empty() {
-        run_ok(cx, &["apt-get", "update", "-q"], "refreshing the package lists")?;
+        run_ok(
+            cx,
+            &["apt-get", "update", "-q"],
+            "refreshing the package lists",
+        )?;
     }
     let mut wanted = required;
     for p in missing(cx, &s.if_available)? {
@@ -102,8 +106,9 @@ pub fn apt_apply(s: &AptStep, cx: &mut Cx) -> Result<Effects> {
         "Dpkg::Options::=--force-confold",
     ];
     argv.extend(wanted.iter().map(String::as_str));
-    run_ok(cx, &argv, "installing packages")
-        .map_err(|e| e.context("check the network and `apt-get update`, then run pgaas install again"))?;
+    run_ok(cx, &argv, "installing packages").map_err(|e| {
+        e.context("check the network and `apt-get update`, then run pgaas install again")
+    })?;
     effects
         .records
         .extend(wanted.into_iter().map(|name| Record::Package { name }));
@@ -129,8 +134,17 @@ pub fn user_apply(s: &UserStep, cx: &mut Cx) -> Result<Effects> {
     run_ok(
         cx,
         &[
-            "useradd", "--system", "--user-group", "--no-create-home", "--home-dir", &home,
-            "--shell", &shell, "--comment", "pgaas API", &s.name,
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            &home,
+            "--shell",
+            &shell,
+            "--comment",
+            "pgaas API",
+            &s.name,
         ],
         "creating the system user",
     )?;
@@ -184,9 +198,8 @@ pub fn systemd_apply(s: &SystemdStep, cx: &mut Cx) -> Result<Effects> {
     let active = is(cx, "is-active", &s.unit, "active")?;
     match s.state {
         UnitState::Started if !active => {
-            run_ok(cx, &["systemctl", "start", &s.unit], "starting the unit").map_err(|e| {
-                e.context(format!("see `journalctl -u {} -n 50` for why", s.unit))
-            })?;
+            run_ok(cx, &["systemctl", "start", &s.unit], "starting the unit")
+                .map_err(|e| e.context(format!("see `journalctl -u {} -n 50` for why", s.unit)))?;
         }
         UnitState::Stopped if active => {
             run_ok(cx, &["systemctl", "stop", &s.unit], "stopping the unit")?;
@@ -208,7 +221,10 @@ fn command_done(s: &CommandStep, cx: &Cx) -> Result<bool> {
         }
     }
     if s.creates.is_none() && s.unless.is_none() {
-        bail!("command {:?} has neither `creates` nor `unless`, so it would run on every install", s.argv.join(" "));
+        bail!(
+            "command {:?} has neither `creates` nor `unless`, so it would run on every install",
+            s.argv.join(" ")
+        );
     }
     Ok(false)
 }

@@ -1,0 +1,38 @@
+//! `pgaas status` (also installed as `pg-status`): services, version, connections and sizes per
+//! database, certificate days left, last backups, hba generation.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use sqlx::postgres::PgConnectOptions;
+
+use crate::{
+    install::{status, system::RealSystem},
+    settings::LoadOptions,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
+    let settings = match super::load_settings(LoadOptions::from_process(config)) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let admin = PgConnectOptions::new()
+        .socket(&settings.postgres.socket_dir)
+        .port(settings.postgres.port)
+        .username(&settings.postgres.superuser)
+        .application_name("pgaas status");
+    let rt = super::tokio_runtime()?;
+    let st = rt.block_on(status::gather(&settings, &RealSystem, admin));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        print!("{}", status::render(&st));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,181 @@
+"""`pgaas install` on a fresh machine: install, converge, README flow, isolation, backup, uninstall."""
+
+from harness import client
+from harness.platform import (PUBLIC_HOST, create_tenant, fetch_ca, first_api_key, install,
+                              main_pid, postmaster_pid, refused_by_hba, timer_calendar,
+                              times_of_day)
+
+TIER = "nspawn"
+SUITES = ("bookworm", "trixie")
+
+# Created by the postgresql package itself during the install's apt step, so already there.
+OK_ON_FRESH_INSTALL = {"the Debian cluster"}
+# Where kept data lives: uninstall leaves these.
+KEPT = ("/var/lib/postgresql/", "/var/backups/pgaas/")
+# Churn of any running Debian system, not something install added.
+NOISE = ("/var/log/", "/var/cache/", "/var/lib/apt/", "/var/lib/dpkg/", "/var/lib/systemd/",
+         "/var/lib/ucf/", "/var/lib/dbus/", "/var/tmp/", "/tmp/", "/run/", "/root/",
+         "/etc/ld.so.cache", "/etc/ssl/certs/", "/var/lib/pam/", "/var/lib/private/")
+SNAPSHOT = ("find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run \\) -prune "
+            "-o -print | sort")
+
+
+def test(t, m):
+    v = t.pg_version
+    units = [f"postgresql@{v}-main.service", "pgbouncer.service", "pgaas-api.service"]
+
+    before = set(m.succeed(SNAPSHOT).splitlines())
+    etc_before = m.succeed("find /etc /usr/local -type f -exec sha256sum {} + | sort")
+
+    with t.subtest("fresh install --self-signed --yes: every step changed"):
+        _, report = install(m, env=f"PGAAS_PUBLIC_HOST={PUBLIC_HOST}")
+        assert report.failed == 0 and report.changed > 0, report.output[-3000:]
+        unexpected = [s for s in report.with_status("ok")
+                      if not any(s.startswith(p) for p in OK_ON_FRESH_INSTALL)]
+        assert not unexpected, f"steps already ok on a fresh machine: {unexpected}"
+        key = first_api_key(report.output)
+        t.log(f"{report.changed} steps changed, {report.ok} ok")
+
+    with t.subtest("PostgreSQL, PgBouncer and the API are active; pgaas is on PATH"):
+        for unit in units:
+            m.wait_for_unit(unit, timeout=60)
+        m.succeed("command -v pgaas && pgaas --version && command -v pg-status pg-list-databases pg-backup-control")
+        m.succeed("pgaas status")
+        api = client.Api(m, key)
+        status, _ = api.call("GET", "/health", expect=200)
+
+    with t.subtest("timers listed: backups daily at 02:00, certificate renewal twice a day"):
+        listed = m.succeed("systemctl list-timers --all --no-pager")
+        assert "pgaas-backup.timer" in listed and "pgaas-cert-renew.timer" in listed, listed
+        for timer in ("pgaas-backup.timer", "pgaas-cert-renew.timer"):
+            m.succeed(f"systemctl is-active --quiet {timer} && systemctl is-enabled --quiet {timer}")
+        assert times_of_day(m, timer_calendar(m, "pgaas-backup.timer")) == ["02:00:00"]
+        renew = times_of_day(m, timer_calendar(m, "pgaas-cert-renew.timer"))
+        assert len(renew) == 2, f"renewal runs at {renew}, not twice a day"
+
+    with t.subtest("converge: a second install reports 0 changes and restarts nothing"):
+        pids = {u: main_pid(m, u) for u in units}
+        _, report = install(m)
+        assert report.changed == 0 and report.failed == 0, \
+            f"second run changed {report.with_status('changed')}"
+        assert "First admin API key" not in report.output, "a second run printed a new admin key"
+        assert {u: main_pid(m, u) for u in units} == pids
+
+    with t.subtest("converge: a PgBouncer setting re-renders pgbouncer.ini only, and reloads"):
+        managed = ("find /etc/pgaas /etc/pgbouncer /etc/postgresql /etc/systemd/system "
+                   "-type f -name '*' ! -name '*.pgaas-prev' -printf '%p %T@\\n' | sort")
+        files_before = dict(line.rsplit(" ", 1) for line in m.succeed(managed).splitlines())
+        pids = {u: main_pid(m, u) for u in units}
+        pool = m.succeed("grep -E '^\\s*default_pool_size' /etc/pgbouncer/pgbouncer.ini")
+        m.succeed("sed -i -E 's/^(\\s*default_pool_size:).*/\\1 31/' /etc/pgaas/pgaas.yaml "
+                  "&& grep -q 'default_pool_size: 31' /etc/pgaas/pgaas.yaml")
+        _, report = install(m)
+        changed = report.with_status("changed")
+        assert len(changed) == 1 and "configuration" in changed[0], f"changed: {changed}"
+        files_after = dict(line.rsplit(" ", 1) for line in m.succeed(managed).splitlines())
+        touched = sorted(p for p in files_after if files_after[p] != files_before.get(p))
+        assert touched == ["/etc/pgbouncer/pgbouncer.ini"], f"rewritten: {touched}"
+        m.succeed("grep -Eq '^\\s*default_pool_size\\s*=\\s*31' /etc/pgbouncer/pgbouncer.ini")
+        assert {u: main_pid(m, u) for u in units} == pids, "a service was restarted, not reloaded"
+        m.succeed("journalctl -u pgbouncer --no-pager | grep -Ei 'reload'")
+        t.log(f"was: {pool.strip()}")
+
+    ca = fetch_ca(t, m)
+
+    with t.subtest("README flow from the host: create, TLS connect, write, read, stats, delete"):
+        tenant = create_tenant(api, "readme")
+        url = client.tenant_url(tenant["connection_string"], m, ca)
+        assert f"@{PUBLIC_HOST}:" in tenant["connection_string"], tenant["connection_string"]
+        rc, out, err = client.psql(url, "create table t (id int primary key, v text); "
+                                        "insert into t values (1, 'hello'), (2, 'world'); "
+                                        "select string_agg(v, ' ' order by id) from t")
+        assert rc == 0 and out.strip() == "hello world", err
+        rc, out, err = client.psql(url, "select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+        assert out.strip() == "t", (out, err)
+        pooled = tenant.get("DATABASE_URL")
+        assert pooled, f"no DATABASE_URL (PgBouncer) in {sorted(tenant)}"
+        rc, out, err = client.psql(client.tenant_url(pooled, m, ca), "select count(*) from t")
+        assert rc == 0 and out.strip() == "2", err
+        status, stats = api.call("GET", f"/api/databases/{tenant['id']}/stats", expect=200)
+        assert stats["data"]["database_name"] == tenant["database_name"], stats
+        assert stats["data"]["size_bytes"] > 0, stats
+        api.call("DELETE", f"/api/databases/{tenant['id']}", expect=200)
+        api.call("GET", f"/api/databases/{tenant['id']}", expect=404)
+        rc, out, err = client.psql(url, "select 1")
+        assert rc != 0, "the deleted tenant still connects"
+
+    with t.subtest("superuser over TCP refused, plaintext refused, tenant A cannot reach B"):
+        a, b = create_tenant(api, "a"), create_tenant(api, "b")
+        url_a = client.tenant_url(a["connection_string"], m, ca)
+        url_b = client.tenant_url(b["connection_string"], m, ca)
+        rc, _, err = client.psql(url_a, "select 1")
+        assert rc == 0, err
+        host, port = m.endpoint(5432)
+        su = f"host={PUBLIC_HOST} hostaddr={host} port={port} user=postgres dbname=postgres " \
+             f"sslmode=verify-full sslrootcert={ca} connect_timeout=10"
+        rc, _, err = client.psql(su, "select 1")
+        assert rc != 0 and refused_by_hba(err), f"superuser over TCP: rc={rc} {err}"
+        for port_name, u in (("direct", a["connection_string"]), ("pgbouncer", a["DATABASE_URL"])):
+            plain = client.tenant_url(u, m, None, sslmode="disable")
+            rc, _, err = client.psql(plain, "select 1")
+            assert rc != 0, f"plaintext connection accepted ({port_name})"
+        a_to_b = url_b.replace(b["username"], a["username"], 1).replace(b["password"], a["password"], 1)
+        rc, _, err = client.psql(a_to_b, "select 1")
+        assert rc != 0, "tenant A logged into tenant B's database"
+        rc, out, err = client.psql(url_a, f"select has_database_privilege('{b['database_name']}', 'connect')")
+        assert out.strip() == "f", (out, err)
+
+    with t.subtest("backup service run by hand; restore into a new database; data identical"):
+        rc, _, err = client.psql(url_a, "create table k (id int, v text); "
+                                        "insert into k select g, md5(g::text) from generate_series(1, 5000) g")
+        assert rc == 0, err
+        digest = "select md5(string_agg(id || ':' || v, ',' order by id)) from k"
+        rc, want, err = client.psql(url_a, digest)
+        assert rc == 0, err
+        m.succeed("systemctl start pgaas-backup.service", timeout=600)
+        assert m.unit_property("pgaas-backup.service", "Result") == "success"
+        dumps = m.succeed(f"ls /var/backups/pgaas/{a['database_name']}/")
+        assert ".dump" in dumps and ".sha256" in dumps, dumps
+        m.succeed(f"pgaas backup list")
+        restored = f"{a['database_name']}_restored"
+        m.succeed(f"pgaas restore {a['database_name']} --into {restored}", timeout=600)
+        got = m.succeed(f"su postgres -c \"psql -XAt -d {restored} -c \\\"{digest}\\\"\"")
+        assert got.strip() == want.strip(), f"restored data differs: {got} != {want}"
+
+    with t.subtest("uninstall leaves none of what install added, apart from the data"):
+        out = m.succeed("pgaas uninstall --yes 2>&1", timeout=600)
+        t.log(out.strip().splitlines()[-1] if out.strip() else "")
+        m.fail("systemctl list-unit-files --no-legend 'pgaas*' | grep -q pgaas")
+        m.fail("pgrep -f 'pgaas serve'")
+        m.fail("getent passwd pgaas")
+        m.fail("find /etc/systemd /usr/local/bin -name 'pgaas*' -o -name 'pg-status' | grep -q .")
+        after = set(m.succeed(SNAPSHOT).splitlines())
+        added = sorted(p for p in after - before if not p.startswith(KEPT + NOISE))
+        owned = set(m.succeed("dpkg-query -L $(dpkg-query -W -f '${Package} ') 2>/dev/null | sort -u",
+                              timeout=120).splitlines())
+        cluster = f"/etc/postgresql/{v}/main"
+        strays = [p for p in added if p not in owned and not p.startswith("/etc/alternatives")
+                  and not _made_by_packages(p, v)]
+        assert not strays, f"left behind by install: {strays[:40]}"
+        mentions = m.execute("grep -rIl pgaas /etc /usr/local 2>/dev/null")[1].split()
+        mentions = [p for p in mentions if not p.startswith("/etc/apt/")]
+        assert not mentions, f"files still mention pgaas: {mentions}"
+        etc_after = m.succeed("find /etc /usr/local -type f -exec sha256sum {} + | sort")
+        changed = sorted(set(etc_before.splitlines()) - set(etc_after.splitlines()))
+        changed = [c for c in changed if not c.split()[-1].startswith(NOISE + ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow", "/etc/subuid", "/etc/subgid"))]
+        assert not changed, f"files that existed before install differ: {changed}"
+        m.succeed(f"test -d /var/lib/postgresql/{v}/main && ls /var/backups/pgaas/{a['database_name']}")
+        m.wait_for_unit(f"postgresql@{v}-main.service", timeout=60)
+        m.succeed(f"su postgres -c \"psql -XAt -d {a['database_name']} -c 'select count(*) from k'\"")
+        t.log(f"cluster config kept in {cluster}; packages stay installed, as documented")
+
+
+def _made_by_packages(path, v):
+    """Made at install time by the packages' maintainer scripts (pg_createcluster, pgbouncer's
+    postinst, ...), which the install's apt step ran: not pgaas's to remove."""
+    return path.startswith((f"/etc/postgresql/{v}/main", "/etc/postgresql-common/",
+                            "/etc/pgbouncer/", "/var/lib/postgresql", "/var/run/postgresql",
+                            "/etc/systemd/system/multi-user.target.wants/",
+                            "/etc/systemd/system/postgresql.service.wants/",
+                            "/etc/ssl/private", "/etc/rc", "/etc/init.d", "/etc/logrotate.d",
+                            "/etc/default/", "/etc/sysctl.d", "/var/lib/ucf", "/etc/postgresql"))

@@ -1,0 +1,71 @@
+"""QEMU end to end: the host is a distinct client across a real network hop (10.0.2.2)."""
+
+from harness import client
+from harness.platform import (PUBLIC_HOST, create_tenant, fetch_ca, first_api_key, install,
+                              refused_by_hba, wait_connects, wait_refused)
+
+TIER = "qemu"
+SUITES = ("bookworm",)
+HOST_SEEN_AS = "10.0.2.2"
+
+
+def test(t, m):
+    v = t.pg_version
+    units = [f"postgresql@{v}-main.service", "pgbouncer.service", "pgaas-api.service"]
+
+    with t.subtest("install --self-signed --yes on a machine with its own kernel and network"):
+        _, report = install(m, env=f"PGAAS_PUBLIC_HOST={PUBLIC_HOST}", timeout=1800)
+        key = first_api_key(report.output)
+        for unit in units:
+            m.wait_for_unit(unit, timeout=120)
+        api = client.Api(m, key)
+        api.call("GET", "/health", expect=200)
+        ca = fetch_ca(t, m)
+        tenant = create_tenant(api, "net")
+        direct = client.tenant_url(tenant["connection_string"], m, ca)
+        pooled = client.tenant_url(tenant["DATABASE_URL"], m, ca)
+        wl = f"/api/databases/{tenant['id']}/whitelist"
+
+    with t.subtest("an allow-list entry not covering the host: refused directly and via PgBouncer"):
+        api.call("POST", wl, {"ipAddress": "192.0.2.0/24", "description": "not the host"}, expect=201)
+        for url in (direct, pooled):
+            err = wait_refused(url)
+            t.log(err.strip().splitlines()[-1])
+
+    with t.subtest("an entry covering the host's address (10.0.2.2): it connects, both ways"):
+        _, doc = api.call("POST", wl, {"ipAddress": f"{HOST_SEEN_AS}/32", "description": "the host"},
+                          expect=201)
+        entry = doc["data"]["id"]
+        for url in (direct, pooled):
+            wait_connects(url)
+        rc, out, err = client.psql(direct, "select inet_client_addr()")
+        assert out.strip() == HOST_SEEN_AS, f"the server saw {out.strip()!r} {err}"
+
+    with t.subtest("superuser over TCP refused across the network; plaintext refused"):
+        host, port = m.endpoint(5432)
+        su = (f"host={PUBLIC_HOST} hostaddr={host} port={port} user=postgres dbname=postgres "
+              f"sslmode=verify-full sslrootcert={ca} connect_timeout=10")
+        rc, _, err = client.psql(su, "select 1")
+        assert rc != 0 and refused_by_hba(err), f"superuser over TCP: rc={rc} {err}"
+        rc, _, err = client.psql(client.tenant_url(tenant["connection_string"], m, None, "disable"),
+                                 "select 1")
+        assert rc != 0, "plaintext accepted"
+
+    with t.subtest("reboot: PostgreSQL, PgBouncer, the API and the timers come back; tenant reachable"):
+        rc, _, err = client.psql(direct, "create table r (x int); insert into r values (42)")
+        assert rc == 0, err
+        m.reboot()
+        m.wait_until_running(timeout=300)
+        for unit in units + ["pgaas-backup.timer", "pgaas-cert-renew.timer"]:
+            m.wait_for_unit(unit, timeout=120)
+        api = client.Api(m, key)
+        api.call("GET", f"/api/databases/{tenant['id']}", expect=200)
+        for url in (direct, pooled):
+            wait_connects(url, timeout=60)
+        rc, out, err = client.psql(direct, "select x from r")
+        assert rc == 0 and out.strip() == "42", err
+
+    with t.subtest("removing the host's entry refuses it again"):
+        api.call("DELETE", f"{wl}/{entry}", expect=200)
+        for url in (direct, pooled):
+            wait_refused(url)
