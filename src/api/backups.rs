@@ -71,8 +71,11 @@ async fn create(
             tracing::error!(tenant = %id, error = %e, "API-triggered backup failed");
             let details =
                 json!({ "database_name": tenant.database_name.as_str(), "reason": "dump_failed" });
+            let Ok(mut conn) = state.pool.acquire().await else {
+                return Err(backup_error(e));
+            };
             audit::record_failure(
-                &state.pool,
+                &mut conn,
                 &ctx,
                 "database.backup",
                 "database",

@@ -5,12 +5,13 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{AuditContext, TenantError, TenantService, audit};
 use crate::{
     hba::apply::{ApplyError, HbaApplier},
-    model::{AllowEntry, TenantId, ValidationError},
+    model::{AllowEntry, RoleName, TenantId, ValidationError},
 };
 
 /// One allow-list entry, in the original's shape.
@@ -57,19 +58,18 @@ impl TenantService {
     }
 
     /// Whether the tenant's role is in the open group (admitted from any address).
-    async fn set_open(&self, id: TenantId, open: bool) -> Result<(), TenantError> {
-        let tenant = self.get(id).await?;
-        let role = super::lifecycle::ident(tenant.username.as_str())?;
+    async fn set_open(conn: &mut PgConnection, role: &RoleName, open: bool) -> Result<(), TenantError> {
+        let role = super::lifecycle::ident(role.as_str())?;
         let group = super::lifecycle::ident(crate::control_db::OPEN_GROUP)?;
         let sql = if open { format!("GRANT {group} TO {role}") } else { format!("REVOKE {group} FROM {role}") };
-        sqlx::query(&sql).execute(&self.pool).await?;
+        sqlx::query(&sql).execute(conn).await?;
         Ok(())
     }
 
-    async fn has_entries(&self, id: TenantId) -> Result<bool, TenantError> {
+    async fn has_entries(conn: &mut PgConnection, id: TenantId) -> Result<bool, TenantError> {
         Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1)")
             .bind(id.as_uuid())
-            .fetch_one(&self.pool)
+            .fetch_one(conn)
             .await?)
     }
 
@@ -87,18 +87,21 @@ impl TenantService {
         ctx: &AuditContext,
     ) -> Result<AllowRow, TenantError> {
         self.applier()?;
-        self.get(id).await?;
-        let lock = self.work_lock(id).await?;
-        let first = !self.has_entries(id).await?;
+        let role = self.get(id).await?.username;
+        let mut lock = self.work_lock(id).await?;
+        // Every statement on the lock's connection: no request holds one connection while
+        // waiting for another.
+        let conn = lock.conn();
+        let first = !Self::has_entries(conn, id).await?;
         let result = async {
             if first {
-                self.set_open(id, false).await?;
+                Self::set_open(conn, &role, false).await?;
             }
-            self.allow_locked(id, entry, description, ctx).await
+            self.allow_locked(conn, id, entry, description, ctx).await
         }
         .await;
-        if result.is_err() && first && !self.has_entries(id).await.unwrap_or(true) {
-            if let Err(e) = self.set_open(id, true).await {
+        if result.is_err() && first && !Self::has_entries(conn, id).await.unwrap_or(true) {
+            if let Err(e) = Self::set_open(conn, &role, true).await {
                 tracing::error!(tenant = %id, error = %e, "could not reopen a tenant after a failed change; `pgaas render` repairs it");
             }
         }
@@ -108,13 +111,14 @@ impl TenantService {
 
     async fn allow_locked(
         &self,
+        conn: &mut PgConnection,
         id: TenantId,
         entry: AllowEntry,
         description: Option<String>,
         ctx: &AuditContext,
     ) -> Result<AllowRow, TenantError> {
         let applier = self.applier()?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let tenant = self.lock_active(&mut tx, id).await?;
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1 AND ip_address = $2::cidr)")
@@ -146,8 +150,7 @@ impl TenantService {
         )
         .await?;
         if let Err(e) = tx.commit().await {
-            let mut conn = self.pool.acquire().await?;
-            applied.undo(&mut conn).await;
+            applied.undo(conn).await;
             return Err(e.into());
         }
         Ok(row)
@@ -158,19 +161,30 @@ impl TenantService {
     /// force and the row is gone.
     pub async fn disallow(&self, id: TenantId, entry_id: Uuid, ctx: &AuditContext) -> Result<AllowRow, TenantError> {
         self.applier()?;
-        let lock = self.work_lock(id).await?;
-        let result = self.disallow_locked(id, entry_id, ctx).await;
-        let result = match result {
-            Ok(row) if !self.has_entries(id).await? => self.set_open(id, true).await.map(|()| row),
-            other => other,
+        let role = self.get(id).await?.username;
+        let mut lock = self.work_lock(id).await?;
+        let conn = lock.conn();
+        let result = match self.disallow_locked(conn, id, entry_id, ctx).await {
+            Ok(row) => match Self::has_entries(conn, id).await {
+                Ok(false) => Self::set_open(conn, &role, true).await.map(|()| row),
+                Ok(true) => Ok(row),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
         };
         lock.release().await;
         result
     }
 
-    async fn disallow_locked(&self, id: TenantId, entry_id: Uuid, ctx: &AuditContext) -> Result<AllowRow, TenantError> {
+    async fn disallow_locked(
+        &self,
+        conn: &mut PgConnection,
+        id: TenantId,
+        entry_id: Uuid,
+        ctx: &AuditContext,
+    ) -> Result<AllowRow, TenantError> {
         let applier = self.applier()?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let tenant = self.lock_active(&mut tx, id).await?;
         let row: Option<AllowRow> = sqlx::query_as(
             "DELETE FROM ip_whitelist WHERE id = $1 AND database_id = $2
@@ -193,8 +207,7 @@ impl TenantService {
         )
         .await?;
         if let Err(e) = tx.commit().await {
-            let mut conn = self.pool.acquire().await?;
-            applied.undo(&mut conn).await;
+            applied.undo(conn).await;
             return Err(e.into());
         }
         Ok(row)

@@ -72,20 +72,17 @@ pub async fn record(
     Ok(())
 }
 
-/// Write a failure row on its own (the change it describes was rolled back).
+/// Write a failure row on its own (the change it describes was rolled back), on the caller's
+/// connection (outside any transaction).
 pub async fn record_failure(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     ctx: &AuditContext,
     action: &str,
     resource_type: &str,
     resource_id: Option<&str>,
     details: serde_json::Value,
 ) {
-    let result = async {
-        let mut conn = pool.acquire().await?;
-        record(&mut conn, ctx, action, resource_type, resource_id, false, details).await
-    }
-    .await;
+    let result = record(conn, ctx, action, resource_type, resource_id, false, details).await;
     if let Err(e) = result {
         tracing::error!(error = %e, action, "could not write the failure audit row");
     }

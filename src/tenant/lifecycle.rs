@@ -82,7 +82,10 @@ impl TenantService {
 
         let id = TenantId::new_random();
         // Held until this request is done, so the reconciler never mistakes it for a crash.
-        let lock = self.work_lock(id).await?;
+        let mut lock = self.work_lock(id).await?;
+        // Every statement of this request runs on the lock's connection: a request never holds
+        // one pooled connection while waiting for another, so many at once cannot starve a pool.
+        let conn = lock.conn();
         let mut names = None;
         for _ in 0..3 {
             let (db, role) = generate_tenant_names();
@@ -97,7 +100,7 @@ impl TenantService {
             .bind(new.owner_email.as_str())
             .bind(new.friendly_name.as_str())
             .bind(max)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
             if inserted.rows_affected() == 1 {
                 names = Some((db, role));
@@ -107,27 +110,24 @@ impl TenantService {
         let (db, role) = names.ok_or_else(|| TenantError::internal("could not draw unused tenant names"))?;
         let verifier = verifier_task.await.map_err(TenantError::internal)?.map_err(TenantError::internal)?;
 
+        let plan = Plan { id, db: &db, role: &role, max };
         let mut created = Created::default();
-        let result = self.provision(id, &db, &role, max, &verifier, &mut created).await;
+        let result = self.provision(conn, &plan, &verifier, &mut created).await;
         let result = match result {
-            Ok(()) => {
-                let hash = bcrypt_task.await.map_err(TenantError::internal)?.map_err(TenantError::internal)?;
-                self.activate(id, &db, &role, max, &hash, ctx).await
-            }
+            Ok(()) => match bcrypt_task.await {
+                Ok(Ok(hash)) => self.activate(conn, &plan, &hash, ctx).await,
+                Ok(Err(e)) => Err(TenantError::internal(e)),
+                Err(e) => Err(TenantError::internal(e)),
+            },
             Err(e) => Err(e),
         };
-        // The pooler's auth file was being refreshed beside CREATE DATABASE; the response waits
-        // for it, so a pooled URL works as soon as it is handed out.
-        if let Some(refresh) = created.pooler_refresh.take() {
-            let _ = refresh.await;
-        }
+        let failed = result.is_err();
         let result = match result {
             Ok(tenant) => Ok(Provisioned { tenant, password }),
             Err(e) => {
-                self.undo_provision(id, &db, &role, created).await;
-                self.refresh_pooler().await;
+                self.undo_provision(conn, &plan, &created).await;
                 audit::record_failure(
-                    &self.pool,
+                    conn,
                     ctx,
                     "database.create",
                     "database",
@@ -139,25 +139,31 @@ impl TenantService {
             }
         };
         lock.release().await;
+        // The pooler's auth file was being refreshed beside CREATE DATABASE; the response waits
+        // for it (holding no connection), so a pooled URL works as soon as it is handed out.
+        if let Some(refresh) = created.pooler_refresh.take() {
+            let _ = refresh.await;
+        }
+        if failed {
+            self.refresh_pooler().await;
+        }
         result
     }
 
     async fn provision(
         &self,
-        id: TenantId,
-        db: &DbName,
-        role: &RoleName,
-        max: i32,
+        conn: &mut PgConnection,
+        plan: &Plan<'_>,
         verifier: &str,
         created: &mut Created,
     ) -> Result<(), TenantError> {
+        let Plan { id, db, role, max } = *plan;
         let role_q = ident(role.as_str())?;
         let db_q = ident(db.as_str())?;
         let group_q = ident(crate::control_db::TENANT_GROUP)?;
         // New tenants have no allow-list: members of the open group from the start.
         let open_q = ident(crate::control_db::OPEN_GROUP)?;
         let comment = ownership_comment(id);
-        let mut conn = self.pool.acquire().await?;
         // Role, its ownership mark, and our membership (needed to create a database it owns)
         // in one transaction: either all exist or none.
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -185,16 +191,9 @@ impl TenantService {
         Ok(())
     }
 
-    async fn activate(
-        &self,
-        id: TenantId,
-        db: &DbName,
-        role: &RoleName,
-        max: i32,
-        hash: &str,
-        ctx: &AuditContext,
-    ) -> Result<Tenant, TenantError> {
-        let mut tx = self.pool.begin().await?;
+    async fn activate(&self, conn: &mut PgConnection, plan: &Plan<'_>, hash: &str, ctx: &AuditContext) -> Result<Tenant, TenantError> {
+        let Plan { id, db, role, max } = *plan;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let updated = sqlx::query(
             "UPDATE databases SET status = 'active', password_hash = $2 WHERE id = $1 AND status = 'provisioning'",
         )
@@ -224,9 +223,9 @@ impl TenantService {
     }
 
     /// Remove what a failed create made, and only that.
-    async fn undo_provision(&self, id: TenantId, db: &DbName, role: &RoleName, created: Created) {
+    async fn undo_provision(&self, conn: &mut PgConnection, plan: &Plan<'_>, created: &Created) {
+        let Plan { id, db, role, .. } = *plan;
         let result: Result<(), TenantError> = async {
-            let mut conn = self.pool.acquire().await?;
             if created.database {
                 conn.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db.as_str())?).as_str()).await?;
             }
@@ -388,14 +387,17 @@ impl TenantService {
     }
 
     pub async fn delete(&self, id: TenantId, ctx: &AuditContext) -> Result<(), TenantError> {
-        let lock = self.work_lock(id).await?;
-        let result = self.delete_locked(id, ctx).await;
+        let mut lock = self.work_lock(id).await?;
+        let result = self.delete_locked(lock.conn(), id, ctx).await;
         lock.release().await;
+        if result.is_ok() {
+            self.refresh_pooler().await;
+        }
         result
     }
 
-    async fn delete_locked(&self, id: TenantId, ctx: &AuditContext) -> Result<(), TenantError> {
-        let mut tx = self.pool.begin().await?;
+    async fn delete_locked(&self, conn: &mut PgConnection, id: TenantId, ctx: &AuditContext) -> Result<(), TenantError> {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let row: Option<TenantRow> = sqlx::query_as(&format!("{SELECT_TENANT} WHERE id = $1 FOR UPDATE"))
             .bind(id.as_uuid())
             .fetch_optional(&mut *tx)
@@ -410,14 +412,11 @@ impl TenantService {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        match self.finish_delete(&tenant, ctx).await {
-            Ok(()) => {
-                self.refresh_pooler().await;
-                Ok(())
-            }
+        match self.finish_delete(conn, &tenant, ctx).await {
+            Ok(()) => Ok(()),
             Err(e) => {
                 audit::record_failure(
-                    &self.pool,
+                    conn,
                     ctx,
                     "database.delete",
                     "database",
@@ -431,9 +430,8 @@ impl TenantService {
     }
 
     /// Everything after the row says `deleting`; the reconciler calls this too.
-    pub(super) async fn finish_delete(&self, tenant: &Tenant, ctx: &AuditContext) -> Result<(), TenantError> {
+    pub(super) async fn finish_delete(&self, conn: &mut PgConnection, tenant: &Tenant, ctx: &AuditContext) -> Result<(), TenantError> {
         let db_q = ident(tenant.database_name.as_str())?;
-        let mut conn = self.pool.acquire().await?;
         let db_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(tenant.database_name.as_str())
             .fetch_one(&mut *conn)
@@ -443,7 +441,7 @@ impl TenantService {
             conn.execute(format!("ALTER DATABASE {db_q} ALLOW_CONNECTIONS false").as_str()).await?;
             conn.execute(format!("DROP DATABASE IF EXISTS {db_q} WITH (FORCE)").as_str()).await?;
         }
-        self.drop_role_if_ours(&mut conn, tenant.id, &tenant.username).await?;
+        self.drop_role_if_ours(conn, tenant.id, &tenant.username).await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let had_rules: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1)")
             .bind(tenant.id.as_uuid())
@@ -468,7 +466,7 @@ impl TenantService {
         .await?;
         if let Err(e) = tx.commit().await {
             if let Some(applied) = applied {
-                applied.undo(&mut conn).await;
+                applied.undo(conn).await;
             }
             return Err(e.into());
         }
@@ -543,6 +541,11 @@ impl TenantService {
 }
 
 impl WorkLock {
+    /// The locked connection, for the statements of the work it guards.
+    pub(super) fn conn(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("a held lock has its connection")
+    }
+
     pub(super) async fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
             let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(self.key).execute(&mut *conn).await;
@@ -559,6 +562,15 @@ impl Drop for WorkLock {
             drop(conn.detach());
         }
     }
+}
+
+/// The tenant a create is making.
+#[derive(Clone, Copy)]
+struct Plan<'a> {
+    id: TenantId,
+    db: &'a DbName,
+    role: &'a RoleName,
+    max: i32,
 }
 
 /// What this request made, so a failure undoes exactly that.

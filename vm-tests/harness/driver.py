@@ -37,6 +37,8 @@ class SubtestFailed(Exception):
 class Test:
     """What a scenario's test function gets as `t`."""
 
+    keep_going = False  # --keep-going: record a failed subtest and run the next ones anyway
+
     def __init__(self, name, suite, workdir, binary):
         self.name, self.suite, self.workdir, self.binary = name, suite, workdir, binary
         self.pg_version = images.PG_VERSION[suite]
@@ -56,7 +58,9 @@ class Test:
             say(f"  [FAIL] {name} ({secs:.1f}s)")
             detail = str(e) if isinstance(e, AssertionError) else traceback.format_exc()
             say("\n".join("         " + line for line in detail.rstrip().splitlines()[-80:]))
-            raise SubtestFailed(name) from e
+            if not self.keep_going:
+                raise SubtestFailed(name) from e
+            return
         secs = time.monotonic() - start
         self.results.append((name, True, secs))
         say(f"  [ok]   {name} ({secs:.1f}s)")
@@ -103,6 +107,7 @@ def run_one(module_name, suite, binary):
             state = m.wait_until_running()
             t.log(f"systemd is {state}")
         mod.test(t, m)
+        ok = all(good for _, good, _ in t.results)
     except SubtestFailed:
         ok = False
     except BaseException as e:
