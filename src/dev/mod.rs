@@ -140,7 +140,6 @@ impl DevPlatform {
             pgbouncer: pgbouncer.as_ref().map(|_| PoolerFiles {
                 hba_file: settings.pgbouncer.config_dir.join("pgbouncer_hba.conf"),
                 userlist_file: settings.pgbouncer.config_dir.join("userlist.txt"),
-                admin_user: settings.postgres.superuser.clone(),
             }),
             pooler: pgbouncer.clone().map(|p| Arc::new(p) as Arc<dyn PoolerReload>),
             file_owner: Some((owner.uid, owner.gid)),

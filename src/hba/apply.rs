@@ -62,8 +62,6 @@ pub struct HbaApplier {
 pub struct PoolerFiles {
     pub hba_file: PathBuf,
     pub userlist_file: PathBuf,
-    /// The console's admin user (peer over PgBouncer's socket).
-    pub admin_user: String,
 }
 
 /// A successful apply, not yet committed.
@@ -271,7 +269,7 @@ impl HbaApplier {
         let _guard = self.userlist_lock.lock().await;
         let secrets: Vec<(String, String)> =
             sqlx::query_as("SELECT rolname, rolpassword FROM pgaas_priv.tenant_secrets()").fetch_all(pool).await?;
-        let text = crate::pg::pgbouncer::render_userlist(&files.admin_user, &secrets);
+        let text = crate::pg::pgbouncer::render_userlist(&self.base.pooler_admins, &secrets);
         if self.write_owned(&files.userlist_file, &text)? == WriteOutcome::Changed {
             if let Some(p) = &self.pooler {
                 p.reload().map_err(ApplyError::Reload)?;
@@ -292,20 +290,32 @@ impl HbaApplier {
 }
 
 impl HbaApplier {
-    /// The applier of a host configured by `settings`: pg_hba.conf in the PostgreSQL config dir
-    /// of `pg_version`, PgBouncer's files when it is enabled (reloaded through its pid file).
+    /// The applier of a host configured by `settings`: pg_hba.conf in its hba directory for
+    /// `pg_version`, PgBouncer's files when it is enabled. PgBouncer is reloaded with SIGHUP when
+    /// this process may signal it (root, or its own user), else through its admin console as
+    /// this process's OS user (the installed API, user `pgaas`, listed in `admin_users`).
     /// `pgaas dev` builds its own (see `dev`), with its local paths.
     pub fn for_host(settings: &crate::settings::Settings, pg_version: u32) -> HbaApplier {
+        use crate::pg::cluster::OsUser;
         let pgb = &settings.pgbouncer;
-        let owner = crate::pg::cluster::OsUser::lookup(&settings.postgres.os_user).ok();
+        let owner = OsUser::lookup(&settings.postgres.os_user).ok();
+        let me = nix::unistd::Uid::effective();
+        let may_signal = me.is_root() || owner.as_ref().is_some_and(|o| o.uid == me.as_raw());
         let pooler: Option<Arc<dyn PoolerReload>> = match (pgb.enabled, crate::pg::pgbouncer::find_binary(), &owner) {
-            (true, Some(binary), Some(owner)) => Some(Arc::new(crate::pg::pgbouncer::LocalPgBouncer {
+            (true, Some(binary), Some(owner)) if may_signal => Some(Arc::new(crate::pg::pgbouncer::LocalPgBouncer {
                 binary,
                 ini: pgb.config_dir.join("pgbouncer.ini"),
                 pidfile: pgb.pidfile.clone(),
                 port: pgb.port,
                 owner: owner.clone(),
             })),
+            (true, _, _) => OsUser::current().ok().map(|user| {
+                Arc::new(crate::pg::console::ConsoleReload {
+                    socket_dir: settings.postgres.socket_dir.clone(),
+                    port: pgb.port,
+                    user: user.name,
+                }) as Arc<dyn PoolerReload>
+            }),
             _ => None,
         };
         HbaApplier {
@@ -314,10 +324,11 @@ impl HbaApplier {
             pgbouncer: pgb.enabled.then(|| PoolerFiles {
                 hba_file: pgb.auth_dir().join("pgbouncer_hba.conf"),
                 userlist_file: pgb.auth_dir().join("userlist.txt"),
-                admin_user: settings.postgres.superuser.clone(),
             }),
             pooler,
-            file_owner: owner.map(|o| (o.uid, o.gid)),
+            // New files go to the server's user when we are root; an unprivileged API creates
+            // them in a setgid directory the server's group can read.
+            file_owner: if me.is_root() { owner.map(|o| (o.uid, o.gid)) } else { None },
             userlist_lock: Arc::default(),
         }
     }

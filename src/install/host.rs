@@ -49,7 +49,6 @@ pub fn hba_applier(
         pgbouncer: settings.pgbouncer.enabled.then(|| PoolerFiles {
             hba_file: reroot(&auth_dir.join("pgbouncer_hba.conf"), root),
             userlist_file: reroot(&auth_dir.join("userlist.txt"), root),
-            admin_user: settings.api.system_user.clone(),
         }),
         pooler,
         file_owner: None,
@@ -105,7 +104,7 @@ mod tests {
             files.userlist_file,
             Path::new("/etc/pgaas/pgbouncer/userlist.txt")
         );
-        assert_eq!(files.admin_user, "pgaas");
+        assert_eq!(a.base.pooler_admins, ["postgres", "pgaas"]);
         assert!(a.pooler.is_some());
     }
 }

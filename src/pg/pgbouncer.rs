@@ -33,12 +33,15 @@ pub fn find_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The auth file: one `"role" "verifier"` line per tenant, plus the admin user with an empty
-/// secret (it logs in to the console by peer only; the hba file allows nothing else for it).
-pub fn render_userlist(admin_user: &str, secrets: &[(String, String)]) -> String {
+/// The auth file: one `"role" "verifier"` line per tenant, plus the console's admin users with an
+/// empty secret (they log in to the console by peer only; the hba file allows nothing else for
+/// them).
+pub fn render_userlist(admin_users: &[String], secrets: &[(String, String)]) -> String {
     let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     let mut out = String::from("; pgaas managed file: SCRAM verifiers of tenant roles, written by pgaas\n");
-    out.push_str(&format!("{} \"\"\n", q(admin_user)));
+    for admin in admin_users {
+        out.push_str(&format!("{} \"\"\n", q(admin)));
+    }
     for (role, verifier) in secrets {
         out.push_str(&format!("{} {}\n", q(role), q(verifier)));
     }
@@ -151,7 +154,7 @@ mod tests {
     #[test]
     fn userlist_holds_verifiers_quoted() {
         let text = super::render_userlist(
-            "postgres",
+            &["postgres".to_string()],
             &[("user_0011223344556677".into(), "SCRAM-SHA-256$4096:c2FsdA==$a:b".into())],
         );
         assert!(text.contains("\"postgres\" \"\"\n"));

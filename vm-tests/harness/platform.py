@@ -37,6 +37,12 @@ class InstallReport:
         return [n for n, st in self.steps if st == status]
 
 
+def seed_settings(machine, public_host=PUBLIC_HOST):
+    """What an operator writes before installing a host without a public DNS name: the name its
+    clients use. `pgaas install` keeps values already in the file (and reads no environment)."""
+    machine.write_file("/etc/pgaas/pgaas.yaml", f"public_host: {public_host}\n")
+
+
 def install(machine, args="--self-signed --yes", env="", timeout=1200, expect_success=True):
     """Run the binary under test's `install` (the first time it copies itself into place)."""
     cmd = f"{env} {machine.pgaas} install {args} 2>&1"

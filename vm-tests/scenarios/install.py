@@ -2,7 +2,7 @@
 
 from harness import client
 from harness.platform import (PUBLIC_HOST, create_tenant, fetch_ca, first_api_key, install,
-                              main_pid, postmaster_pid, refused_by_hba, timer_calendar,
+                              main_pid, refused_by_hba, seed_settings, timer_calendar,
                               times_of_day)
 
 TIER = "nspawn"
@@ -11,8 +11,9 @@ SUITES = ("bookworm", "trixie")
 # Steps a fresh machine legitimately finds done by the time they run: the postgresql package
 # creates the main cluster and the pgbouncer package enables and starts PgBouncer (both in the
 # install's own apt step); the runner creates the state directory to save the manifest after
-# the first changed step.
-OK_ON_FRESH_INSTALL = {"the Debian cluster", "PgBouncer running", "state directory"}
+# the first changed step; the settings directory holds the operator's public_host (below).
+OK_ON_FRESH_INSTALL = {"the Debian cluster", "PgBouncer running", "state directory",
+                       "settings directory"}
 # Where kept data lives: uninstall leaves these.
 KEPT = ("/var/lib/postgresql/", "/var/backups/pgaas/")
 # Churn of any running Debian system, not something install added.
@@ -27,11 +28,12 @@ def test(t, m):
     v = t.pg_version
     units = [f"postgresql@{v}-main.service", "pgbouncer.service", "pgaas-api.service"]
 
+    seed_settings(m)
     before = set(m.succeed(SNAPSHOT).splitlines())
     etc_before = m.succeed("find /etc /usr/local -type f -exec sha256sum {} + | sort")
 
     with t.subtest("fresh install --self-signed --yes: every step changed"):
-        _, report = install(m, env=f"PGAAS_PUBLIC_HOST={PUBLIC_HOST}")
+        _, report = install(m)
         assert report.failed == 0 and report.changed > 0, report.output[-3000:]
         unexpected = [s for s in report.with_status("ok")
                       if not any(s.startswith(p) for p in OK_ON_FRESH_INSTALL)]
@@ -117,14 +119,15 @@ def test(t, m):
         rc, _, err = client.psql(url_a, "select 1")
         assert rc == 0, err
         host, port = m.endpoint(5432)
-        su = f"host={PUBLIC_HOST} hostaddr={host} port={port} user=postgres dbname=postgres " \
-             f"sslmode=verify-full sslrootcert={ca} connect_timeout=10"
+        su = f"host={host} port={port} user=postgres dbname=postgres sslmode=require " \
+             f"connect_timeout=10"
         rc, _, err = client.psql(su, "select 1")
         assert rc != 0 and refused_by_hba(err), f"superuser over TCP: rc={rc} {err}"
         for port_name, u in (("direct", a["connection_string"]), ("pgbouncer", a["DATABASE_URL"])):
             plain = client.tenant_url(u, m, None, sslmode="disable")
             rc, _, err = client.psql(plain, "select 1")
             assert rc != 0, f"plaintext connection accepted ({port_name})"
+            t.log(f"plaintext, {port_name}: {err.strip().splitlines()[-1]}")
         a_to_b = url_b.replace(b["username"], a["username"], 1).replace(b["password"], a["password"], 1)
         rc, _, err = client.psql(a_to_b, "select 1")
         assert rc != 0, "tenant A logged into tenant B's database"

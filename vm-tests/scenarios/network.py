@@ -1,8 +1,8 @@
 """QEMU end to end: the host is a distinct client across a real network hop (10.0.2.2)."""
 
 from harness import client
-from harness.platform import (PUBLIC_HOST, create_tenant, fetch_ca, first_api_key, install,
-                              refused_by_hba, wait_connects, wait_refused)
+from harness.platform import (create_tenant, fetch_ca, first_api_key, install, refused_by_hba,
+                              seed_settings, wait_connects, wait_refused)
 
 TIER = "qemu"
 SUITES = ("bookworm",)
@@ -14,7 +14,8 @@ def test(t, m):
     units = [f"postgresql@{v}-main.service", "pgbouncer.service", "pgaas-api.service"]
 
     with t.subtest("install --self-signed --yes on a machine with its own kernel and network"):
-        _, report = install(m, env=f"PGAAS_PUBLIC_HOST={PUBLIC_HOST}", timeout=1800)
+        seed_settings(m)
+        _, report = install(m, timeout=1800)
         key = first_api_key(report.output)
         for unit in units:
             m.wait_for_unit(unit, timeout=120)
@@ -43,8 +44,7 @@ def test(t, m):
 
     with t.subtest("superuser over TCP refused across the network; plaintext refused"):
         host, port = m.endpoint(5432)
-        su = (f"host={PUBLIC_HOST} hostaddr={host} port={port} user=postgres dbname=postgres "
-              f"sslmode=verify-full sslrootcert={ca} connect_timeout=10")
+        su = f"host={host} port={port} user=postgres dbname=postgres sslmode=require connect_timeout=10"
         rc, _, err = client.psql(su, "select 1")
         assert rc != 0 and refused_by_hba(err), f"superuser over TCP: rc={rc} {err}"
         rc, _, err = client.psql(client.tenant_url(tenant["connection_string"], m, None, "disable"),

@@ -166,7 +166,7 @@ pub fn control_db_check(cx: &mut Cx) -> Result<Plan> {
                 sqlx::query_as("SELECT rolname, rolpassword FROM pgaas_priv.tenant_secrets()")
                     .fetch_all(&mut conn)
                     .await?;
-            let want = crate::pg::pgbouncer::render_userlist(&files.admin_user, &secrets);
+            let want = crate::pg::pgbouncer::render_userlist(&applier.base.pooler_admins, &secrets);
             if read_opt(&files.userlist_file)?.as_deref() != Some(want.as_bytes()) {
                 out.push(format!(
                     "rewrite {} (tenant verifiers)",
