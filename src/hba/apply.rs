@@ -218,7 +218,7 @@ impl HbaApplier {
             "SELECT d.username FROM databases d JOIN pg_roles r ON r.rolname = d.username
              WHERE d.status IN ('active', 'suspended')
                AND EXISTS (SELECT 1 FROM ip_whitelist w WHERE w.database_id = d.id) <> $2
-               AND pg_has_role(d.username, $1, 'MEMBER') <> $2",
+               AND pg_has_role(r.oid, (SELECT oid FROM pg_roles WHERE rolname = $1), 'MEMBER') <> $2",
         )
         .bind(&self.base.open_group)
         .bind(open)

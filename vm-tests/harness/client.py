@@ -31,9 +31,17 @@ def tenant_url(url, machine, ca_file, sslmode="verify-full"):
 
 
 def psql(conninfo, sql, timeout=60):
-    """(exit code, stdout, stderr) of the host's psql; -X: no ~/.psqlrc, unaligned tuples only."""
-    return run(["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql],
+    """(exit code, stdout, stderr) of the host's psql: no ~/.psqlrc, no command tags, bare rows."""
+    return run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql],
                timeout=timeout, env={"PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "10"})
+
+
+def psql_ok(conninfo, sql, timeout=60):
+    """stdout of a psql run that must succeed."""
+    rc, out, err = psql(conninfo, sql, timeout)
+    if rc != 0:
+        raise AssertionError(f"psql exited {rc} for `{sql}`: {err.strip()}")
+    return out.strip()
 
 
 class Api:

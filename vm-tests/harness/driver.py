@@ -56,7 +56,14 @@ class Test:
             secs = time.monotonic() - start
             self.results.append((name, False, secs))
             say(f"  [FAIL] {name} ({secs:.1f}s)")
-            detail = str(e) if isinstance(e, AssertionError) else traceback.format_exc()
+            if isinstance(e, AssertionError):
+                # Name the failing line of the scenario, then the assertion's own message.
+                frames = [f for f in traceback.extract_tb(e.__traceback__) if "scenarios" in f.filename]
+                where = f"at {Path(frames[-1].filename).name}:{frames[-1].lineno}: {frames[-1].line}\n" \
+                    if frames else ""
+                detail = where + str(e)
+            else:
+                detail = traceback.format_exc()
             say("\n".join("         " + line for line in detail.rstrip().splitlines()[-80:]))
             if not self.keep_going:
                 raise SubtestFailed(name) from e
