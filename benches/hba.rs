@@ -21,7 +21,11 @@ use pgaas::{
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
@@ -35,11 +39,14 @@ fn ms(d: Duration) -> String {
 
 async fn connect_latency(platform: &DevPlatform, t: &Provisioned, n: usize) -> Vec<Duration> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(platform.settings.tls.ca_file.as_ref().unwrap()).unwrap() {
+    for c in CertificateDer::pem_file_iter(platform.settings.tls.ca_file.as_ref().unwrap()).unwrap()
+    {
         roots.add(c.unwrap()).unwrap();
     }
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
-        rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth(),
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
     );
     let conninfo = format!(
         "host=127.0.0.1 port={} user={} password={} dbname={} sslmode=require",
@@ -51,7 +58,9 @@ async fn connect_latency(platform: &DevPlatform, t: &Provisioned, n: usize) -> V
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let start = Instant::now();
-        let (client, conn) = tokio_postgres::connect(&conninfo, tls.clone()).await.expect("tenant connects");
+        let (client, conn) = tokio_postgres::connect(&conninfo, tls.clone())
+            .await
+            .expect("tenant connects");
         let h = tokio::spawn(conn);
         out.push(start.elapsed());
         drop(client);
@@ -63,7 +72,9 @@ async fn connect_latency(platform: &DevPlatform, t: &Provisioned, n: usize) -> V
 /// Add `count` synthetic tenants, a third of them with 3 allow-list entries.
 async fn add_synthetic(svc: &TenantService, start: usize, count: usize) {
     let ids: Vec<uuid::Uuid> = (0..count).map(|_| uuid::Uuid::new_v4()).collect();
-    let names: Vec<String> = (start..start + count).map(|i| format!("{i:016x}")).collect();
+    let names: Vec<String> = (start..start + count)
+        .map(|i| format!("{i:016x}"))
+        .collect();
     let dbs: Vec<String> = names.iter().map(|n| format!("tenant_{n}")).collect();
     let roles: Vec<String> = names.iter().map(|n| format!("user_{n}")).collect();
     sqlx::query(
@@ -82,7 +93,12 @@ async fn add_synthetic(svc: &TenantService, start: usize, count: usize) {
         for j in 0..3 {
             wl_ids.push(*id);
             let n = start + k;
-            nets.push(format!("10.{}.{}.{}/32", (n >> 16) & 255, (n >> 8) & 255, (n & 255) ^ j));
+            nets.push(format!(
+                "10.{}.{}.{}/32",
+                (n >> 16) & 255,
+                (n >> 8) & 255,
+                (n & 255) ^ j
+            ));
         }
         let _ = k;
     }
@@ -99,11 +115,21 @@ fn main() {
     let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
         .unwrap_or_else(|_| "10,1000,10000".into())
         .split(',')
-        .map(|s| s.trim().parse().expect("BENCH_SIZES: comma-separated numbers"))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("BENCH_SIZES: comma-separated numbers")
+        })
         .collect();
-    let connects: usize = std::env::var("BENCH_CONNECTS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let connects: usize = std::env::var("BENCH_CONNECTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::Builder::new().prefix("pgaas-bench-hba-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("pgaas-bench-hba-")
+        .tempdir()
+        .unwrap();
     let state: PathBuf = dir.path().to_path_buf();
     rt.block_on(async {
         let settings = Settings::load(&LoadOptions {
@@ -146,8 +172,13 @@ fn main() {
         // Baseline: the minimal pg_hba.conf (no tenant has a list).
         let _ = connect_latency(&platform, &t, 20).await; // warm-up
         let baseline = pct(connect_latency(&platform, &t, connects).await, 0.5);
-        println!("baseline (minimal pg_hba.conf): TLS connect+auth p50 {} ms over {connects} connects\n", ms(baseline));
-        println!("| tenants | hba lines | change in force p50 | p95 | connect p50 | ratio vs minimal |");
+        println!(
+            "baseline (minimal pg_hba.conf): TLS connect+auth p50 {} ms over {connects} connects\n",
+            ms(baseline)
+        );
+        println!(
+            "| tenants | hba lines | change in force p50 | p95 | connect p50 | ratio vs minimal |"
+        );
         println!("|---:|---:|---:|---:|---:|---:|");
 
         let mut have = 0;

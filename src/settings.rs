@@ -206,7 +206,9 @@ pub struct PgBouncerSettings {
 impl PgBouncerSettings {
     /// The directory of the files that follow the control DB (auth_hba_file, auth_file).
     pub fn auth_dir(&self) -> PathBuf {
-        self.auth_dir.clone().unwrap_or_else(|| self.config_dir.clone())
+        self.auth_dir
+            .clone()
+            .unwrap_or_else(|| self.config_dir.clone())
     }
 }
 

@@ -253,7 +253,13 @@ pub fn schemas() -> Value {
 /// One backup file, as `api/backups.rs` serialises `backup::BackupFile`.
 fn backup_schema() -> Value {
     object(
-        &["database", "file_name", "created_at", "size_bytes", "checksum"],
+        &[
+            "database",
+            "file_name",
+            "created_at",
+            "size_bytes",
+            "checksum",
+        ],
         json!({
             "database": { "type": "string", "description": "The database the dump is of." },
             "file_name": { "type": "string", "examples": ["20250102T020000.123Z.dump"],

@@ -42,37 +42,72 @@ impl<S: Send + Sync> FromRequestParts<S> for EntryPath {
             .unwrap_or_default();
         Uuid::try_parse(&raw).map(Self).map_err(|_| {
             let shown: String = raw.chars().take(64).collect();
-            ApiError::NotFound(format!("Allow-list entry {shown} not found (ids are UUIDs)"))
+            ApiError::NotFound(format!(
+                "Allow-list entry {shown} not found (ids are UUIDs)"
+            ))
         })
     }
 }
 
-async fn add(State(state): State<AppState>, caller: Caller, TenantPath(id): TenantPath, ApiJson(body): ApiJson<AddEntry>) -> Answer {
-    let raw = body.ip_address.ok_or_else(|| ApiError::invalid("ipAddress", "is required"))?;
+async fn add(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+    ApiJson(body): ApiJson<AddEntry>,
+) -> Answer {
+    let raw = body
+        .ip_address
+        .ok_or_else(|| ApiError::invalid("ipAddress", "is required"))?;
     let entry = AllowEntry::parse(&raw)?;
     let description = parse_description(body.description.as_deref())?;
-    let row = state.tenants.allow(id, entry, description, &caller.audit()).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "success": true, "message": "IP address added to the allow-list", "data": row }))))
+    let row = state
+        .tenants
+        .allow(id, entry, description, &caller.audit())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "success": true, "message": "IP address added to the allow-list", "data": row }),
+        ),
+    ))
 }
 
 async fn list(State(state): State<AppState>, TenantPath(id): TenantPath) -> Answer {
     let rows = state.tenants.list_allowed(id).await?;
-    Ok((StatusCode::OK, Json(json!({ "success": true, "count": rows.len(), "data": rows }))))
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "success": true, "count": rows.len(), "data": rows })),
+    ))
 }
 
-async fn remove(State(state): State<AppState>, caller: Caller, TenantPath(id): TenantPath, EntryPath(entry): EntryPath) -> Answer {
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+    EntryPath(entry): EntryPath,
+) -> Answer {
     let row = state.tenants.disallow(id, entry, &caller.audit()).await?;
     let remaining = state.tenants.list_allowed(id).await?.len();
     let message = if remaining == 0 {
-        format!("{} removed; the allow-list is empty, so the database accepts TLS connections from any address", row.ip_address)
+        format!(
+            "{} removed; the allow-list is empty, so the database accepts TLS connections from any address",
+            row.ip_address
+        )
     } else {
         format!("{} removed from the allow-list", row.ip_address)
     };
-    Ok((StatusCode::OK, Json(json!({ "success": true, "message": message }))))
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "success": true, "message": message })),
+    ))
 }
 
 const ID: Option<&str> = Some("The database's id (a UUID).");
-const ENTRY: &[Param] = &[Param { name: "whitelistId", ty: "string:uuid", description: "The allow-list entry's id." }];
+const ENTRY: &[Param] = &[Param {
+    name: "whitelistId",
+    ty: "string:uuid",
+    description: "The allow-list entry's id.",
+}];
 
 pub fn endpoints() -> Vec<Endpoint> {
     let tag = "whitelist";

@@ -33,8 +33,15 @@ pub fn allow(config: Option<PathBuf>, a: AllowArgs) -> anyhow::Result<ExitCode> 
         let tenant = svc.find(&a.database).await?;
         let entry = AllowEntry::parse(&a.cidr)?;
         let description = parse_description(a.description.as_deref())?;
-        let row = svc.allow(tenant.id, entry, description, &AuditContext::cli()).await?;
-        println!("{} may now connect to {} (entry {}); the rule is in force", row.ip_address, tenant.database_name.as_str(), row.id);
+        let row = svc
+            .allow(tenant.id, entry, description, &AuditContext::cli())
+            .await?;
+        println!(
+            "{} may now connect to {} (entry {}); the rule is in force",
+            row.ip_address,
+            tenant.database_name.as_str(),
+            row.id
+        );
         Ok(())
     })
 }
@@ -43,7 +50,8 @@ pub fn deny(config: Option<PathBuf>, a: DenyArgs) -> anyhow::Result<ExitCode> {
     run(config, |svc| async move {
         let tenant = svc.find(&a.database).await?;
         let row = svc.find_allowed(tenant.id, &a.entry).await?;
-        svc.disallow(tenant.id, row.id, &AuditContext::cli()).await?;
+        svc.disallow(tenant.id, row.id, &AuditContext::cli())
+            .await?;
         let left = svc.list_allowed(tenant.id).await?.len();
         if left == 0 {
             println!(
@@ -52,7 +60,11 @@ pub fn deny(config: Option<PathBuf>, a: DenyArgs) -> anyhow::Result<ExitCode> {
                 tenant.database_name.as_str()
             );
         } else {
-            println!("{} removed; {left} entries remain for {}", row.ip_address, tenant.database_name.as_str());
+            println!(
+                "{} removed; {left} entries remain for {}",
+                row.ip_address,
+                tenant.database_name.as_str()
+            );
         }
         Ok(())
     })

@@ -130,7 +130,9 @@ pub(crate) async fn start_background(
     match state.tenants.reconcile(std::time::Duration::ZERO).await {
         Ok(report) if !report.is_clean() => tracing::warn!(?report, "reconciler acted at start"),
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "reconciler could not run at start; run `pgaas doctor`"),
+        Err(e) => {
+            tracing::warn!(error = %e, "reconciler could not run at start; run `pgaas doctor`")
+        }
     }
     let api = &state.settings.api;
     let collector = crate::tenant::StatsCollector::new(
@@ -150,10 +152,11 @@ pub(crate) fn host_tenants(
     settings: std::sync::Arc<crate::settings::Settings>,
 ) -> crate::tenant::TenantService {
     let service = crate::tenant::TenantService::new(pool, settings.clone());
-    let version = settings
-        .postgres
-        .version
-        .or_else(|| crate::pg::binaries::PgBinaries::find(None).ok().map(|b| b.version));
+    let version = settings.postgres.version.or_else(|| {
+        crate::pg::binaries::PgBinaries::find(None)
+            .ok()
+            .map(|b| b.version)
+    });
     match version {
         Some(v) => service.with_hba(crate::hba::apply::HbaApplier::for_host(&settings, v)),
         None => service,

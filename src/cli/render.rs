@@ -53,7 +53,9 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
             (u64::try_from(generation).unwrap_or(0), false)
         }
         Err(e) if args.root.is_some() => {
-            eprintln!("note: control DB not reachable ({e:#}); rendering the hba files without tenant rules");
+            eprintln!(
+                "note: control DB not reachable ({e:#}); rendering the hba files without tenant rules"
+            );
             (0, false)
         }
         Err(e) => {
@@ -78,7 +80,12 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
     })?;
     let files: Vec<_> = files
         .into_iter()
-        .filter(|f| !(skip_hba && f.path.file_name().is_some_and(|n| n == "pg_hba.conf" || n == "pgbouncer_hba.conf")))
+        .filter(|f| {
+            !(skip_hba
+                && f.path
+                    .file_name()
+                    .is_some_and(|n| n == "pg_hba.conf" || n == "pgbouncer_hba.conf"))
+        })
         .collect();
     let root = args.root.as_deref();
     if args.check {
@@ -109,12 +116,18 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Tenants with allow-lists and the generation in force, read as the API role.
-fn read_rows(settings: &crate::settings::Settings) -> anyhow::Result<(Vec<crate::hba::TenantAccess>, i64)> {
-    let password = settings.control_db_password().context("reading the control DB password file")?;
+fn read_rows(
+    settings: &crate::settings::Settings,
+) -> anyhow::Result<(Vec<crate::hba::TenantAccess>, i64)> {
+    let password = settings
+        .control_db_password()
+        .context("reading the control DB password file")?;
     let rt = super::tokio_runtime()?;
     rt.block_on(async {
         let opts = crate::control_db::connect_options(settings, password.as_ref());
-        let mut conn = sqlx::Connection::connect_with(&opts).await.context("connecting to the control DB")?;
+        let mut conn = sqlx::Connection::connect_with(&opts)
+            .await
+            .context("connecting to the control DB")?;
         let tenants = crate::hba::apply::load_tenants(&mut conn).await?;
         let generation = crate::hba::apply::current_generation(&mut conn).await?;
         Ok((tenants, generation))

@@ -130,7 +130,9 @@ pub async fn bootstrap(
     }
     let open_q = quote_ident(OPEN_GROUP).map_err(|e| ControlDbError::Invalid(e.to_string()))?;
     if !role_exists(admin, OPEN_GROUP).await? {
-        admin.execute(format!("CREATE ROLE {open_q} NOLOGIN").as_str()).await?;
+        admin
+            .execute(format!("CREATE ROLE {open_q} NOLOGIN").as_str())
+            .await?;
     }
     let password_sql = format!("PASSWORD '{}'", verifier.replace('\'', "''"));
     if role_exists(admin, api).await? {

@@ -125,7 +125,11 @@ impl DevPlatform {
         layout.write_pgpass(&settings, &password)?;
         // The effective settings, so every other command can reach this platform with
         // `pgaas --config <state>/pgaas.yaml ...`.
-        render::write_if_changed(&layout.settings_file(), &settings.to_yaml_without_secrets(), 0o644)?;
+        render::write_if_changed(
+            &layout.settings_file(),
+            &settings.to_yaml_without_secrets(),
+            0o644,
+        )?;
 
         let pgbouncer = bouncer_bin.map(|binary| LocalPgBouncer {
             binary,
@@ -141,7 +145,9 @@ impl DevPlatform {
                 hba_file: settings.pgbouncer.config_dir.join("pgbouncer_hba.conf"),
                 userlist_file: settings.pgbouncer.config_dir.join("userlist.txt"),
             }),
-            pooler: pgbouncer.clone().map(|p| Arc::new(p) as Arc<dyn PoolerReload>),
+            pooler: pgbouncer
+                .clone()
+                .map(|p| Arc::new(p) as Arc<dyn PoolerReload>),
             file_owner: Some((owner.uid, owner.gid)),
             userlist_lock: Arc::default(),
         };
@@ -179,12 +185,15 @@ impl DevPlatform {
 
     /// The tenant service of this platform, managing its hba files.
     pub fn tenants(&self) -> TenantService {
-        TenantService::new(self.pool.clone(), Arc::new(self.settings.clone())).with_hba(self.hba.clone())
+        TenantService::new(self.pool.clone(), Arc::new(self.settings.clone()))
+            .with_hba(self.hba.clone())
     }
 
     /// Whether pooled (`DATABASE_URL`) connections are available.
     pub fn pooler_available(&self) -> bool {
-        self.pgbouncer.as_ref().is_some_and(LocalPgBouncer::is_running)
+        self.pgbouncer
+            .as_ref()
+            .is_some_and(LocalPgBouncer::is_running)
     }
 
     /// Stop PgBouncer and the cluster (the API is stopped by its caller).
@@ -211,7 +220,9 @@ impl DevPlatform {
         ));
         match &self.pgbouncer {
             Some(p) => out.push_str(&format!("  PgBouncer:    port {} (TLS required)\n", p.port)),
-            None => out.push_str("  PgBouncer:    not installed (apt-get install pgbouncer for pooled URLs)\n"),
+            None => out.push_str(
+                "  PgBouncer:    not installed (apt-get install pgbouncer for pooled URLs)\n",
+            ),
         }
         out.push_str(&format!("  CA file:      {}\n", ca.display()));
         out.push_str(&format!(
@@ -233,7 +244,10 @@ impl DevPlatform {
             s.control_db.user,
             ca.display()
         ));
-        out.push_str(&format!("\n  Health:       curl http://{}/health\n", s.api.listen));
+        out.push_str(&format!(
+            "\n  Health:       curl http://{}/health\n",
+            s.api.listen
+        ));
         out.push_str(&format!(
             "  CLI:          pgaas --config {} db list\n",
             self.layout.settings_file().display()
@@ -275,9 +289,13 @@ fn write_managed_files(
     let files: Vec<_> = files
         .into_iter()
         .filter(|f| {
-            let hba = f.path.file_name().is_some_and(|n| n == "pg_hba.conf" || n == "pgbouncer_hba.conf");
+            let hba = f
+                .path
+                .file_name()
+                .is_some_and(|n| n == "pg_hba.conf" || n == "pgbouncer_hba.conf");
             // initdb's own pg_hba.conf is not ours: replace it.
-            let ours = std::fs::read_to_string(&f.path).is_ok_and(|t| t.starts_with("# pgaas managed"));
+            let ours =
+                std::fs::read_to_string(&f.path).is_ok_and(|t| t.starts_with("# pgaas managed"));
             !(hba && ours)
         })
         .collect();

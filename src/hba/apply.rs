@@ -14,7 +14,9 @@ use std::{
 
 use sqlx::{PgConnection, PgPool};
 
-use super::{HbaPolicy, TenantAccess, compile, compile_pgbouncer, render_pg_hba, render_pgbouncer_hba};
+use super::{
+    HbaPolicy, TenantAccess, compile, compile_pgbouncer, render_pg_hba, render_pgbouncer_hba,
+};
 use crate::{
     pg::cluster::reload,
     render::{WriteOutcome, write_if_changed},
@@ -26,7 +28,9 @@ const HBA_MODE: u32 = 0o640;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("the compiled pg_hba.conf was refused by PostgreSQL (line {line}: {error}); the previous file was restored")]
+    #[error(
+        "the compiled pg_hba.conf was refused by PostgreSQL (line {line}: {error}); the previous file was restored"
+    )]
     Invalid { line: i32, error: String },
     #[error("cannot write {path}: {reason}; the previous file is still in force")]
     Write { path: PathBuf, reason: String },
@@ -104,10 +108,15 @@ pub async fn load_tenants(conn: &mut PgConnection) -> Result<Vec<TenantAccess>, 
     for (database, role, net) in rows {
         // The column is `cidr`, so PostgreSQL already normalised it; a parse failure means the
         // row was written around pgaas, and the compiler must not guess.
-        let net: ipnetwork::IpNetwork = net.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let net: ipnetwork::IpNetwork =
+            net.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         match tenants.last_mut() {
             Some(t) if t.database == database => t.allow.push(net),
-            _ => tenants.push(TenantAccess { database, role, allow: vec![net] }),
+            _ => tenants.push(TenantAccess {
+                database,
+                role,
+                allow: vec![net],
+            }),
         }
     }
     Ok(tenants)
@@ -115,14 +124,19 @@ pub async fn load_tenants(conn: &mut PgConnection) -> Result<Vec<TenantAccess>, 
 
 /// The generation of the file in force, as the control DB records it.
 pub async fn current_generation(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT generation FROM hba_state").fetch_one(conn).await
+    sqlx::query_scalar("SELECT generation FROM hba_state")
+        .fetch_one(conn)
+        .await
 }
 
 fn read(path: &Path) -> Result<Option<String>, ApplyError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ApplyError::Write { path: path.to_path_buf(), reason: e.to_string() }),
+        Err(e) => Err(ApplyError::Write {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -136,7 +150,10 @@ impl HbaApplier {
 
     /// Compile, write, validate, reload; inside the caller's transaction (see module docs).
     pub async fn apply(&self, tx: &mut PgConnection) -> Result<Applied, ApplyError> {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(LOCK_KEY).execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
         let policy = self.policy(tx).await?;
         let generation: i64 =
             sqlx::query_scalar("UPDATE hba_state SET generation = generation + 1, applied_at = now() RETURNING generation")
@@ -168,10 +185,12 @@ impl HbaApplier {
         if let (Some(files), Some(text)) = (&self.pgbouncer, &bouncer_text) {
             let path = &files.hba_file;
             previous.push((path.clone(), read(path)?));
-            let pooler_result = self.write(path, text, &previous).and_then(|()| match &self.pooler {
-                Some(p) => p.reload().map_err(ApplyError::Reload),
-                None => Ok(()),
-            });
+            let pooler_result =
+                self.write(path, text, &previous)
+                    .and_then(|()| match &self.pooler {
+                        Some(p) => p.reload().map_err(ApplyError::Reload),
+                        None => Ok(()),
+                    });
             if let Err(e) = pooler_result {
                 self.restore(&previous);
                 let _ = reload(tx).await;
@@ -181,21 +200,38 @@ impl HbaApplier {
                 return Err(e);
             }
         }
-        Ok(Applied { generation, previous, pooler: self.pooler.clone() })
+        Ok(Applied {
+            generation,
+            previous,
+            pooler: self.pooler.clone(),
+        })
     }
 
-    fn write(&self, path: &Path, text: &str, previous: &[(PathBuf, Option<String>)]) -> Result<(), ApplyError> {
-        self.write_owned(path, text).map(|_| ()).inspect_err(|_| self.restore(previous))
+    fn write(
+        &self,
+        path: &Path,
+        text: &str,
+        previous: &[(PathBuf, Option<String>)],
+    ) -> Result<(), ApplyError> {
+        self.write_owned(path, text)
+            .map(|_| ())
+            .inspect_err(|_| self.restore(previous))
     }
 
     /// Write a file and give it to the server's user when this process created it.
     fn write_owned(&self, path: &Path, text: &str) -> Result<WriteOutcome, ApplyError> {
         let existed = path.exists();
-        let outcome = write_if_changed(path, text, HBA_MODE)
-            .map_err(|e| ApplyError::Write { path: path.to_path_buf(), reason: e.to_string() })?;
+        let outcome = write_if_changed(path, text, HBA_MODE).map_err(|e| ApplyError::Write {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         if let (false, Some((uid, gid))) = (existed, self.file_owner) {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .map_err(|e| ApplyError::Write { path: path.to_path_buf(), reason: e.to_string() })?;
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| {
+                ApplyError::Write {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }
+            })?;
         }
         Ok(outcome)
     }
@@ -224,10 +260,16 @@ impl HbaApplier {
         .bind(open)
         .fetch_all(pool)
         .await?;
-        let group = crate::pg::quote::quote_ident(&self.base.open_group).map_err(|e| ApplyError::Reload(e.to_string()))?;
+        let group = crate::pg::quote::quote_ident(&self.base.open_group)
+            .map_err(|e| ApplyError::Reload(e.to_string()))?;
         for role in roles {
-            let role_q = crate::pg::quote::quote_ident(&role).map_err(|e| ApplyError::Reload(e.to_string()))?;
-            let sql = if open { format!("GRANT {group} TO {role_q}") } else { format!("REVOKE {group} FROM {role_q}") };
+            let role_q = crate::pg::quote::quote_ident(&role)
+                .map_err(|e| ApplyError::Reload(e.to_string()))?;
+            let sql = if open {
+                format!("GRANT {group} TO {role_q}")
+            } else {
+                format!("REVOKE {group} FROM {role_q}")
+            };
             sqlx::query(&sql).execute(pool).await?;
             tracing::info!(role, open, "open-group membership repaired");
         }
@@ -236,13 +278,18 @@ impl HbaApplier {
 
     async fn sync_files(&self, pool: &PgPool) -> Result<i64, ApplyError> {
         let mut tx = pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(LOCK_KEY).execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
         let policy = self.policy(&mut tx).await?;
         let generation = current_generation(&mut tx).await?;
         let gen_u = u64::try_from(generation).unwrap_or(0);
-        let mut in_sync = read(&self.pg_hba_file)? == Some(render_pg_hba(&compile(&policy)?, gen_u)?);
+        let mut in_sync =
+            read(&self.pg_hba_file)? == Some(render_pg_hba(&compile(&policy)?, gen_u)?);
         if let Some(files) = &self.pgbouncer {
-            in_sync &= read(&files.hba_file)? == Some(render_pgbouncer_hba(&compile_pgbouncer(&policy)?, gen_u)?);
+            in_sync &= read(&files.hba_file)?
+                == Some(render_pgbouncer_hba(&compile_pgbouncer(&policy)?, gen_u)?);
         }
         let generation = if in_sync {
             tx.commit().await?;
@@ -261,14 +308,17 @@ impl HbaApplier {
         Ok(generation)
     }
 
-
     /// Rewrite PgBouncer's auth file from the tenants' verifiers and reload it when it changed.
     /// Called after every create, password rotation and delete.
     pub async fn refresh_pooler_users(&self, pool: &PgPool) -> Result<(), ApplyError> {
-        let Some(files) = &self.pgbouncer else { return Ok(()) };
+        let Some(files) = &self.pgbouncer else {
+            return Ok(());
+        };
         let _guard = self.userlist_lock.lock().await;
         let secrets: Vec<(String, String)> =
-            sqlx::query_as("SELECT rolname, rolpassword FROM pgaas_priv.tenant_secrets()").fetch_all(pool).await?;
+            sqlx::query_as("SELECT rolname, rolpassword FROM pgaas_priv.tenant_secrets()")
+                .fetch_all(pool)
+                .await?;
         let text = crate::pg::pgbouncer::render_userlist(&self.base.pooler_admins, &secrets);
         if self.write_owned(&files.userlist_file, &text)? == WriteOutcome::Changed {
             if let Some(p) = &self.pooler {
@@ -301,26 +351,32 @@ impl HbaApplier {
         let owner = OsUser::lookup(&settings.postgres.os_user).ok();
         let me = nix::unistd::Uid::effective();
         let may_signal = me.is_root() || owner.as_ref().is_some_and(|o| o.uid == me.as_raw());
-        let pooler: Option<Arc<dyn PoolerReload>> = match (pgb.enabled, crate::pg::pgbouncer::find_binary(), &owner) {
-            (true, Some(binary), Some(owner)) if may_signal => Some(Arc::new(crate::pg::pgbouncer::LocalPgBouncer {
-                binary,
-                ini: pgb.config_dir.join("pgbouncer.ini"),
-                pidfile: pgb.pidfile.clone(),
-                port: pgb.port,
-                owner: owner.clone(),
-            })),
-            (true, _, _) => OsUser::current().ok().map(|user| {
-                Arc::new(crate::pg::console::ConsoleReload {
-                    socket_dir: settings.postgres.socket_dir.clone(),
-                    port: pgb.port,
-                    user: user.name,
-                }) as Arc<dyn PoolerReload>
-            }),
-            _ => None,
-        };
+        let pooler: Option<Arc<dyn PoolerReload>> =
+            match (pgb.enabled, crate::pg::pgbouncer::find_binary(), &owner) {
+                (true, Some(binary), Some(owner)) if may_signal => {
+                    Some(Arc::new(crate::pg::pgbouncer::LocalPgBouncer {
+                        binary,
+                        ini: pgb.config_dir.join("pgbouncer.ini"),
+                        pidfile: pgb.pidfile.clone(),
+                        port: pgb.port,
+                        owner: owner.clone(),
+                    }))
+                }
+                (true, _, _) => OsUser::current().ok().map(|user| {
+                    Arc::new(crate::pg::console::ConsoleReload {
+                        socket_dir: settings.postgres.socket_dir.clone(),
+                        port: pgb.port,
+                        user: user.name,
+                    }) as Arc<dyn PoolerReload>
+                }),
+                _ => None,
+            };
         HbaApplier {
             base: HbaPolicy::base(settings),
-            pg_hba_file: settings.postgres.hba_dir_for(pg_version).join("pg_hba.conf"),
+            pg_hba_file: settings
+                .postgres
+                .hba_dir_for(pg_version)
+                .join("pg_hba.conf"),
             pgbouncer: pgb.enabled.then(|| PoolerFiles {
                 hba_file: pgb.auth_dir().join("pgbouncer_hba.conf"),
                 userlist_file: pgb.auth_dir().join("userlist.txt"),
@@ -328,7 +384,11 @@ impl HbaApplier {
             pooler,
             // New files go to the server's user when we are root; an unprivileged API creates
             // them in a setgid directory the server's group can read.
-            file_owner: if me.is_root() { owner.map(|o| (o.uid, o.gid)) } else { None },
+            file_owner: if me.is_root() {
+                owner.map(|o| (o.uid, o.gid))
+            } else {
+                None
+            },
             userlist_lock: Arc::default(),
         }
     }

@@ -253,7 +253,10 @@ fn render_hba(
             body.push_str(&l.comment);
             body.push('\n');
         }
-        for (i, col) in [&l.kind, &l.database, &l.user, &l.address, &l.method].into_iter().enumerate() {
+        for (i, col) in [&l.kind, &l.database, &l.user, &l.address, &l.method]
+            .into_iter()
+            .enumerate()
+        {
             if i > 0 {
                 body.push_str("  ");
             }

@@ -24,7 +24,9 @@ fn oracle(p: &HbaPolicy, c: &Client) -> Decision {
         let api_to_control = c.user == API && c.database == CONTROL;
         let tenant = member && c.user != API;
         return if c.user == SU {
-            Decision::Accept(HbaMethod::Peer { map: Some(PEER_MAP.into()) })
+            Decision::Accept(HbaMethod::Peer {
+                map: Some(PEER_MAP.into()),
+            })
         } else if api_to_control || tenant {
             Decision::Accept(HbaMethod::ScramSha256)
         } else {
@@ -35,7 +37,10 @@ fn oracle(p: &HbaPolicy, c: &Client) -> Decision {
         return Decision::Reject;
     }
     if c.user == API {
-        return if c.database == CONTROL && addr.is_loopback() && (addr == IpAddr::V4(Ipv4Addr::LOCALHOST) || addr == IpAddr::V6(Ipv6Addr::LOCALHOST)) {
+        return if c.database == CONTROL
+            && addr.is_loopback()
+            && (addr == IpAddr::V4(Ipv4Addr::LOCALHOST) || addr == IpAddr::V6(Ipv6Addr::LOCALHOST))
+        {
             Decision::Accept(HbaMethod::ScramSha256)
         } else {
             Decision::Reject
@@ -46,9 +51,14 @@ fn oracle(p: &HbaPolicy, c: &Client) -> Decision {
     if c.user_groups.iter().any(|g| g == OPEN) {
         return Decision::Accept(HbaMethod::ScramSha256);
     }
-    let listed = p.tenants.iter().find(|t| t.database == c.database && t.role == c.user);
+    let listed = p
+        .tenants
+        .iter()
+        .find(|t| t.database == c.database && t.role == c.user);
     match listed {
-        Some(t) if t.allow.iter().any(|n| n.contains(addr)) => Decision::Accept(HbaMethod::ScramSha256),
+        Some(t) if t.allow.iter().any(|n| n.contains(addr)) => {
+            Decision::Accept(HbaMethod::ScramSha256)
+        }
         _ => Decision::Reject,
     }
 }
@@ -56,7 +66,9 @@ fn oracle(p: &HbaPolicy, c: &Client) -> Decision {
 fn random_net(rng: &mut StdRng) -> IpNetwork {
     if rng.random_bool(0.7) {
         let prefix = *[8u8, 16, 24, 30, 32].choose(rng).unwrap();
-        let ip = Ipv4Addr::from(rng.random::<u32>() & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
+        let ip = Ipv4Addr::from(
+            rng.random::<u32>() & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0),
+        );
         IpNetwork::new(IpAddr::V4(ip), prefix).unwrap()
     } else {
         let prefix = *[32u8, 48, 64, 128].choose(rng).unwrap();
@@ -74,7 +86,11 @@ fn random_policy(rng: &mut StdRng) -> HbaPolicy {
             TenantAccess {
                 database: format!("tenant_{i:016x}"),
                 role: format!("user_{i:016x}"),
-                allow: if rng.random_bool(0.4) { vec![] } else { (0..lists).map(|_| random_net(rng)).collect() },
+                allow: if rng.random_bool(0.4) {
+                    vec![]
+                } else {
+                    (0..lists).map(|_| random_net(rng)).collect()
+                },
             }
         })
         .collect();
@@ -92,9 +108,18 @@ fn random_policy(rng: &mut StdRng) -> HbaPolicy {
 
 fn random_client(rng: &mut StdRng, p: &HbaPolicy) -> Client {
     let mut dbs: Vec<String> = p.tenants.iter().map(|t| t.database.clone()).collect();
-    dbs.extend([CONTROL.to_string(), "postgres".into(), "tenant_ffffffffffffffff".into()]);
+    dbs.extend([
+        CONTROL.to_string(),
+        "postgres".into(),
+        "tenant_ffffffffffffffff".into(),
+    ]);
     let mut users: Vec<String> = p.tenants.iter().map(|t| t.role.clone()).collect();
-    users.extend([SU.to_string(), API.into(), "someone".into(), "user_ffffffffffffffff".into()]);
+    users.extend([
+        SU.to_string(),
+        API.into(),
+        "someone".into(),
+        "user_ffffffffffffffff".into(),
+    ]);
     let user = users.choose(rng).unwrap().clone();
     let member = user.starts_with("user_");
     let user_for_groups = user.clone();
@@ -131,7 +156,10 @@ fn parse(text: &str) -> Vec<HbaRule> {
         while !rest.is_empty() {
             let (item, tail) = if let Some(q) = rest.strip_prefix('"') {
                 let end = q.find('"').expect("closing quote");
-                (HbaName::Name(q[..end].to_string()), q[end + 1..].trim_start_matches(','))
+                (
+                    HbaName::Name(q[..end].to_string()),
+                    q[end + 1..].trim_start_matches(','),
+                )
             } else {
                 let (item, tail) = rest.split_once(',').unwrap_or((rest, ""));
                 let name = match item {
@@ -167,10 +195,22 @@ fn parse(text: &str) -> Vec<HbaRule> {
             let method = match f[method_at] {
                 "reject" => HbaMethod::Reject,
                 "scram-sha-256" => HbaMethod::ScramSha256,
-                "peer" => HbaMethod::Peer { map: f.get(method_at + 1).and_then(|m| m.strip_prefix("map=")).map(String::from) },
+                "peer" => HbaMethod::Peer {
+                    map: f
+                        .get(method_at + 1)
+                        .and_then(|m| m.strip_prefix("map="))
+                        .map(String::from),
+                },
                 other => panic!("unexpected method {other:?}"),
             };
-            HbaRule { kind, databases: names(f[1]), users: names(f[2]), address, method, comment: String::new() }
+            HbaRule {
+                kind,
+                databases: names(f[1]),
+                users: names(f[2]),
+                address,
+                method,
+                comment: String::new(),
+            }
         })
         .collect()
 }
@@ -185,8 +225,16 @@ fn compiled_and_rendered_rules_decide_what_the_policy_says() {
         for _ in 0..200 {
             let client = random_client(&mut rng, &policy);
             let want = oracle(&policy, &client);
-            assert_eq!(decide(&rules, &client), want, "seed {seed}: compiled rules, {client:?}");
-            assert_eq!(decide(&rendered, &client), want, "seed {seed}: rendered file, {client:?}");
+            assert_eq!(
+                decide(&rules, &client),
+                want,
+                "seed {seed}: compiled rules, {client:?}"
+            );
+            assert_eq!(
+                decide(&rendered, &client),
+                want,
+                "seed {seed}: rendered file, {client:?}"
+            );
         }
     }
 }

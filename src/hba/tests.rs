@@ -35,7 +35,10 @@ fn client(db: &str, user: &str, addr: Option<&str>, tls: bool) -> Client {
     // Tenant roles are in the tenant group; those without an allow-list in the open group too.
     let groups = match user {
         "user_locked" => vec!["pgaas_tenants".to_string()],
-        u if u.starts_with("user_") => vec!["pgaas_tenants".to_string(), "pgaas_open_tenants".to_string()],
+        u if u.starts_with("user_") => vec![
+            "pgaas_tenants".to_string(),
+            "pgaas_open_tenants".to_string(),
+        ],
         _ => vec![],
     };
     Client {
@@ -143,7 +146,10 @@ fn allow_list_admits_listed_networks_and_refuses_the_rest() {
         // Another tenant's role: PgBouncer refuses it here; PostgreSQL lets the open tenant's
         // role past pg_hba (its default rule comes first, for speed) and then refuses it for
         // lack of CONNECT on the database (see tests/it/isolation.rs).
-        let other = decide(&rules, &client("tenant_locked", "user_open", Some("203.0.113.9"), true));
+        let other = decide(
+            &rules,
+            &client("tenant_locked", "user_open", Some("203.0.113.9"), true),
+        );
         assert_eq!(other, if i == 0 { SCRAM } else { Decision::Reject });
     }
 }

@@ -27,7 +27,9 @@ impl AllowEntry {
             return Err(err("is required: an IPv4 or IPv6 address or network, e.g. 203.0.113.5 or 192.168.1.0/24".into()));
         }
         if s.contains('%') {
-            return Err(err(format!("{s:?} has a zone id (%...); zone ids mean nothing to a remote server, leave it out")));
+            return Err(err(format!(
+                "{s:?} has a zone id (%...); zone ids mean nothing to a remote server, leave it out"
+            )));
         }
         let (addr_part, prefix_part) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -40,10 +42,17 @@ impl AllowEntry {
         let prefix = match prefix_part {
             None => max,
             Some(p) => {
-                let valid_digits = !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
-                let n: u8 = if valid_digits { p.parse().unwrap_or(u8::MAX) } else { u8::MAX };
+                let valid_digits =
+                    !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+                let n: u8 = if valid_digits {
+                    p.parse().unwrap_or(u8::MAX)
+                } else {
+                    u8::MAX
+                };
                 if n > max {
-                    return Err(err(format!("{s:?}: the prefix length must be between 1 and {max}")));
+                    return Err(err(format!(
+                        "{s:?}: the prefix length must be between 1 and {max}"
+                    )));
                 }
                 n
             }
@@ -79,7 +88,11 @@ fn parse_addr(s: &str) -> Option<IpAddr> {
         return s.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
     }
     let octets: Vec<&str> = s.split('.').collect();
-    if octets.len() != 4 || octets.iter().any(|o| o.is_empty() || o.len() > 3 || (o.len() > 1 && o.starts_with('0'))) {
+    if octets.len() != 4
+        || octets
+            .iter()
+            .any(|o| o.is_empty() || o.len() > 3 || (o.len() > 1 && o.starts_with('0')))
+    {
         return None;
     }
     s.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
@@ -115,7 +128,9 @@ mod tests {
     use super::*;
 
     fn ok(s: &str) -> String {
-        AllowEntry::parse(s).unwrap_or_else(|e| panic!("{s}: {e}")).to_string()
+        AllowEntry::parse(s)
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+            .to_string()
     }
 
     fn refused(s: &str) -> String {

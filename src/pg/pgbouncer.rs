@@ -18,19 +18,28 @@ pub enum PgBouncerError {
     #[error("pgbouncer is not installed (apt-get install pgbouncer)")]
     NotInstalled,
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("pgbouncer did not start: {0}")]
     Start(String),
-    #[error("port {0} is already in use; choose another PgBouncer port (pgbouncer.port, or --pgbouncer-port)")]
+    #[error(
+        "port {0} is already in use; choose another PgBouncer port (pgbouncer.port, or --pgbouncer-port)"
+    )]
     PortTaken(u16),
 }
 
 /// `pgbouncer` on PATH or where Debian puts it.
 pub fn find_binary() -> Option<PathBuf> {
-    ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
+    [
+        "/usr/sbin/pgbouncer",
+        "/usr/bin/pgbouncer",
+        "/usr/local/bin/pgbouncer",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
 }
 
 /// The auth file: one `"role" "verifier"` line per tenant, plus the console's admin users with an
@@ -38,7 +47,8 @@ pub fn find_binary() -> Option<PathBuf> {
 /// them).
 pub fn render_userlist(admin_users: &[String], secrets: &[(String, String)]) -> String {
     let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let mut out = String::from("; pgaas managed file: SCRAM verifiers of tenant roles, written by pgaas\n");
+    let mut out =
+        String::from("; pgaas managed file: SCRAM verifiers of tenant roles, written by pgaas\n");
     for admin in admin_users {
         out.push_str(&format!("{} \"\"\n", q(admin)));
     }
@@ -62,7 +72,9 @@ impl LocalPgBouncer {
     pub fn pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(&self.pidfile).ok()?;
         let pid: i32 = text.trim().parse().ok()?;
-        nix::sys::signal::kill(Pid::from_raw(pid), None).ok().map(|_| pid)
+        nix::sys::signal::kill(Pid::from_raw(pid), None)
+            .ok()
+            .map(|_| pid)
     }
 
     pub fn is_running(&self) -> bool {
@@ -83,7 +95,9 @@ impl LocalPgBouncer {
             cmd.uid(self.owner.uid).gid(self.owner.gid);
         }
         cmd.current_dir(self.ini.parent().unwrap_or(Path::new("/")));
-        let out = cmd.output().map_err(|e| PgBouncerError::Start(e.to_string()))?;
+        let out = cmd
+            .output()
+            .map_err(|e| PgBouncerError::Start(e.to_string()))?;
         if !out.status.success() {
             return Err(PgBouncerError::Start(format!(
                 "{}{}",
@@ -98,7 +112,10 @@ impl LocalPgBouncer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(PgBouncerError::Start(format!("not listening on port {} after 10 s", self.port)))
+        Err(PgBouncerError::Start(format!(
+            "not listening on port {} after 10 s",
+            self.port
+        )))
     }
 
     pub fn stop(&self) {
@@ -115,8 +132,11 @@ impl LocalPgBouncer {
     /// Re-read the config, hba and auth files (SIGHUP), then wait until the console answers so
     /// the next connection sees the new rules.
     pub fn signal_reload(&self) -> Result<(), String> {
-        let pid = self.pid().ok_or_else(|| "pgbouncer is not running".to_string())?;
-        nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| format!("SIGHUP to pgbouncer: {e}"))?;
+        let pid = self
+            .pid()
+            .ok_or_else(|| "pgbouncer is not running".to_string())?;
+        nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGHUP)
+            .map_err(|e| format!("SIGHUP to pgbouncer: {e}"))?;
         // PgBouncer handles SIGHUP in its event loop. An answer to an SSLRequest on a new
         // connection comes from that loop, after the signal (already pending) was handled.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -132,11 +152,15 @@ impl LocalPgBouncer {
 
 fn ssl_request_answered(port: u16) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let request = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     let mut answer = [0u8; 1];
-    s.write_all(&request).is_ok() && s.read_exact(&mut answer).is_ok() && matches!(answer[0], b'S' | b'N')
+    s.write_all(&request).is_ok()
+        && s.read_exact(&mut answer).is_ok()
+        && matches!(answer[0], b'S' | b'N')
 }
 
 impl PoolerReload for LocalPgBouncer {
@@ -155,7 +179,10 @@ mod tests {
     fn userlist_holds_verifiers_quoted() {
         let text = super::render_userlist(
             &["postgres".to_string()],
-            &[("user_0011223344556677".into(), "SCRAM-SHA-256$4096:c2FsdA==$a:b".into())],
+            &[(
+                "user_0011223344556677".into(),
+                "SCRAM-SHA-256$4096:c2FsdA==$a:b".into(),
+            )],
         );
         assert!(text.contains("\"postgres\" \"\"\n"));
         assert!(text.contains("\"user_0011223344556677\" \"SCRAM-SHA-256$4096:c2FsdA==$a:b\"\n"));

@@ -102,7 +102,10 @@ pub fn render_conf(
     let memory = size_memory(facts.memory_mb, pg.max_connections);
     // The hba family may live outside the cluster's directory (`postgres.hba_dir`), where the
     // API's own user can replace it.
-    let hba_dir = pg.hba_dir.clone().unwrap_or_else(|| config_dir.to_path_buf());
+    let hba_dir = pg
+        .hba_dir
+        .clone()
+        .unwrap_or_else(|| config_dir.to_path_buf());
     let ctx = PgConf {
         generation,
         version,

@@ -56,7 +56,11 @@ fn optional_path_list_item(what: &str, path: &Path) -> Result<String, RenderErro
 fn credential_source(what: &str, path: &Path) -> Result<String, RenderError> {
     let s = abs_path(what, path)?;
     if s.contains(':') {
-        return Err(RenderError::invalid(what, s, "must not contain ':' (systemd LoadCredential=)"));
+        return Err(RenderError::invalid(
+            what,
+            s,
+            "must not contain ':' (systemd LoadCredential=)",
+        ));
     }
     Ok(s.replace('%', "%%"))
 }
@@ -103,7 +107,10 @@ pub fn render_units(
         read_write_paths: vec![
             path_list_item(
                 "postgres.hba_dir",
-                &s.postgres.hba_dir.clone().unwrap_or_else(|| pg_config_dir.to_path_buf()),
+                &s.postgres
+                    .hba_dir
+                    .clone()
+                    .unwrap_or_else(|| pg_config_dir.to_path_buf()),
             )?,
             path_list_item("paths.state_dir", &s.paths.state_dir)?,
             optional_path_list_item("pgbouncer.auth_dir", &s.pgbouncer.auth_dir())?,

@@ -168,8 +168,16 @@ fn every_file_has_the_managed_header_and_hba_files_their_generation() {
         );
         // The generation numbers the access rules: only the hba files carry it, so an
         // allow-list change leaves every other file byte-identical.
-        let is_hba = f.path.file_name().is_some_and(|n| n == "pg_hba.conf" || n == "pgbouncer_hba.conf");
-        assert_eq!(f.contents.contains("# generation: 7\n"), is_hba, "{}", f.path.display());
+        let is_hba = f
+            .path
+            .file_name()
+            .is_some_and(|n| n == "pg_hba.conf" || n == "pgbouncer_hba.conf");
+        assert_eq!(
+            f.contents.contains("# generation: 7\n"),
+            is_hba,
+            "{}",
+            f.path.display()
+        );
         assert!(
             f.contents.ends_with('\n') && !f.contents.ends_with("\n\n\n"),
             "{}",

@@ -208,8 +208,12 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
             );
         }
     }
-    if s.api.stats_interval_secs == 0 || s.api.stats_size_interval_secs < s.api.stats_interval_secs {
-        c.fail("api.stats_size_interval_secs", "intervals must be at least 1 s, and sizes no more often than stats");
+    if s.api.stats_interval_secs == 0 || s.api.stats_size_interval_secs < s.api.stats_interval_secs
+    {
+        c.fail(
+            "api.stats_size_interval_secs",
+            "intervals must be at least 1 s, and sizes no more often than stats",
+        );
     }
     if s.api.max_body_bytes < 1024 {
         c.fail("api.max_body_bytes", "must be at least 1024");
@@ -278,7 +282,10 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
         );
     }
     if !(1..=3650).contains(&s.backups.retention_days) {
-        c.fail("backups.retention_days", "must be between 1 and 3650 (days)");
+        c.fail(
+            "backups.retention_days",
+            "must be between 1 and 3650 (days)",
+        );
     }
 }
 

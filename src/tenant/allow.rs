@@ -24,14 +24,18 @@ pub struct AllowRow {
     pub added_at: DateTime<Utc>,
 }
 
-const SELECT_ROW: &str =
-    "SELECT id, database_id, ip_address::text AS ip_address, description, added_at FROM ip_whitelist";
+const SELECT_ROW: &str = "SELECT id, database_id, ip_address::text AS ip_address, description, added_at FROM ip_whitelist";
 
 /// A description: optional, at most 200 characters, no control characters.
 pub fn parse_description(d: Option<&str>) -> Result<Option<String>, ValidationError> {
-    let Some(d) = d.map(str::trim).filter(|d| !d.is_empty()) else { return Ok(None) };
+    let Some(d) = d.map(str::trim).filter(|d| !d.is_empty()) else {
+        return Ok(None);
+    };
     if d.chars().count() > 200 || d.chars().any(char::is_control) {
-        return Err(ValidationError::new("description", "must be at most 200 characters, without control characters"));
+        return Err(ValidationError::new(
+            "description",
+            "must be at most 200 characters, without control characters",
+        ));
     }
     Ok(Some(d.to_string()))
 }
@@ -51,26 +55,38 @@ impl TenantService {
 
     pub async fn list_allowed(&self, id: TenantId) -> Result<Vec<AllowRow>, TenantError> {
         self.get(id).await?;
-        Ok(sqlx::query_as(&format!("{SELECT_ROW} WHERE database_id = $1 ORDER BY added_at, id"))
-            .bind(id.as_uuid())
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(&format!(
+            "{SELECT_ROW} WHERE database_id = $1 ORDER BY added_at, id"
+        ))
+        .bind(id.as_uuid())
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Whether the tenant's role is in the open group (admitted from any address).
-    async fn set_open(conn: &mut PgConnection, role: &RoleName, open: bool) -> Result<(), TenantError> {
+    async fn set_open(
+        conn: &mut PgConnection,
+        role: &RoleName,
+        open: bool,
+    ) -> Result<(), TenantError> {
         let role = super::lifecycle::ident(role.as_str())?;
         let group = super::lifecycle::ident(crate::control_db::OPEN_GROUP)?;
-        let sql = if open { format!("GRANT {group} TO {role}") } else { format!("REVOKE {group} FROM {role}") };
+        let sql = if open {
+            format!("GRANT {group} TO {role}")
+        } else {
+            format!("REVOKE {group} FROM {role}")
+        };
         sqlx::query(&sql).execute(conn).await?;
         Ok(())
     }
 
     async fn has_entries(conn: &mut PgConnection, id: TenantId) -> Result<bool, TenantError> {
-        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1)")
-            .bind(id.as_uuid())
-            .fetch_one(conn)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1)")
+                .bind(id.as_uuid())
+                .fetch_one(conn)
+                .await?,
+        )
     }
 
     /// Add an entry; returns it once it is in force.
@@ -127,7 +143,9 @@ impl TenantService {
                 .fetch_one(&mut *tx)
                 .await?;
         if exists {
-            return Err(TenantError::Conflict(format!("{entry} is already on the allow-list of database {id}")));
+            return Err(TenantError::Conflict(format!(
+                "{entry} is already on the allow-list of database {id}"
+            )));
         }
         let row: AllowRow = sqlx::query_as(
             "INSERT INTO ip_whitelist (database_id, ip_address, description) VALUES ($1, $2::cidr, $3)
@@ -159,7 +177,12 @@ impl TenantService {
     /// Remove an entry; when it was the last one, the database is open to any address again
     /// (TLS only): the role rejoins the open group only after the file without its lines is in
     /// force and the row is gone.
-    pub async fn disallow(&self, id: TenantId, entry_id: Uuid, ctx: &AuditContext) -> Result<AllowRow, TenantError> {
+    pub async fn disallow(
+        &self,
+        id: TenantId,
+        entry_id: Uuid,
+        ctx: &AuditContext,
+    ) -> Result<AllowRow, TenantError> {
         self.applier()?;
         let role = self.get(id).await?.username;
         let mut lock = self.work_lock(id).await?;
@@ -225,6 +248,11 @@ impl TenantService {
         let wanted = AllowEntry::parse(entry)?.to_string();
         rows.into_iter()
             .find(|r| r.ip_address == wanted)
-            .ok_or_else(|| TenantError::Validation(ValidationError::new("entry", format!("{wanted} is not on the allow-list of database {id}"))))
+            .ok_or_else(|| {
+                TenantError::Validation(ValidationError::new(
+                    "entry",
+                    format!("{wanted} is not on the allow-list of database {id}"),
+                ))
+            })
     }
 }

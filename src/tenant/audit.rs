@@ -19,7 +19,10 @@ pub struct AuditContext {
 impl AuditContext {
     /// Operations run from the CLI on the host itself.
     pub fn cli() -> Self {
-        Self { api_key_id: None, client_ip: None }
+        Self {
+            api_key_id: None,
+            client_ip: None,
+        }
     }
 }
 
@@ -82,7 +85,16 @@ pub async fn record_failure(
     resource_id: Option<&str>,
     details: serde_json::Value,
 ) {
-    let result = record(conn, ctx, action, resource_type, resource_id, false, details).await;
+    let result = record(
+        conn,
+        ctx,
+        action,
+        resource_type,
+        resource_id,
+        false,
+        details,
+    )
+    .await;
     if let Err(e) = result {
         tracing::error!(error = %e, action, "could not write the failure audit row");
     }

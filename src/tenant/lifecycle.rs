@@ -5,11 +5,14 @@ use serde_json::json;
 use sqlx::{Executor, PgConnection};
 
 use super::{
-    AuditContext, ListQuery, NewTenant, Provisioned, Tenant, TenantError, TenantPage, TenantPatch, TenantService,
-    audit, types::MAX_PAGE,
+    AuditContext, ListQuery, NewTenant, Provisioned, Tenant, TenantError, TenantPage, TenantPatch,
+    TenantService, audit, types::MAX_PAGE,
 };
 use crate::{
-    model::{DbName, RoleName, TenantId, TenantPassword, TenantStatus, ValidationError, generate_tenant_names},
+    model::{
+        DbName, RoleName, TenantId, TenantPassword, TenantStatus, ValidationError,
+        generate_tenant_names,
+    },
     pg::{quote::quote_ident, scram},
 };
 
@@ -19,7 +22,8 @@ use crate::{
 /// ~50 ms of a core here, competing with PostgreSQL on a small host. Cost 6 takes ~3 ms.
 const BCRYPT_COST: u32 = 6;
 
-const SELECT_TENANT: &str = "SELECT id, database_name, username, owner_email, friendly_name, max_connections,
+const SELECT_TENANT: &str =
+    "SELECT id, database_name, username, owner_email, friendly_name, max_connections,
         status::text AS status, created_at, updated_at FROM databases";
 
 #[derive(sqlx::FromRow)]
@@ -66,13 +70,24 @@ impl TenantService {
     fn check_max_connections(&self, n: u32) -> Result<i32, TenantError> {
         let cap = self.settings.tenants.max_connections_cap;
         if n == 0 || n > cap {
-            return Err(ValidationError::new("maxConnections", format!("must be between 1 and {cap}")).into());
+            return Err(ValidationError::new(
+                "maxConnections",
+                format!("must be between 1 and {cap}"),
+            )
+            .into());
         }
         Ok(n as i32)
     }
 
-    pub async fn create(&self, new: NewTenant, ctx: &AuditContext) -> Result<Provisioned, TenantError> {
-        let max = self.check_max_connections(new.max_connections.unwrap_or(self.settings.tenants.default_max_connections))?;
+    pub async fn create(
+        &self,
+        new: NewTenant,
+        ctx: &AuditContext,
+    ) -> Result<Provisioned, TenantError> {
+        let max = self.check_max_connections(
+            new.max_connections
+                .unwrap_or(self.settings.tenants.default_max_connections),
+        )?;
         let password = TenantPassword::generate();
         // The hashes are CPU work; run them beside the DDL rather than before it.
         let pw = password.expose().to_string();
@@ -107,10 +122,19 @@ impl TenantService {
                 break;
             }
         }
-        let (db, role) = names.ok_or_else(|| TenantError::internal("could not draw unused tenant names"))?;
-        let verifier = verifier_task.await.map_err(TenantError::internal)?.map_err(TenantError::internal)?;
+        let (db, role) =
+            names.ok_or_else(|| TenantError::internal("could not draw unused tenant names"))?;
+        let verifier = verifier_task
+            .await
+            .map_err(TenantError::internal)?
+            .map_err(TenantError::internal)?;
 
-        let plan = Plan { id, db: &db, role: &role, max };
+        let plan = Plan {
+            id,
+            db: &db,
+            role: &role,
+            max,
+        };
         let mut created = Created::default();
         let result = self.provision(conn, &plan, &verifier, &mut created).await;
         let result = match result {
@@ -175,8 +199,10 @@ impl TenantService {
             .as_str(),
         )
         .await?;
-        tx.execute(format!("COMMENT ON ROLE {role_q} IS '{comment}'").as_str()).await?;
-        tx.execute(format!("GRANT {role_q} TO CURRENT_USER").as_str()).await?;
+        tx.execute(format!("COMMENT ON ROLE {role_q} IS '{comment}'").as_str())
+            .await?;
+        tx.execute(format!("GRANT {role_q} TO CURRENT_USER").as_str())
+            .await?;
         tx.commit().await?;
         created.role = true;
         if self.hba.as_ref().is_some_and(|h| h.pgbouncer.is_some()) {
@@ -184,14 +210,25 @@ impl TenantService {
             created.pooler_refresh = Some(tokio::spawn(async move { svc.refresh_pooler().await }));
         }
 
-        conn.execute(format!("CREATE DATABASE {db_q} OWNER {role_q} CONNECTION LIMIT {max}").as_str()).await?;
+        conn.execute(
+            format!("CREATE DATABASE {db_q} OWNER {role_q} CONNECTION LIMIT {max}").as_str(),
+        )
+        .await?;
         created.database = true;
-        conn.execute(format!("COMMENT ON DATABASE {db_q} IS '{comment}'").as_str()).await?;
-        conn.execute(format!("REVOKE ALL ON DATABASE {db_q} FROM PUBLIC").as_str()).await?;
+        conn.execute(format!("COMMENT ON DATABASE {db_q} IS '{comment}'").as_str())
+            .await?;
+        conn.execute(format!("REVOKE ALL ON DATABASE {db_q} FROM PUBLIC").as_str())
+            .await?;
         Ok(())
     }
 
-    async fn activate(&self, conn: &mut PgConnection, plan: &Plan<'_>, hash: &str, ctx: &AuditContext) -> Result<Tenant, TenantError> {
+    async fn activate(
+        &self,
+        conn: &mut PgConnection,
+        plan: &Plan<'_>,
+        hash: &str,
+        ctx: &AuditContext,
+    ) -> Result<Tenant, TenantError> {
         let Plan { id, db, role, max } = *plan;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let updated = sqlx::query(
@@ -202,7 +239,9 @@ impl TenantService {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() != 1 {
-            return Err(TenantError::internal("the provisioning row disappeared while creating"));
+            return Err(TenantError::internal(
+                "the provisioning row disappeared while creating",
+            ));
         }
         let row: TenantRow = sqlx::query_as(&format!("{SELECT_TENANT} WHERE id = $1"))
             .bind(id.as_uuid())
@@ -227,10 +266,18 @@ impl TenantService {
         let Plan { id, db, role, .. } = *plan;
         let result: Result<(), TenantError> = async {
             if created.database {
-                conn.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db.as_str())?).as_str()).await?;
+                conn.execute(
+                    format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        ident(db.as_str())?
+                    )
+                    .as_str(),
+                )
+                .await?;
             }
             if created.role {
-                conn.execute(format!("DROP ROLE IF EXISTS {}", ident(role.as_str())?).as_str()).await?;
+                conn.execute(format!("DROP ROLE IF EXISTS {}", ident(role.as_str())?).as_str())
+                    .await?;
             }
             sqlx::query("DELETE FROM databases WHERE id = $1 AND status = 'provisioning'")
                 .bind(id.as_uuid())
@@ -258,29 +305,41 @@ impl TenantService {
             return self.get(id).await;
         }
         let name = DbName::try_from(id_or_name)?;
-        let row: Option<TenantRow> = sqlx::query_as(&format!("{SELECT_TENANT} WHERE database_name = $1"))
-            .bind(name.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<TenantRow> =
+            sqlx::query_as(&format!("{SELECT_TENANT} WHERE database_name = $1"))
+                .bind(name.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
         row.ok_or_else(|| {
-            TenantError::Validation(ValidationError::new("database", format!("no database named {}", name.as_str())))
+            TenantError::Validation(ValidationError::new(
+                "database",
+                format!("no database named {}", name.as_str()),
+            ))
         })?
         .try_into()
     }
 
     pub async fn list(&self, q: &ListQuery) -> Result<TenantPage, TenantError> {
-        let limit = if q.limit == 0 { super::types::DEFAULT_PAGE } else { q.limit };
+        let limit = if q.limit == 0 {
+            super::types::DEFAULT_PAGE
+        } else {
+            q.limit
+        };
         if limit > MAX_PAGE {
-            return Err(ValidationError::new("limit", format!("must be between 1 and {MAX_PAGE}")).into());
+            return Err(
+                ValidationError::new("limit", format!("must be between 1 and {MAX_PAGE}")).into(),
+            );
         }
         let cursor = q.cursor.as_deref().map(parse_cursor).transpose()?;
         let status = q.status.map(|s| s.as_str().to_string());
-        let filter = "($1::text IS NULL OR status::text = $1) AND ($2::text IS NULL OR owner_email = $2)";
-        let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM databases WHERE {filter}"))
-            .bind(&status)
-            .bind(&q.owner_email)
-            .fetch_one(&self.pool)
-            .await?;
+        let filter =
+            "($1::text IS NULL OR status::text = $1) AND ($2::text IS NULL OR owner_email = $2)";
+        let total: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM databases WHERE {filter}"))
+                .bind(&status)
+                .bind(&q.owner_email)
+                .fetch_one(&self.pool)
+                .await?;
         let (ts, cid) = cursor.unzip();
         let rows: Vec<TenantRow> = sqlx::query_as(&format!(
             "{SELECT_TENANT} WHERE {filter}
@@ -292,37 +351,81 @@ impl TenantService {
         .bind(ts)
         .bind(cid)
         .bind(i64::from(limit) + 1)
-        .bind(if cursor.is_some() { 0 } else { i64::try_from(q.offset).unwrap_or(i64::MAX) })
+        .bind(if cursor.is_some() {
+            0
+        } else {
+            i64::try_from(q.offset).unwrap_or(i64::MAX)
+        })
         .fetch_all(&self.pool)
         .await?;
         let more = rows.len() > limit as usize;
-        let mut items = rows.into_iter().take(limit as usize).map(Tenant::try_from).collect::<Result<Vec<_>, _>>()?;
+        let mut items = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(Tenant::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
         items.shrink_to_fit();
-        let next_cursor = if more { items.last().map(make_cursor) } else { None };
-        Ok(TenantPage { items, total, next_cursor })
+        let next_cursor = if more {
+            items.last().map(make_cursor)
+        } else {
+            None
+        };
+        Ok(TenantPage {
+            items,
+            total,
+            next_cursor,
+        })
     }
 
     /// Lock a tenant's row for the rest of `tx`, refusing tenants mid-provisioning or deleting.
-    pub(super) async fn lock_active(&self, tx: &mut PgConnection, id: TenantId) -> Result<Tenant, TenantError> {
-        let row: Option<TenantRow> = sqlx::query_as(&format!("{SELECT_TENANT} WHERE id = $1 FOR UPDATE"))
-            .bind(id.as_uuid())
-            .fetch_optional(&mut *tx)
-            .await?;
+    pub(super) async fn lock_active(
+        &self,
+        tx: &mut PgConnection,
+        id: TenantId,
+    ) -> Result<Tenant, TenantError> {
+        let row: Option<TenantRow> =
+            sqlx::query_as(&format!("{SELECT_TENANT} WHERE id = $1 FOR UPDATE"))
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
         let tenant: Tenant = row.ok_or(TenantError::NotFound(id))?.try_into()?;
         match tenant.status {
             TenantStatus::Active | TenantStatus::Suspended => Ok(tenant),
-            s => Err(TenantError::State(format!("database {id} is {s}; try again when it is active"))),
+            s => Err(TenantError::State(format!(
+                "database {id} is {s}; try again when it is active"
+            ))),
         }
     }
 
-    pub async fn update(&self, id: TenantId, patch: TenantPatch, ctx: &AuditContext) -> Result<Tenant, TenantError> {
-        let max = patch.max_connections.map(|n| self.check_max_connections(n)).transpose()?;
+    pub async fn update(
+        &self,
+        id: TenantId,
+        patch: TenantPatch,
+        ctx: &AuditContext,
+    ) -> Result<Tenant, TenantError> {
+        let max = patch
+            .max_connections
+            .map(|n| self.check_max_connections(n))
+            .transpose()?;
         let mut tx = self.pool.begin().await?;
         let before = self.lock_active(&mut tx, id).await?;
         if let Some(n) = max {
-            tx.execute(format!("ALTER ROLE {} CONNECTION LIMIT {n}", ident(before.username.as_str())?).as_str()).await?;
-            tx.execute(format!("ALTER DATABASE {} CONNECTION LIMIT {n}", ident(before.database_name.as_str())?).as_str())
-                .await?;
+            tx.execute(
+                format!(
+                    "ALTER ROLE {} CONNECTION LIMIT {n}",
+                    ident(before.username.as_str())?
+                )
+                .as_str(),
+            )
+            .await?;
+            tx.execute(
+                format!(
+                    "ALTER DATABASE {} CONNECTION LIMIT {n}",
+                    ident(before.database_name.as_str())?
+                )
+                .as_str(),
+            )
+            .await?;
         }
         sqlx::query(
             "UPDATE databases SET friendly_name = COALESCE($2, friendly_name), owner_email = COALESCE($3, owner_email),
@@ -345,7 +448,16 @@ impl TenantService {
         if let Some(n) = max {
             changed.insert("max_connections".into(), json!(n));
         }
-        audit::record(&mut tx, ctx, "database.update", "database", Some(&id.to_string()), true, changed.into()).await?;
+        audit::record(
+            &mut tx,
+            ctx,
+            "database.update",
+            "database",
+            Some(&id.to_string()),
+            true,
+            changed.into(),
+        )
+        .await?;
         let row: TenantRow = sqlx::query_as(&format!("{SELECT_TENANT} WHERE id = $1"))
             .bind(id.as_uuid())
             .fetch_one(&mut *tx)
@@ -355,7 +467,11 @@ impl TenantService {
     }
 
     /// A new password, shown once. Sessions already open stay open.
-    pub async fn rotate_password(&self, id: TenantId, ctx: &AuditContext) -> Result<(Tenant, TenantPassword), TenantError> {
+    pub async fn rotate_password(
+        &self,
+        id: TenantId,
+        ctx: &AuditContext,
+    ) -> Result<(Tenant, TenantPassword), TenantError> {
         let password = TenantPassword::generate();
         let pw = password.expose().to_string();
         let (verifier, hash) = tokio::task::spawn_blocking(move || {
@@ -370,7 +486,12 @@ impl TenantService {
         let mut tx = self.pool.begin().await?;
         let tenant = self.lock_active(&mut tx, id).await?;
         tx.execute(
-            format!("ALTER ROLE {} PASSWORD '{}'", ident(tenant.username.as_str())?, verifier.replace('\'', "''")).as_str(),
+            format!(
+                "ALTER ROLE {} PASSWORD '{}'",
+                ident(tenant.username.as_str())?,
+                verifier.replace('\'', "''")
+            )
+            .as_str(),
         )
         .await?;
         sqlx::query("UPDATE databases SET password_hash = $2 WHERE id = $1")
@@ -378,7 +499,16 @@ impl TenantService {
             .bind(&hash)
             .execute(&mut *tx)
             .await?;
-        audit::record(&mut tx, ctx, "database.rotate_password", "database", Some(&id.to_string()), true, json!({})).await?;
+        audit::record(
+            &mut tx,
+            ctx,
+            "database.rotate_password",
+            "database",
+            Some(&id.to_string()),
+            true,
+            json!({}),
+        )
+        .await?;
         tx.commit().await?;
         self.refresh_pooler().await;
         // Read again: the row's updated_at moved with the new hash.
@@ -396,16 +526,24 @@ impl TenantService {
         result
     }
 
-    async fn delete_locked(&self, conn: &mut PgConnection, id: TenantId, ctx: &AuditContext) -> Result<(), TenantError> {
+    async fn delete_locked(
+        &self,
+        conn: &mut PgConnection,
+        id: TenantId,
+        ctx: &AuditContext,
+    ) -> Result<(), TenantError> {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let row: Option<TenantRow> = sqlx::query_as(&format!("{SELECT_TENANT} WHERE id = $1 FOR UPDATE"))
-            .bind(id.as_uuid())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row: Option<TenantRow> =
+            sqlx::query_as(&format!("{SELECT_TENANT} WHERE id = $1 FOR UPDATE"))
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
         let tenant: Tenant = row.ok_or(TenantError::NotFound(id))?.try_into()?;
         // A delete that failed halfway left the row `deleting`: asking again finishes it.
         if tenant.status == TenantStatus::Provisioning {
-            return Err(TenantError::State(format!("database {id} is still being created; try again in a moment")));
+            return Err(TenantError::State(format!(
+                "database {id} is still being created; try again in a moment"
+            )));
         }
         sqlx::query("UPDATE databases SET status = 'deleting' WHERE id = $1")
             .bind(id.as_uuid())
@@ -430,24 +568,37 @@ impl TenantService {
     }
 
     /// Everything after the row says `deleting`; the reconciler calls this too.
-    pub(super) async fn finish_delete(&self, conn: &mut PgConnection, tenant: &Tenant, ctx: &AuditContext) -> Result<(), TenantError> {
+    pub(super) async fn finish_delete(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &Tenant,
+        ctx: &AuditContext,
+    ) -> Result<(), TenantError> {
         let db_q = ident(tenant.database_name.as_str())?;
-        let db_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(tenant.database_name.as_str())
-            .fetch_one(&mut *conn)
-            .await?;
+        let db_exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(tenant.database_name.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
         if db_exists {
             // No new sessions, then end the ones still open with the drop itself.
-            conn.execute(format!("ALTER DATABASE {db_q} ALLOW_CONNECTIONS false").as_str()).await?;
-            conn.execute(format!("DROP DATABASE IF EXISTS {db_q} WITH (FORCE)").as_str()).await?;
+            conn.execute(format!("ALTER DATABASE {db_q} ALLOW_CONNECTIONS false").as_str())
+                .await?;
+            conn.execute(format!("DROP DATABASE IF EXISTS {db_q} WITH (FORCE)").as_str())
+                .await?;
         }
-        self.drop_role_if_ours(conn, tenant.id, &tenant.username).await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let had_rules: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1)")
-            .bind(tenant.id.as_uuid())
-            .fetch_one(&mut *tx)
+        self.drop_role_if_ours(conn, tenant.id, &tenant.username)
             .await?;
-        sqlx::query("DELETE FROM databases WHERE id = $1").bind(tenant.id.as_uuid()).execute(&mut *tx).await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let had_rules: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1)")
+                .bind(tenant.id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query("DELETE FROM databases WHERE id = $1")
+            .bind(tenant.id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
         // Its allow-list rows went with it (cascade); take its lines out of pg_hba.conf in the
         // same transaction.
         let applied = match (&self.hba, had_rules) {
@@ -499,7 +650,8 @@ impl TenantService {
         match comment {
             None => Ok(false),
             Some(Some(c)) if c == ownership_comment(id) => {
-                conn.execute(format!("DROP ROLE IF EXISTS {}", ident(role.as_str())?).as_str()).await?;
+                conn.execute(format!("DROP ROLE IF EXISTS {}", ident(role.as_str())?).as_str())
+                    .await?;
                 Ok(true)
             }
             Some(_) => Err(TenantError::Conflict(format!(
@@ -527,16 +679,31 @@ impl TenantService {
     pub(super) async fn work_lock(&self, id: TenantId) -> Result<WorkLock, TenantError> {
         let mut conn = self.pool.acquire().await?;
         let key = lock_key(id);
-        sqlx::query("SELECT pg_advisory_lock($1)").bind(key).execute(&mut *conn).await?;
-        Ok(WorkLock { conn: Some(conn), key })
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+        Ok(WorkLock {
+            conn: Some(conn),
+            key,
+        })
     }
 
     /// `None` when another session is working on the tenant right now.
-    pub(super) async fn try_work_lock(&self, id: TenantId) -> Result<Option<WorkLock>, TenantError> {
+    pub(super) async fn try_work_lock(
+        &self,
+        id: TenantId,
+    ) -> Result<Option<WorkLock>, TenantError> {
         let mut conn = self.pool.acquire().await?;
         let key = lock_key(id);
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
-        Ok(got.then_some(WorkLock { conn: Some(conn), key }))
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(got.then_some(WorkLock {
+            conn: Some(conn),
+            key,
+        }))
     }
 }
 
@@ -548,7 +715,10 @@ impl WorkLock {
 
     pub(super) async fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
-            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(self.key).execute(&mut *conn).await;
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *conn)
+                .await;
             if unlocked.is_err() {
                 drop(conn.detach());
             }

@@ -39,7 +39,11 @@ pub struct TenantService {
 
 impl TenantService {
     pub fn new(pool: PgPool, settings: Arc<Settings>) -> Self {
-        Self { pool, settings, hba: None }
+        Self {
+            pool,
+            settings,
+            hba: None,
+        }
     }
 
     /// Manage pg_hba.conf through `applier` (allow-lists need it).

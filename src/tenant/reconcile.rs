@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::Executor;
 
-use super::{AuditContext, TenantError, TenantService, audit, lifecycle::ident};
 use super::Tenant;
+use super::{AuditContext, TenantError, TenantService, audit, lifecycle::ident};
 use crate::model::{TENANT_DB_PREFIX, TENANT_ROLE_PREFIX, TenantId, TenantStatus};
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -49,7 +49,9 @@ impl TenantService {
         for id in stuck {
             let id = TenantId::from_uuid(id);
             // A request still working on it holds its lock: not a crash, leave it alone.
-            let Some(mut lock) = self.try_work_lock(id).await? else { continue };
+            let Some(mut lock) = self.try_work_lock(id).await? else {
+                continue;
+            };
             let tenant = match self.get(id).await {
                 Ok(t) => t,
                 Err(TenantError::NotFound(_)) => {
@@ -60,12 +62,14 @@ impl TenantService {
             };
             let name = tenant.database_name.as_str().to_string();
             let outcome = match tenant.status {
-                TenantStatus::Deleting => {
-                    self.finish_delete(lock.conn(), &tenant, &ctx).await.map(|_| report.finished_deletions.push(name.clone()))
-                }
-                TenantStatus::Provisioning => {
-                    self.undo_stuck_provision(lock.conn(), &tenant, &ctx).await.map(|_| report.undone_provisions.push(name.clone()))
-                }
+                TenantStatus::Deleting => self
+                    .finish_delete(lock.conn(), &tenant, &ctx)
+                    .await
+                    .map(|_| report.finished_deletions.push(name.clone())),
+                TenantStatus::Provisioning => self
+                    .undo_stuck_provision(lock.conn(), &tenant, &ctx)
+                    .await
+                    .map(|_| report.undone_provisions.push(name.clone())),
                 _ => Ok(()),
             };
             lock.release().await;
@@ -96,7 +100,12 @@ impl TenantService {
 
     /// A create that never answered: drop what it made (only objects marked as this tenant's), and
     /// the row.
-    async fn undo_stuck_provision(&self, conn: &mut sqlx::PgConnection, tenant: &Tenant, ctx: &AuditContext) -> Result<(), TenantError> {
+    async fn undo_stuck_provision(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+        ctx: &AuditContext,
+    ) -> Result<(), TenantError> {
         let owned_by_role: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba
                             WHERE d.datname = $1 AND r.rolname = $2)",
@@ -114,10 +123,17 @@ impl TenantService {
         .await?
         .unwrap_or(false);
         if owned_by_role && role_is_ours {
-            conn.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(tenant.database_name.as_str())?).as_str())
-                .await?;
+            conn.execute(
+                format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    ident(tenant.database_name.as_str())?
+                )
+                .as_str(),
+            )
+            .await?;
         }
-        self.drop_role_if_ours(conn, tenant.id, &tenant.username).await?;
+        self.drop_role_if_ours(conn, tenant.id, &tenant.username)
+            .await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         sqlx::query("DELETE FROM databases WHERE id = $1 AND status = 'provisioning'")
             .bind(tenant.id.as_uuid())

@@ -87,7 +87,12 @@ pub struct StatsCollector {
 
 impl StatsCollector {
     pub fn new(service: TenantService, interval: Duration, size_interval: Duration) -> Self {
-        Self { service, interval, size_interval, snapshot: Arc::default() }
+        Self {
+            service,
+            interval,
+            size_interval,
+            snapshot: Arc::default(),
+        }
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -95,7 +100,11 @@ impl StatsCollector {
     }
 
     /// One collection pass. `refresh_sizes` recomputes sizes; otherwise the cached ones are used.
-    pub async fn collect_once(&self, sizes: &mut HashMap<String, i64>, refresh_sizes: bool) -> Result<usize, TenantError> {
+    pub async fn collect_once(
+        &self,
+        sizes: &mut HashMap<String, i64>,
+        refresh_sizes: bool,
+    ) -> Result<usize, TenantError> {
         let pool = &self.service.pool;
         let rows: Vec<(uuid::Uuid, String, i64, i64, Option<i64>)> = sqlx::query_as(
             "SELECT t.id, t.database_name,
@@ -179,7 +188,10 @@ mod tests {
         assert_eq!(size_pretty(7_540_000), "7.2 MB");
         assert_eq!(size_pretty(1024 * 1024 - 1), "1 MB");
         assert_eq!(size_pretty(3 * 1024_i64.pow(3)), "3 GB");
-        assert_eq!(size_pretty(5 * 1024_i64.pow(4) + 1024_i64.pow(4) / 2), "5.5 TB");
+        assert_eq!(
+            size_pretty(5 * 1024_i64.pow(4) + 1024_i64.pow(4) / 2),
+            "5.5 TB"
+        );
         assert_eq!(size_pretty(2 * 1024_i64.pow(5)), "2 PB");
     }
 }

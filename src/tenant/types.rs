@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::model::{DbName, FriendlyName, OwnerEmail, RoleName, TenantId, TenantPassword, TenantStatus, ValidationError};
+use crate::model::{
+    DbName, FriendlyName, OwnerEmail, RoleName, TenantId, TenantPassword, TenantStatus,
+    ValidationError,
+};
 
 /// A tenant database as the control DB records it (never its password).
 #[derive(Clone, Debug, Serialize)]

@@ -42,7 +42,11 @@ static PLATFORM: OnceLock<TestPlatform> = OnceLock::new();
 pub fn platform() -> &'static TestPlatform {
     // Started on a thread of its own: tests may call this from inside their own runtime, where
     // blocking on another one is not allowed.
-    PLATFORM.get_or_init(|| std::thread::spawn(start).join().expect("the test platform failed to start"))
+    PLATFORM.get_or_init(|| {
+        std::thread::spawn(start)
+            .join()
+            .expect("the test platform failed to start")
+    })
 }
 
 pub fn free_port() -> u16 {
@@ -69,8 +73,12 @@ impl TestPlatform {
     /// own: connections belong to the runtime of the test that opens them.
     pub fn tenants(&self) -> pgaas::tenant::TenantService {
         let password = self.settings.control_db_password().unwrap();
-        let pool = pgaas::control_db::pool(pgaas::control_db::connect_options(&self.settings, password.as_ref()), 4);
-        pgaas::tenant::TenantService::new(pool, Arc::new(self.settings.clone())).with_hba(self.hba.clone())
+        let pool = pgaas::control_db::pool(
+            pgaas::control_db::connect_options(&self.settings, password.as_ref()),
+            4,
+        );
+        pgaas::tenant::TenantService::new(pool, Arc::new(self.settings.clone()))
+            .with_hba(self.hba.clone())
     }
 }
 
@@ -123,8 +131,8 @@ fn start() -> TestPlatform {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(listen))
         .unwrap();
-    let mut state =
-        AppState::new(platform.pool.clone(), Arc::new(settings.clone())).with_pooler_available(platform.pooler_available());
+    let mut state = AppState::new(platform.pool.clone(), Arc::new(settings.clone()))
+        .with_pooler_available(platform.pooler_available());
     state.tenants = platform.tenants();
     // Usage stats every second, so tests see the collector's rows and /metrics without waiting.
     let collector = pgaas::tenant::StatsCollector::new(
@@ -137,7 +145,10 @@ fn start() -> TestPlatform {
         drop(collector.clone().spawn());
     }
     let state = state.with_stats(collector);
-    assert!(platform.pooler_available(), "PgBouncer must run for the tests (apt-get install pgbouncer)");
+    assert!(
+        platform.pooler_available(),
+        "PgBouncer must run for the tests (apt-get install pgbouncer)"
+    );
     runtime.spawn(api::serve(listener, state, std::future::pending()));
     let tp = TestPlatform {
         state_dir,

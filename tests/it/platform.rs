@@ -37,7 +37,10 @@ async fn health_is_503_when_the_control_db_is_down() {
     let mut settings = p.settings.clone();
     settings.control_db.port = Some(crate::harness::free_port());
     let opts = pgaas::control_db::connect_options(&settings, None);
-    let state = pgaas::api::AppState::new(pgaas::control_db::pool(opts, 1), std::sync::Arc::new(settings));
+    let state = pgaas::api::AppState::new(
+        pgaas::control_db::pool(opts, 1),
+        std::sync::Arc::new(settings),
+    );
     let res = pgaas::api::app(state)
         .oneshot(
             axum::http::Request::get("/health")

@@ -15,7 +15,10 @@ use crate::harness::{free_port, platform, temp_state_dir, test_settings};
 fn service() -> TenantService {
     let p = platform();
     let password = p.settings.control_db_password().unwrap();
-    let pool = pgaas::control_db::pool(pgaas::control_db::connect_options(&p.settings, password.as_ref()), 4);
+    let pool = pgaas::control_db::pool(
+        pgaas::control_db::connect_options(&p.settings, password.as_ref()),
+        4,
+    );
     TenantService::new(pool, Arc::new(p.settings.clone()))
 }
 
@@ -28,9 +31,15 @@ fn new_tenant(email: &str, max: Option<u32>) -> NewTenant {
 }
 
 async fn superuser(socket: &std::path::Path, port: u16, user: &str, db: &str) -> PgConnection {
-    PgConnection::connect_with(&PgConnectOptions::new().socket(socket).port(port).username(user).database(db))
-        .await
-        .unwrap()
+    PgConnection::connect_with(
+        &PgConnectOptions::new()
+            .socket(socket)
+            .port(port)
+            .username(user)
+            .database(db),
+    )
+    .await
+    .unwrap()
 }
 
 async fn admin() -> PgConnection {
@@ -42,7 +51,10 @@ async fn admin() -> PgConnection {
 async fn create_sets_up_role_and_database_as_designed_and_delete_removes_them() {
     let svc = service();
     let ctx = AuditContext::cli();
-    let made = svc.create(new_tenant("catalog@example.com", Some(7)), &ctx).await.unwrap();
+    let made = svc
+        .create(new_tenant("catalog@example.com", Some(7)), &ctx)
+        .await
+        .unwrap();
     let t = &made.tenant;
     assert_eq!(t.status, TenantStatus::Active);
     assert!(made.password.expose().len() >= 24);
@@ -59,7 +71,10 @@ async fn create_sets_up_role_and_database_as_designed_and_delete_removes_them() 
     .unwrap();
     assert_eq!(connlimit, 7);
     assert!(verifier.starts_with("SCRAM-SHA-256$4096:"));
-    assert!(pgaas::pg::scram::verify_password(&verifier, made.password.expose()));
+    assert!(pgaas::pg::scram::verify_password(
+        &verifier,
+        made.password.expose()
+    ));
     assert_eq!(comment.unwrap(), format!("pgaas tenant {}", t.id));
 
     let (owner, datconnlimit, public_connect): (String, i32, bool) = sqlx::query_as(
@@ -99,23 +114,39 @@ async fn create_sets_up_role_and_database_as_designed_and_delete_removes_them() 
     .unwrap();
     assert_eq!(left, 0);
     assert!(matches!(svc.get(t.id).await, Err(TenantError::NotFound(_))));
-    let audit: Vec<String> = sqlx::query_scalar("SELECT action FROM audit_logs WHERE resource_id = $1 ORDER BY id")
-        .bind(t.id.to_string())
-        .fetch_all(svc.pool())
-        .await
-        .unwrap();
-    assert_eq!(audit, ["database.create", "database.delete"], "the audit rows outlive the database");
+    let audit: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_logs WHERE resource_id = $1 ORDER BY id")
+            .bind(t.id.to_string())
+            .fetch_all(svc.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        audit,
+        ["database.create", "database.delete"],
+        "the audit rows outlive the database"
+    );
 }
 
 #[tokio::test]
 async fn update_changes_limits_in_the_catalog_and_refuses_bad_values_without_change() {
     let svc = service();
     let ctx = AuditContext::cli();
-    let t = svc.create(new_tenant("update@example.com", Some(3)), &ctx).await.unwrap().tenant;
+    let t = svc
+        .create(new_tenant("update@example.com", Some(3)), &ctx)
+        .await
+        .unwrap()
+        .tenant;
     let cap = platform().settings.tenants.max_connections_cap;
     for bad in [0, cap + 1] {
         let err = svc
-            .update(t.id, TenantPatch { max_connections: Some(bad), ..Default::default() }, &ctx)
+            .update(
+                t.id,
+                TenantPatch {
+                    max_connections: Some(bad),
+                    ..Default::default()
+                },
+                &ctx,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, TenantError::Validation(_)), "{err}");
@@ -147,17 +178,36 @@ async fn update_changes_limits_in_the_catalog_and_refuses_bad_values_without_cha
 async fn a_half_done_delete_is_finished_by_a_retry_or_the_reconciler() {
     let svc = service();
     let ctx = AuditContext::cli();
-    let a = svc.create(new_tenant("state-a@example.com", None), &ctx).await.unwrap().tenant;
-    let b = svc.create(new_tenant("state-b@example.com", None), &ctx).await.unwrap().tenant;
+    let a = svc
+        .create(new_tenant("state-a@example.com", None), &ctx)
+        .await
+        .unwrap()
+        .tenant;
+    let b = svc
+        .create(new_tenant("state-b@example.com", None), &ctx)
+        .await
+        .unwrap()
+        .tenant;
     // As if a delete had committed `deleting` and then failed.
     sqlx::query("UPDATE databases SET status = 'deleting' WHERE id = ANY($1)")
         .bind(vec![*a.id.as_uuid(), *b.id.as_uuid()])
         .execute(svc.pool())
         .await
         .unwrap();
-    assert!(matches!(svc.rotate_password(a.id, &ctx).await, Err(TenantError::State(_))));
     assert!(matches!(
-        svc.update(a.id, TenantPatch { max_connections: Some(2), ..Default::default() }, &ctx).await,
+        svc.rotate_password(a.id, &ctx).await,
+        Err(TenantError::State(_))
+    ));
+    assert!(matches!(
+        svc.update(
+            a.id,
+            TenantPatch {
+                max_connections: Some(2),
+                ..Default::default()
+            },
+            &ctx
+        )
+        .await,
         Err(TenantError::State(_))
     ));
     // Asking again finishes it.
@@ -165,11 +215,19 @@ async fn a_half_done_delete_is_finished_by_a_retry_or_the_reconciler() {
     assert!(matches!(svc.get(a.id).await, Err(TenantError::NotFound(_))));
     // The reconciler finishes the other.
     let report = svc.reconcile(Duration::ZERO).await.unwrap();
-    assert!(report.finished_deletions.contains(&b.database_name.as_str().to_string()), "{report:?}");
+    assert!(
+        report
+            .finished_deletions
+            .contains(&b.database_name.as_str().to_string()),
+        "{report:?}"
+    );
     assert!(matches!(svc.get(b.id).await, Err(TenantError::NotFound(_))));
     let mut su = admin().await;
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = ANY($1)")
-        .bind(vec![a.database_name.as_str().to_string(), b.database_name.as_str().to_string()])
+        .bind(vec![
+            a.database_name.as_str().to_string(),
+            b.database_name.as_str().to_string(),
+        ])
         .fetch_one(&mut su)
         .await
         .unwrap();
@@ -183,7 +241,13 @@ async fn listing_pages_by_cursor_and_offset_and_counts_the_total() {
     let email = "paging@example.com";
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(svc.create(new_tenant(email, Some(1)), &ctx).await.unwrap().tenant.id);
+        ids.push(
+            svc.create(new_tenant(email, Some(1)), &ctx)
+                .await
+                .unwrap()
+                .tenant
+                .id,
+        );
     }
     ids.reverse(); // newest first
     let q = |cursor: Option<String>, offset: u64| ListQuery {
@@ -206,8 +270,14 @@ async fn listing_pages_by_cursor_and_offset_and_counts_the_total() {
     }
     assert_eq!(seen, ids);
     let by_offset = svc.list(&q(None, 4)).await.unwrap();
-    assert_eq!(by_offset.items.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[4]]);
-    assert!(matches!(svc.list(&q(Some("garbage".into()), 0)).await, Err(TenantError::Validation(_))));
+    assert_eq!(
+        by_offset.items.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![ids[4]]
+    );
+    assert!(matches!(
+        svc.list(&q(Some("garbage".into()), 0)).await,
+        Err(TenantError::Validation(_))
+    ));
     for id in ids {
         svc.delete(id, &ctx).await.unwrap();
     }
@@ -232,27 +302,52 @@ async fn a_failed_create_undoes_only_what_it_made() {
     let ctx = AuditContext::cli();
     let mut su = platform.cluster.admin_connect("postgres").await.unwrap();
     // An unrelated role that merely looks like a tenant's must survive any cleanup.
-    sqlx::query("CREATE ROLE user_00000000deadbeef").execute(&mut su).await.unwrap();
-    // Make CREATE DATABASE fail after the role was made.
-    sqlx::query("ALTER ROLE pgaas_api NOCREATEDB").execute(&mut su).await.unwrap();
-    let err = svc.create(new_tenant("undo@example.com", None), &ctx).await.unwrap_err();
-    assert!(matches!(err, TenantError::Db(_)), "{err}");
-    sqlx::query("ALTER ROLE pgaas_api CREATEDB").execute(&mut su).await.unwrap();
-
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM databases").fetch_one(&platform.pool).await.unwrap();
-    assert_eq!(rows, 0, "the row of the failed create is gone");
-    let roles: Vec<String> = sqlx::query_scalar("SELECT rolname FROM pg_roles WHERE rolname LIKE 'user\\_%' ORDER BY 1")
-        .fetch_all(&mut su)
+    sqlx::query("CREATE ROLE user_00000000deadbeef")
+        .execute(&mut su)
         .await
         .unwrap();
-    assert_eq!(roles, ["user_00000000deadbeef"], "only the failed request's own role was dropped");
-    let failure: String = sqlx::query_scalar("SELECT outcome FROM audit_logs WHERE action = 'database.create'")
+    // Make CREATE DATABASE fail after the role was made.
+    sqlx::query("ALTER ROLE pgaas_api NOCREATEDB")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let err = svc
+        .create(new_tenant("undo@example.com", None), &ctx)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TenantError::Db(_)), "{err}");
+    sqlx::query("ALTER ROLE pgaas_api CREATEDB")
+        .execute(&mut su)
+        .await
+        .unwrap();
+
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM databases")
         .fetch_one(&platform.pool)
         .await
         .unwrap();
+    assert_eq!(rows, 0, "the row of the failed create is gone");
+    let roles: Vec<String> =
+        sqlx::query_scalar("SELECT rolname FROM pg_roles WHERE rolname LIKE 'user\\_%' ORDER BY 1")
+            .fetch_all(&mut su)
+            .await
+            .unwrap();
+    assert_eq!(
+        roles,
+        ["user_00000000deadbeef"],
+        "only the failed request's own role was dropped"
+    );
+    let failure: String =
+        sqlx::query_scalar("SELECT outcome FROM audit_logs WHERE action = 'database.create'")
+            .fetch_one(&platform.pool)
+            .await
+            .unwrap();
     assert_eq!(failure, "failure");
     let report = svc.reconcile(Duration::ZERO).await.unwrap();
-    assert_eq!(report.orphan_roles, ["user_00000000deadbeef"], "reported, not dropped");
+    assert_eq!(
+        report.orphan_roles,
+        ["user_00000000deadbeef"],
+        "reported, not dropped"
+    );
     platform.pool.close().await;
     platform.down().unwrap();
 }
@@ -272,14 +367,33 @@ async fn the_reconciler_leaves_rows_that_a_live_request_is_working_on() {
     .unwrap();
     // A request holds the tenant's work lock (first 8 bytes of its id, as the service takes it).
     let key = i64::from_be_bytes(id.as_bytes()[..8].try_into().unwrap());
-    let mut holder = platform.cluster.admin_connect(&platform.settings.control_db.name).await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)").bind(key).execute(&mut holder).await.unwrap();
+    let mut holder = platform
+        .cluster
+        .admin_connect(&platform.settings.control_db.name)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(key)
+        .execute(&mut holder)
+        .await
+        .unwrap();
     let report = svc.reconcile(Duration::ZERO).await.unwrap();
     assert!(report.undone_provisions.is_empty(), "{report:?}");
-    assert!(svc.get(pgaas::model::TenantId::from_uuid(id)).await.is_ok(), "an in-flight create was undone");
-    sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut holder).await.unwrap();
+    assert!(
+        svc.get(pgaas::model::TenantId::from_uuid(id)).await.is_ok(),
+        "an in-flight create was undone"
+    );
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut holder)
+        .await
+        .unwrap();
     let report = svc.reconcile(Duration::ZERO).await.unwrap();
-    assert_eq!(report.undone_provisions, ["tenant_00000000000000ab"], "{report:?}");
+    assert_eq!(
+        report.undone_provisions,
+        ["tenant_00000000000000ab"],
+        "{report:?}"
+    );
     drop(holder);
     platform.pool.close().await;
     platform.down().unwrap();
@@ -290,10 +404,19 @@ async fn the_collector_records_usage_and_metrics_report_it() {
     let p = platform();
     let svc = service();
     let ctx = AuditContext::cli();
-    let made = svc.create(new_tenant("collector@example.com", Some(5)), &ctx).await.unwrap();
+    let made = svc
+        .create(new_tenant("collector@example.com", Some(5)), &ctx)
+        .await
+        .unwrap();
     let t = &made.tenant;
     // A live session, so the connection count is not zero.
-    let mut session = superuser(&p.socket_dir, p.pg_port, &p.superuser, t.database_name.as_str()).await;
+    let mut session = superuser(
+        &p.socket_dir,
+        p.pg_port,
+        &p.superuser,
+        t.database_name.as_str(),
+    )
+    .await;
     sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
 
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -309,7 +432,10 @@ async fn the_collector_records_usage_and_metrics_report_it() {
         if let Some(r) = row {
             break r;
         }
-        assert!(std::time::Instant::now() < deadline, "no database_stats row for the tenant");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no database_stats row for the tenant"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(size > 1_000_000, "size {size}");
@@ -324,7 +450,10 @@ async fn the_collector_records_usage_and_metrics_report_it() {
         .text()
         .await
         .unwrap();
-    let line = format!("pgaas_tenant_size_bytes{{database=\"{}\"}}", t.database_name.as_str());
+    let line = format!(
+        "pgaas_tenant_size_bytes{{database=\"{}\"}}",
+        t.database_name.as_str()
+    );
     assert!(metrics.contains(&line), "{line} missing from /metrics");
     drop(session);
     svc.delete(t.id, &ctx).await.unwrap();

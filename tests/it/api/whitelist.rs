@@ -30,7 +30,13 @@ async fn entries_are_added_listed_enforced_and_removed_in_the_original_shapes() 
     let id = db["id"].as_str().unwrap();
     let path = format!("/api/databases/{id}/whitelist");
 
-    let (status, body) = a.call(Method::POST, &path, Some(json!({ "ipAddress": "127.0.0.2", "description": "Office Network" }))).await;
+    let (status, body) = a
+        .call(
+            Method::POST,
+            &path,
+            Some(json!({ "ipAddress": "127.0.0.2", "description": "Office Network" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["success"], true);
     let entry = &body["data"];
@@ -53,9 +59,18 @@ async fn entries_are_added_listed_enforced_and_removed_in_the_original_shapes() 
     connect_from(v4(2), p.pg_port, &creds, true).await.unwrap();
     assert!(connect_from(v4(3), p.pg_port, &creds, true).await.is_err());
 
-    let (status, body) = a.call(Method::DELETE, &format!("{path}/{}", entry["id"].as_str().unwrap()), None).await;
+    let (status, body) = a
+        .call(
+            Method::DELETE,
+            &format!("{path}/{}", entry["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("any address"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("any address"),
+        "{body}"
+    );
     connect_from(v4(3), p.pg_port, &creds, true).await.unwrap();
     a.delete(id).await;
 }
@@ -63,10 +78,18 @@ async fn entries_are_added_listed_enforced_and_removed_in_the_original_shapes() 
 #[tokio::test]
 async fn invalid_duplicate_and_unknown_are_refused_and_change_nothing() {
     let a = api();
-    let db = a.create(&unique_email("wl-bad"), "whitelist refusals").await;
+    let db = a
+        .create(&unique_email("wl-bad"), "whitelist refusals")
+        .await;
     let id = db["id"].as_str().unwrap();
     let path = format!("/api/databases/{id}/whitelist");
-    let (status, _) = a.call(Method::POST, &path, Some(json!({ "ipAddress": "10.20.0.0/16" }))).await;
+    let (status, _) = a
+        .call(
+            Method::POST,
+            &path,
+            Some(json!({ "ipAddress": "10.20.0.0/16" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     let name = db["database_name"].as_str().unwrap();
     let before = hba_lines(name);
@@ -82,33 +105,69 @@ async fn invalid_duplicate_and_unknown_are_refused_and_change_nothing() {
         ("not-an-ip", "not an IP address"),
         ("1.2.3.4/24\nhost all all 0.0.0.0/0 trust", "prefix"),
     ] {
-        let (status, body) = a.call(Method::POST, &path, Some(json!({ "ipAddress": input }))).await;
+        let (status, body) = a
+            .call(Method::POST, &path, Some(json!({ "ipAddress": input })))
+            .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{input}: {body}");
         assert_eq!(body["code"], "validation_failed");
-        assert!(body["message"].as_str().unwrap().contains(hint), "{input}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(hint),
+            "{input}: {body}"
+        );
     }
-    let (status, body) = a.call(Method::POST, &path, Some(json!({ "ipAddress": "10.20.0.0/16" }))).await;
+    let (status, body) = a
+        .call(
+            Method::POST,
+            &path,
+            Some(json!({ "ipAddress": "10.20.0.0/16" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    let (status, _) = a.call(Method::POST, &path, Some(json!({ "ipAddress": "10.30.0.0/16", "extra": 1 }))).await;
+    let (status, _) = a
+        .call(
+            Method::POST,
+            &path,
+            Some(json!({ "ipAddress": "10.30.0.0/16", "extra": 1 })),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = a.call(Method::POST, &path, Some(json!({ "description": "no address" }))).await;
+    let (status, _) = a
+        .call(
+            Method::POST,
+            &path,
+            Some(json!({ "description": "no address" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 
     let unknown = uuid::Uuid::new_v4();
     for (method, p) in [
         (Method::POST, format!("/api/databases/{unknown}/whitelist")),
         (Method::GET, format!("/api/databases/{unknown}/whitelist")),
-        (Method::DELETE, format!("/api/databases/{unknown}/whitelist/{}", uuid::Uuid::new_v4())),
+        (
+            Method::DELETE,
+            format!(
+                "/api/databases/{unknown}/whitelist/{}",
+                uuid::Uuid::new_v4()
+            ),
+        ),
         (Method::DELETE, format!("{path}/{}", uuid::Uuid::new_v4())),
         (Method::DELETE, format!("{path}/not-a-uuid")),
-        (Method::GET, "/api/databases/not-a-uuid/whitelist".to_string()),
+        (
+            Method::GET,
+            "/api/databases/not-a-uuid/whitelist".to_string(),
+        ),
     ] {
         let body = (method == Method::POST).then(|| json!({ "ipAddress": "10.40.0.0/16" }));
         let (status, resp) = a.call(method.clone(), &p, body).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {p}: {resp}");
     }
 
-    assert_eq!(hba_lines(name), before, "a refused request changed pg_hba.conf");
+    assert_eq!(
+        hba_lines(name),
+        before,
+        "a refused request changed pg_hba.conf"
+    );
     let (_, list) = a.call(Method::GET, &path, None).await;
     assert_eq!(list["count"], 1);
     a.delete(id).await;
