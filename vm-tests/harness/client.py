@@ -5,6 +5,7 @@ guest from 10.0.2.2)."""
 import json
 import shlex
 import subprocess
+import time
 import urllib.parse
 
 
@@ -54,6 +55,19 @@ class Api:
     def __init__(self, machine, key, port=3000):
         self.machine, self.key = machine, key
         self.prefix, self.base = machine.loopback_client(port)
+
+    def wait_ready(self, timeout=90):
+        """An active pgaas-api.service may not listen yet (after a boot, say): poll /health."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.call("GET", "/health")[0] == 200:
+                    return
+            except AssertionError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the API did not answer /health within {timeout}s")
+            time.sleep(1)
 
     def call(self, method, path, body=None, key=None, expect=None):
         cmd = self.prefix + ["curl", "-sS", "-m", "60", "-X", method, "-w", "\n%{http_code}",

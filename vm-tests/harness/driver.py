@@ -146,6 +146,15 @@ def _report_failure(t):
         say(m.journal())
     except Exception as e:
         say(f"(no journal: {e})")
+    rc, units, _ = m.execute("journalctl -b --no-pager -o short-monotonic -u 'pgaas*' | tail -n 80",
+                             timeout=60)
+    if units.strip():
+        say(f"--- journal of the pgaas units of {m.name} (last 80 lines)")
+        say(units)
+    rc, logs, _ = m.execute("tail -n 60 /var/log/postgresql/*.log 2>/dev/null", timeout=60)
+    if logs.strip():
+        say(f"--- PostgreSQL and PgBouncer logs of {m.name} (last 60 lines each)")
+        say(logs)
     say(f"--- console of {m.name} (last 150 lines)")
     say("\n".join(m.console_text().splitlines()[-150:]))
     say("--- end of machine output")
@@ -210,6 +219,14 @@ def sweep_dead_runs():
         return
     for run_dir in RUNS.iterdir():
         if run_dir.name.isdigit() and not Path(f"/proc/{run_dir.name}").exists():
+            # A container whose nspawn died with the runner: its processes' root is in the run.
+            for proc in Path("/proc").iterdir():
+                try:
+                    if proc.name.isdigit() and os.readlink(proc / "root").startswith(str(run_dir)):
+                        os.kill(int(proc.name), 9)
+                        say(f"killed leftover process {proc.name} of a dead run")
+                except OSError:
+                    pass
             with open("/proc/self/mounts") as f:
                 mounts = [line.split()[1] for line in f if str(run_dir) in line.split()[1]]
             for mnt in sorted(mounts, reverse=True):

@@ -5,8 +5,16 @@ when it exits non-zero; ``fail`` is its mirror image; ``wait_until_succeeds`` po
 provide ``execute`` (run one command) and the addresses a host-side client uses.
 """
 
+import ctypes
 import shlex
+import signal
 import time
+
+
+def die_with_parent():
+    """preexec_fn for long-lived children (QEMU, nspawn, ssh, Pebble): should the runner be
+    SIGKILLed, the kernel kills them too (PR_SET_PDEATHSIG), so nothing keeps running."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
 class CommandFailed(AssertionError):

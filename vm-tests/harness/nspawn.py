@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .aptproxy import AptProxy
-from .machine import Machine
+from .machine import Machine, die_with_parent
 
 GUEST_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
              "LANG=C.UTF-8", "TERM=dumb", "DEBIAN_FRONTEND=noninteractive", "USER=root",
@@ -68,7 +68,8 @@ class NspawnMachine(Machine):
             ["systemd-nspawn", "-D", str(self.merged), "-b", "--register=no", "--keep-unit",
              "--console=read-only", f"--machine={self.name}", "--hostname=pgaas-vm",
              f"--network-namespace-path=/run/netns/{self.netns}"],
-            stdin=subprocess.DEVNULL, stdout=self.console, stderr=subprocess.STDOUT)
+            stdin=subprocess.DEVNULL, stdout=self.console, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent)
         self.undo.append(self._stop_container)
         deadline = time.monotonic() + 30
         while self.init_pid is None:

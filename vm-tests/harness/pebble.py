@@ -15,6 +15,8 @@ import urllib.request
 import ssl
 from pathlib import Path
 
+from .machine import die_with_parent
+
 HTTP_PORT = 5002  # where Pebble's validator dials HTTP-01 challenges on the machine
 
 
@@ -55,12 +57,14 @@ class Pebble:
             ["pebble-challtestsrv", "-dns01", f"127.0.0.1:{dns_port}", "-http01", "",
              "-https01", "", "-tlsalpn01", "", "-management", f"127.0.0.1:{_free_tcp_port()}",
              "-defaultIPv4", self.machine_ip, "-defaultIPv6", ""],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent))
         self.procs.append(subprocess.Popen(
             ["pebble", "-config", str(d / "pebble.json"), "-dnsserver", f"127.0.0.1:{dns_port}",
              "-strict=false"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PATH": "/usr/bin:/bin"}))
+            env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PATH": "/usr/bin:/bin"},
+            preexec_fn=die_with_parent))
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .machine import Machine
+from .machine import Machine, die_with_parent
 
 FORWARDED = (22, 5432, 6432, 3000, 80)
 
@@ -60,7 +60,7 @@ class QemuMachine(Machine):
                "-monitor", "none", "-nodefaults", "-no-user-config"]
         self.qemu_log = open(self.dir / "qemu.log", "w")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.qemu_log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         self.wait_for_ssh()
         return self
 
@@ -81,7 +81,7 @@ class QemuMachine(Machine):
                                    + (self.dir / "qemu.log").read_text()[-2000:])
             master = subprocess.Popen(self._ssh_base() + ["-M", "-N", "root@127.0.0.1"],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE)
+                                      stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
             # The master is up once a client can use its socket.
             for _ in range(100):
                 if master.poll() is not None:

@@ -14,8 +14,8 @@ SUITES = ("bookworm", "trixie")
 # the first changed step; the settings directory holds the operator's public_host (below).
 OK_ON_FRESH_INSTALL = {"the Debian cluster", "PgBouncer running", "state directory",
                        "settings directory"}
-# Where kept data lives: uninstall leaves these.
-KEPT = ("/var/lib/postgresql/", "/var/backups/pgaas/")
+# Kept data: uninstall leaves these unless --purge-data (the state directory holds the manifest).
+KEPT = ("/var/lib/postgresql", "/var/backups/pgaas", "/var/lib/pgaas")
 # Churn of any running Debian system, not something install added.
 NOISE = ("/var/log/", "/var/cache/", "/var/lib/apt/", "/var/lib/dpkg/", "/var/lib/systemd/",
          "/var/lib/ucf/", "/var/lib/dbus/", "/var/tmp/", "/tmp/", "/run/", "/root/",
@@ -30,7 +30,8 @@ MAINTAINER_SCRIPT_OUTPUT = (
     "/etc/apt/apt.conf.d/02autoremove-postgresql", "/etc/fonts/", "/etc/locale.gen",
     "/etc/mysql/", "/etc/networks", "/etc/odbcinst.ini", "/etc/inputrc", "/etc/ssl/private",
     "/etc/rc", "/etc/init.d/", "/etc/logrotate.d/", "/etc/default/", "/etc/sysctl.d/",
-    "/usr/share/man/", "/usr/local/share/fonts", "/var/run/postgresql")
+    "/usr/share/man/", "/usr/local/share/fonts", "/var/run/postgresql", "/etc/locale.conf",
+    "/etc/systemd/user/")
 SNAPSHOT = ("find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run \\) -prune "
             "-o -print | sort")
 
@@ -58,7 +59,7 @@ def test(t, m):
         m.succeed("command -v pgaas && pgaas --version && command -v pg-status pg-list-databases pg-backup-control")
         m.succeed("pgaas status")
         api = client.Api(m, key)
-        status, _ = api.call("GET", "/health", expect=200)
+        api.wait_ready(timeout=30)
 
     with t.subtest("timers listed: backups daily at 02:00, certificate renewal twice a day"):
         listed = m.succeed("systemctl list-timers --all --no-pager")
@@ -180,6 +181,8 @@ def test(t, m):
         after = set(m.succeed(SNAPSHOT).splitlines())
         added = sorted(p for p in after - before if not p.startswith(KEPT + NOISE))
         listed = set(m.succeed("cat /var/lib/dpkg/info/*.list | sort -u").splitlines())
+        # update-alternatives links (pinentry, libblas, PostGIS's control files, ...) are dpkg's.
+        listed |= set(m.succeed("find / -xdev -lname '/etc/alternatives/*'").splitlines())
         strays = [p for p in added if not _packaged(p, listed)
                   and (p.startswith(PGAAS_PLACES) or not p.startswith(MAINTAINER_SCRIPT_OUTPUT))]
         if strays:

@@ -20,7 +20,7 @@ def test(t, m):
         for unit in units:
             m.wait_for_unit(unit, timeout=120)
         api = client.Api(m, key)
-        api.call("GET", "/health", expect=200)
+        api.wait_ready()
         ca = fetch_ca(t, m)
         tenant = create_tenant(api, "net")
         direct = client.tenant_url(tenant["connection_string"], m, ca)
@@ -59,6 +59,7 @@ def test(t, m):
         for unit in units + ["pgaas-backup.timer", "pgaas-cert-renew.timer"]:
             m.wait_for_unit(unit, timeout=120)
         api = client.Api(m, key)
+        api.wait_ready()
         api.call("GET", f"/api/databases/{tenant['id']}", expect=200)
         for url in (direct, pooled):
             wait_connects(url, timeout=60)

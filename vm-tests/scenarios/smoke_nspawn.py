@@ -1,5 +1,7 @@
 """nspawn machine boots, runs the binary, installs PostgreSQL from the mirror."""
 
+import subprocess
+
 TIER = "nspawn"
 SUITES = ("bookworm", "trixie")
 
@@ -15,9 +17,10 @@ def test(t, machine):
         assert "changed" in out, out
 
     with t.subtest("the machine reaches nothing but the mirror, through the host's proxy"):
-        # No route anywhere but the host side of the link.
-        out = machine.fail("curl -sS -m 5 --noproxy '*' http://151.101.2.132/debian/")
-        assert "unreachable" in out.lower(), out
+        # No route anywhere but the host side of the link: no packet leaves for the internet.
+        routes = machine.succeed("ip -4 route")
+        assert "default" not in routes and routes.count("\n") == 1, routes
+        machine.fail("curl -sS -m 5 --noproxy '*' http://151.101.2.132/debian/")
         machine.succeed("apt-get -q update", timeout=300)
         machine.fail(f"curl -sS -m 5 -x http://{machine.host_address}:3142 https://crates.io/")
 
@@ -29,6 +32,5 @@ def test(t, machine):
 
     with t.subtest("the guest's PostgreSQL is in the guest's network, not the host's"):
         machine.succeed("ss -ltn | grep -q '127.0.0.1:5432'")
-        import subprocess
         host = subprocess.run(["ss", "-ltnH", "sport", "= :5432"], capture_output=True, text=True)
         assert "5432" not in host.stdout, f"something listens on the host's 5432: {host.stdout}"

@@ -1,12 +1,14 @@
 """QEMU machine boots to ssh with its own kernel, runs the binary, reaches the mirror."""
 
+import os
+import socket
+
 TIER = "qemu"
 SUITES = ("bookworm",)
 
 
 def test(t, machine):
     with t.subtest("the machine runs its own kernel, not the host's"):
-        import os
         guest = machine.succeed("uname -r").strip()
         assert guest != os.uname().release, guest
         t.log(f"guest kernel {guest}")
@@ -20,10 +22,9 @@ def test(t, machine):
         machine.succeed("apt-get install -y -q hello && hello", timeout=600)
 
     with t.subtest("the host's connections arrive from 10.0.2.2 (a real network hop)"):
-        import socket
         machine.succeed("systemctl is-active --quiet ssh")
         host, port = machine.endpoint(22)
         with socket.create_connection((host, port), timeout=10) as s:
             s.recv(64)
-            out = machine.succeed(f"ss -tnH state established '( sport = :22 )'")
+            out = machine.succeed("ss -tnH state established '( sport = :22 )'")
         assert "10.0.2.2:" in out, out
