@@ -20,10 +20,15 @@ pub enum Record {
     File {
         path: PathBuf,
     },
-    /// A file that existed and was overwritten; its original is kept at `backup`.
+    /// A file that existed and was overwritten; its original is kept at `backup`, and its
+    /// mode and owner are restored with it.
     Replaced {
         path: PathBuf,
         backup: PathBuf,
+        #[serde(default)]
+        mode: Option<u32>,
+        #[serde(default)]
+        owner: Option<(u32, u32)>,
     },
     Dir {
         path: PathBuf,
@@ -117,6 +122,8 @@ mod tests {
         m.add(Record::Replaced {
             path: "/etc/pgbouncer/pgbouncer.ini".into(),
             backup: "/var/lib/pgaas/install-backup/etc/pgbouncer/pgbouncer.ini".into(),
+            mode: Some(0o640),
+            owner: Some((0, 0)),
         });
         m.add(Record::File {
             path: "/etc/pgbouncer/pgbouncer.ini".into(),

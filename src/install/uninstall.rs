@@ -67,8 +67,10 @@ pub fn uninstall(cx: &Cx, manifest: &Manifest, purge_data: bool, out: &mut dyn W
     let records: Vec<&Record> = manifest.records.iter().rev().collect();
     let systemd = cx.system.systemd_running();
     for rec in &records {
+        // Only pgaas's own units: the distribution's (postgresql@, pgbouncer) keep running
+        // with its own configuration, which is restored below.
         if let Record::Unit { name } = rec {
-            if systemd {
+            if systemd && name.starts_with("pgaas-") {
                 step(
                     format!("stop and disable {name}"),
                     systemctl(cx, &["disable", "--now", name]),
@@ -82,11 +84,23 @@ pub fn uninstall(cx: &Cx, manifest: &Manifest, purge_data: bool, out: &mut dyn W
                 format!("remove {}", path.display()),
                 remove_file(cx, path).map(|_| ()),
             ),
-            Record::Replaced { path, backup } => step(
+            Record::Replaced {
+                path,
+                backup,
+                mode,
+                owner,
+            } => step(
                 format!("restore {} from {}", path.display(), backup.display()),
                 std::fs::read(cx.path(backup))
                     .map_err(anyhow::Error::from)
-                    .and_then(|orig| super::context::write_atomic(&cx.path(path), &orig, 0o640)),
+                    .and_then(|orig| {
+                        let target = cx.path(path);
+                        super::context::write_atomic(&target, &orig, mode.unwrap_or(0o644))?;
+                        if let Some((uid, gid)) = owner {
+                            std::os::unix::fs::chown(&target, Some(*uid), Some(*gid))?;
+                        }
+                        Ok(())
+                    }),
             ),
             _ => {}
         }

@@ -125,9 +125,17 @@ pub(crate) fn install_file(
                     .join("install-backup")
                     .join(host_path.strip_prefix("/").unwrap_or(host_path));
                 write_atomic(&cx.path(&backup), original, 0o600)?;
+                let meta = std::fs::metadata(&path).ok();
                 records.push(Record::Replaced {
                     path: host_path.to_path_buf(),
                     backup,
+                    mode: meta.as_ref().map(|m| {
+                        std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777
+                    }),
+                    owner: meta.as_ref().map(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        (m.uid(), m.gid())
+                    }),
                 });
             }
             Some(_) => {}

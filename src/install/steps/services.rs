@@ -171,13 +171,26 @@ fn is(cx: &Cx, verb: &str, unit: &str, word: &str) -> Result<bool> {
     Ok(out.success && out.stdout.trim() == word)
 }
 
+/// Whether a unit runs. A unit that a handler just reloaded may still say `reloading` for a
+/// moment (PgBouncer is Type=notify): that is running, not a change to make.
+fn is_running(cx: &Cx, unit: &str) -> Result<bool> {
+    for _ in 0..50 {
+        let out = run(cx, &["systemctl", "is-active", unit])?;
+        match out.stdout.trim() {
+            "reloading" | "activating" => std::thread::sleep(std::time::Duration::from_millis(100)),
+            state => return Ok(state == "active"),
+        }
+    }
+    Ok(false)
+}
+
 pub fn systemd_check(s: &SystemdStep, cx: &mut Cx) -> Result<Plan> {
     require_systemd(cx)?;
     let mut plan = Plan::default();
     if s.enabled && !is(cx, "is-enabled", &s.unit, "enabled")? {
         plan.change(format!("enable {}", s.unit));
     }
-    let active = is(cx, "is-active", &s.unit, "active")?;
+    let active = is_running(cx, &s.unit)?;
     match s.state {
         UnitState::Started if !active => plan.change(format!("start {}", s.unit)),
         UnitState::Stopped if active => plan.change(format!("stop {}", s.unit)),
