@@ -38,6 +38,16 @@ fn systemctl(cx: &Cx, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Run a command; its failure carries its output.
+fn run_ok(cx: &Cx, argv: &[String]) -> Result<()> {
+    let out = cx.system.run(argv, &[])?;
+    if out.success {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(out.detail()))
+    }
+}
+
 fn remove_file(cx: &Cx, path: &Path) -> Result<bool> {
     let p = cx.path(path);
     let mut prev = p.file_name().unwrap_or_default().to_os_string();
@@ -129,19 +139,7 @@ pub fn uninstall(cx: &Cx, manifest: &Manifest, purge_data: bool, out: &mut dyn W
     for rec in &records {
         if let Record::User { name } = rec {
             let argv = vec!["userdel".to_string(), name.clone()];
-            step(
-                format!("delete system user {name}"),
-                cx.system
-                    .run(&argv, &[])
-                    .map_err(anyhow::Error::from)
-                    .and_then(|o| {
-                        if o.success {
-                            Ok(())
-                        } else {
-                            Err(anyhow::anyhow!(o.detail()))
-                        }
-                    }),
-            );
+            step(format!("delete system user {name}"), run_ok(cx, &argv));
         }
     }
     let keep = |p: &Path| {
@@ -166,16 +164,7 @@ pub fn uninstall(cx: &Cx, manifest: &Manifest, purge_data: bool, out: &mut dyn W
             let argv = ["pg_dropcluster", "--stop", &v.to_string(), "main"].map(String::from);
             step(
                 format!("drop the PostgreSQL {v} cluster main (all databases)"),
-                cx.system
-                    .run(&argv, &[])
-                    .map_err(anyhow::Error::from)
-                    .and_then(|o| {
-                        if o.success {
-                            Ok(())
-                        } else {
-                            Err(anyhow::anyhow!(o.detail()))
-                        }
-                    }),
+                run_ok(cx, &argv),
             );
         }
         for dir in [&cx.settings.paths.backup_dir, &cx.settings.paths.state_dir] {

@@ -133,7 +133,7 @@ impl TenantService {
         description: Option<String>,
         ctx: &AuditContext,
     ) -> Result<AllowRow, TenantError> {
-        let applier = self.applier()?;
+        self.applier()?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let tenant = self.lock_active(&mut tx, id).await?;
         let exists: bool =
@@ -156,21 +156,8 @@ impl TenantService {
         .bind(&description)
         .fetch_one(&mut *tx)
         .await?;
-        let applied = applier.apply(&mut tx).await?;
-        audit::record(
-            &mut tx,
-            ctx,
-            "whitelist.add",
-            "database",
-            Some(&id.to_string()),
-            true,
-            json!({ "database_name": tenant.database_name.as_str(), "ip_address": row.ip_address, "entry_id": row.id, "hba_generation": applied.generation }),
-        )
-        .await?;
-        if let Err(e) = tx.commit().await {
-            applied.undo(conn).await;
-            return Err(e.into());
-        }
+        self.apply_audit_commit(tx, ctx, "whitelist.add", &tenant, &row)
+            .await?;
         Ok(row)
     }
 
@@ -206,7 +193,7 @@ impl TenantService {
         entry_id: Uuid,
         ctx: &AuditContext,
     ) -> Result<AllowRow, TenantError> {
-        let applier = self.applier()?;
+        self.applier()?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let tenant = self.lock_active(&mut tx, id).await?;
         let row: Option<AllowRow> = sqlx::query_as(
@@ -218,22 +205,39 @@ impl TenantService {
         .fetch_optional(&mut *tx)
         .await?;
         let row = row.ok_or_else(|| TenantError::EntryNotFound(entry_id))?;
-        let applied = applier.apply(&mut tx).await?;
+        self.apply_audit_commit(tx, ctx, "whitelist.remove", &tenant, &row)
+            .await?;
+        Ok(row)
+    }
+
+    /// Apply the access rules inside `tx` (which holds the row change), write the audit row,
+    /// commit; if the commit fails, put the previous files back.
+    async fn apply_audit_commit(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        ctx: &AuditContext,
+        action: &str,
+        tenant: &super::Tenant,
+        row: &AllowRow,
+    ) -> Result<(), TenantError> {
+        let applied = self.applier()?.apply(&mut tx).await?;
         audit::record(
             &mut tx,
             ctx,
-            "whitelist.remove",
+            action,
             "database",
-            Some(&id.to_string()),
+            Some(&tenant.id.to_string()),
             true,
             json!({ "database_name": tenant.database_name.as_str(), "ip_address": row.ip_address, "entry_id": row.id, "hba_generation": applied.generation }),
         )
         .await?;
         if let Err(e) = tx.commit().await {
-            applied.undo(conn).await;
+            // Rare: a fresh connection, the locked one is still borrowed by the caller.
+            let mut conn = self.pool.acquire().await?;
+            applied.undo(&mut conn).await;
             return Err(e.into());
         }
-        Ok(row)
+        Ok(())
     }
 
     /// Find an entry by id or by its address (`pgaas deny DB 203.0.113.5/32`).
