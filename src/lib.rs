@@ -17,3 +17,15 @@ pub mod pg;
 pub mod render;
 pub mod settings;
 pub mod tenant;
+
+/// An error and each of its causes, `: `-separated, the way the CLI prints them.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}

@@ -358,6 +358,14 @@ pub struct TenantSettings {
     /// The largest `maxConnections` a request may ask for; must stay below the server's
     /// `max_connections` minus the reserved ones.
     pub max_connections_cap: u32,
+    /// The widest IPv4 network an allow-list entry may name (`/8` by default): an allow-list
+    /// restricts access, and "everyone" is an empty list, not `0.0.0.0/1` + `128.0.0.0/1`.
+    pub allow_min_prefix_v4: u8,
+    /// The same for IPv6 (`/16` by default).
+    pub allow_min_prefix_v6: u8,
+    /// Entries per database at most (100 by default). With the minimum prefixes this also
+    /// bounds how much of the address space one list can cover, and keeps pg_hba.conf small.
+    pub allow_max_entries: u32,
 }
 
 impl Default for TenantSettings {
@@ -365,6 +373,9 @@ impl Default for TenantSettings {
         Self {
             default_max_connections: 20,
             max_connections_cap: 100,
+            allow_min_prefix_v4: 8,
+            allow_min_prefix_v6: 16,
+            allow_max_entries: 100,
         }
     }
 }

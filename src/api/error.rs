@@ -35,6 +35,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("{0}")]
     Unavailable(String),
+    /// 409 with `Retry-After`: the resource is busy, the same request may succeed shortly.
+    #[error("{0}")]
+    Busy(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -51,6 +54,7 @@ impl ApiError {
             ApiError::Unprocessable(_) | ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -67,12 +71,22 @@ impl ApiError {
             ApiError::Unprocessable(_) | ApiError::Invalid(_) => "validation_failed",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Busy(_) => "busy",
             ApiError::Internal(_) => "internal",
         }
     }
 
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         ApiError::Invalid(ValidationError::new(field, message))
+    }
+
+    /// Seconds a client should wait before trying again, for the errors that say so.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            ApiError::Busy(_) => Some(2),
+            ApiError::Unavailable(_) => Some(5),
+            _ => None,
+        }
     }
 }
 
@@ -97,7 +111,10 @@ impl From<TenantError> for ApiError {
             }
             TenantError::Validation(v) => ApiError::Invalid(v),
             TenantError::Conflict(m) | TenantError::State(m) => ApiError::Conflict(m),
+            TenantError::Busy(m) => ApiError::Busy(m),
+            TenantError::Unavailable(m) => ApiError::Unavailable(m),
             TenantError::Db(e) => ApiError::Internal(e.into()),
+            e @ TenantError::Apply(_) => ApiError::Internal(e.into()),
             TenantError::Internal(m) => ApiError::Internal(anyhow::anyhow!(m)),
         }
     }
@@ -119,7 +136,14 @@ impl IntoResponse for ApiError {
         if let ApiError::Invalid(v) = &self {
             body["field"] = json!(v.field);
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after() {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        response
     }
 }
 
@@ -140,6 +164,9 @@ mod tests {
             (TenantError::Conflict("taken".into()), 409),
             (TenantError::State("provisioning".into()), 409),
             (TenantError::Db(sqlx::Error::RowNotFound), 500),
+            (TenantError::Busy("locked".into()), 409),
+            (TenantError::Unavailable("full".into()), 503),
+            (TenantError::from(sqlx::Error::PoolTimedOut), 503),
             (TenantError::Internal("boom".into()), 500),
         ];
         for (e, status) in cases {

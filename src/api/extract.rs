@@ -55,12 +55,33 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // Every value, decoded, before any reaches a typed field or SQL: no control characters
+        // (a NUL is not even valid in a PostgreSQL string), nothing absurdly long.
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::BadRequest(r.body_text()))?;
+        for (name, value) in &pairs {
+            let shown_name = shown(name);
+            if name.chars().chain(value.chars()).any(char::is_control) {
+                return Err(ApiError::Unprocessable(format!(
+                    "query parameter {shown_name}: must not contain control characters"
+                )));
+            }
+            if value.len() > MAX_QUERY_VALUE_BYTES {
+                return Err(ApiError::Unprocessable(format!(
+                    "query parameter {shown_name}: at most {MAX_QUERY_VALUE_BYTES} bytes"
+                )));
+            }
+        }
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(q)| Self(q))
             .map_err(|r| ApiError::BadRequest(r.body_text()))
     }
 }
+
+/// The longest query parameter value accepted (a cursor is under 60 bytes, an email under 255).
+const MAX_QUERY_VALUE_BYTES: usize = 1024;
 
 /// The raw `{id}` segment. Read from a map so routes with more parameters (the whitelist's
 /// `{whitelistId}`) can use the same extractors.

@@ -112,16 +112,21 @@ pub(crate) fn control_pool(settings: &Settings) -> anyhow::Result<PgPool> {
 /// Turn service errors into messages that say what to do, and the exit code scripts can test:
 /// 2 for a value the operator must change, 1 for everything else.
 fn explain(e: TenantError) -> anyhow::Result<ExitCode> {
-    let (msg, hint, code) = match &e {
-        TenantError::Validation(_) => (e.to_string(), None, 2),
-        TenantError::NotFound(_) => (e.to_string(), Some("`pgaas db list` shows the ids"), 1),
+    let (hint, code) = match &e {
+        TenantError::Validation(_) => (None, 2),
+        TenantError::NotFound(_) => (Some("`pgaas db list` shows the ids"), 1),
         TenantError::Db(_) => (
-            e.to_string(),
             Some("is PostgreSQL running and the settings file right? `pgaas doctor` checks"),
             1,
         ),
-        _ => (e.to_string(), None, 1),
+        TenantError::Busy(_) | TenantError::Unavailable(_) => (
+            Some("nothing was changed; run the same command again in a moment"),
+            1,
+        ),
+        _ => (None, 1),
     };
+    // The whole chain: the cause of a database or access-rule failure is what the operator needs.
+    let msg = format!("{:#}", anyhow::Error::new(e));
     eprintln!("error: {msg}");
     if let Some(h) = hint {
         eprintln!("  {h}");

@@ -12,7 +12,7 @@ use crate::{
     control_db,
     model::TenantStatus,
     settings::{LoadOptions, Settings},
-    tenant::{ListQuery, ReconcileReport, TenantService},
+    tenant::{ListQuery, ReconcileReport},
 };
 
 /// Rows untouched for this long are stuck, not in flight: a create or delete takes seconds.
@@ -100,7 +100,9 @@ async fn diagnose(settings: Settings) -> anyhow::Result<Report> {
     report.control_db = format!("reachable ({target})");
     check_migrations(&pool, &mut report).await;
 
-    let service = TenantService::new(pool.clone(), Arc::new(settings));
+    // With the host's hba applier, so a deletion the reconciler finishes also takes the
+    // tenant's lines out of the access files.
+    let service = super::host_tenants(pool.clone(), Arc::new(settings));
     match service.reconcile(STUCK_AFTER).await {
         Ok(r) => {
             explain_reconcile(&r, &mut report);
@@ -139,6 +141,27 @@ async fn diagnose(settings: Settings) -> anyhow::Result<Report> {
                 "see the error",
             ),
         }
+    }
+    match service.hba() {
+        Some(applier) => match applier.check_files(&pool).await {
+            Ok(problems) => {
+                for p in problems {
+                    report.problem(
+                        format!("{}: {}", p.path.display(), p.problem),
+                        "run `pgaas render` as root: it rewrites the access files from the \
+                         control DB with the owner and mode PostgreSQL and PgBouncer need",
+                    );
+                }
+            }
+            Err(e) => report.problem(
+                format!("the access files could not be checked: {e}"),
+                "see the error",
+            ),
+        },
+        None => report.problem(
+            "the access files could not be checked: no PostgreSQL version is known".into(),
+            "set postgres.version in the settings",
+        ),
     }
     pool.close().await;
     Ok(report)

@@ -104,7 +104,22 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
+    // Live: the access files go through the host's applier (under the appliers' lock, validated
+    // by PostgreSQL, reloaded, with the owner and mode their readers need); the rest is written
+    // here.
+    let (access, files): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| {
+        root.is_none()
+            && f.path
+                .file_name()
+                .is_some_and(|n| n == "pg_hba.conf" || n == "pgbouncer_hba.conf")
+    });
     let results = render::write_all(&files, root)?;
+    if !access.is_empty() {
+        sync_access_files(&settings, pg_version)?;
+        for f in &access {
+            println!("{:>9}  {}", "synced", f.path.display());
+        }
+    }
     for (path, outcome) in &results {
         let word = match outcome {
             WriteOutcome::Changed => "changed",
@@ -113,6 +128,21 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         println!("{word:>9}  {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rewrite the access files from the rows through the host's applier (see `HbaApplier::sync`).
+fn sync_access_files(settings: &crate::settings::Settings, pg_version: u32) -> anyhow::Result<()> {
+    let applier = crate::hba::apply::HbaApplier::for_host(settings, pg_version);
+    let rt = super::tokio_runtime()?;
+    rt.block_on(async {
+        let pool = super::db::control_pool(settings)?;
+        applier
+            .sync(&pool)
+            .await
+            .context("rewriting the access files from the control DB")?;
+        pool.close().await;
+        Ok(())
+    })
 }
 
 /// Tenants with allow-lists and the generation in force, read as the API role.

@@ -15,11 +15,13 @@ use crate::{
     settings::{Secret, Settings},
 };
 
-/// The group every tenant role joins; pg_hba admits tenants over TLS by membership in it.
+/// The group every tenant role joins; pg_hba admits tenants over TLS by membership in it, each
+/// to the database of its own name.
 pub const TENANT_GROUP: &str = "pgaas_tenants";
 
-/// The group of tenants without an allow-list; pg_hba admits its members from any address (TLS).
-pub const OPEN_GROUP: &str = "pgaas_open_tenants";
+/// A group that earlier releases admitted from any address by membership; a tenant could lift a
+/// neighbour's allow-list by granting it its own role, so it is dropped at bootstrap.
+const RETIRED_OPEN_GROUP: &str = "pgaas_open_tenants";
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -36,10 +38,17 @@ pub enum ControlDbError {
 /// Connection options for the API role, from settings (socket directory or host, optional TLS).
 pub fn connect_options(settings: &Settings, password: Option<&Secret>) -> PgConnectOptions {
     let db = &settings.control_db;
+    // Every wait is bounded: a tenant holding a lock on its own database (or a slow server) costs
+    // the request that needs it a retryable error, never a connection held for minutes.
     let mut opts = PgConnectOptions::new()
         .username(&db.user)
         .database(&db.name)
-        .application_name("pgaas-api");
+        .application_name("pgaas-api")
+        .options([
+            ("lock_timeout", "3s"),
+            ("statement_timeout", "60s"),
+            ("idle_in_transaction_session_timeout", "60s"),
+        ]);
     opts = if db.host.starts_with('/') {
         opts.socket(&db.host)
             .port(db.port.unwrap_or(settings.postgres.port))
@@ -128,13 +137,18 @@ pub async fn bootstrap(
             .execute(format!("CREATE ROLE {group_q} NOLOGIN").as_str())
             .await?;
     }
-    let open_q = quote_ident(OPEN_GROUP).map_err(|e| ControlDbError::Invalid(e.to_string()))?;
-    if !role_exists(admin, OPEN_GROUP).await? {
+    if role_exists(admin, RETIRED_OPEN_GROUP).await? {
+        let open_q =
+            quote_ident(RETIRED_OPEN_GROUP).map_err(|e| ControlDbError::Invalid(e.to_string()))?;
         admin
-            .execute(format!("CREATE ROLE {open_q} NOLOGIN").as_str())
+            .execute(format!("DROP ROLE {open_q}").as_str())
             .await?;
     }
-    let password_sql = format!("PASSWORD '{}'", verifier.replace('\'', "''"));
+    let password_sql = format!(
+        "PASSWORD {}",
+        crate::pg::quote::quote_literal(&verifier)
+            .map_err(|e| ControlDbError::Invalid(e.to_string()))?
+    );
     if role_exists(admin, api).await? {
         admin
             .execute(
@@ -152,7 +166,6 @@ pub async fn bootstrap(
     }
     for stmt in [
         format!("GRANT {group_q} TO {api_q} WITH ADMIN OPTION"),
-        format!("GRANT {open_q} TO {api_q} WITH ADMIN OPTION"),
         format!("GRANT pg_read_all_stats, pg_signal_backend TO {api_q}"),
         // Nobody but the superuser and the owner connects to the maintenance databases.
         "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC".to_string(),
@@ -187,7 +200,8 @@ pub async fn bootstrap(
         .await?;
     // PgBouncer's auth_file needs the tenants' SCRAM verifiers, which only pg_authid holds. A
     // superuser-owned SECURITY DEFINER function in a schema the API role cannot change hands
-    // exactly those (members of the tenant group, nothing else) to the API role alone.
+    // exactly those to the API role alone: tenant-named login roles of the tenant group with
+    // no privilege beyond a tenant's (never the API role, which is a member of the group too).
     let group_lit = crate::pg::quote::quote_literal(TENANT_GROUP)
         .map_err(|e| ControlDbError::Invalid(e.to_string()))?;
     for stmt in [
@@ -204,6 +218,9 @@ pub async fn bootstrap(
                SELECT a.rolname::text, a.rolpassword FROM pg_authid a
                JOIN pg_auth_members m ON m.member = a.oid
                WHERE m.roleid = (SELECT oid FROM pg_roles WHERE rolname = {group_lit})
+                 AND a.rolname ~ '^(tenant|user)_[0-9a-f]{{8,32}}$'
+                 AND a.rolcanlogin AND NOT (a.rolsuper OR a.rolcreaterole OR a.rolcreatedb
+                                            OR a.rolreplication OR a.rolbypassrls)
                  AND a.rolpassword LIKE 'SCRAM-SHA-256$%'
                ORDER BY 1
              $fn$"

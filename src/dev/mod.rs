@@ -149,7 +149,7 @@ impl DevPlatform {
                 .clone()
                 .map(|p| Arc::new(p) as Arc<dyn PoolerReload>),
             file_owner: Some((owner.uid, owner.gid)),
-            userlist_lock: Arc::default(),
+            reader: Some(owner.name.clone()),
         };
         progress("access rules: pg_hba.conf from the control DB");
         hba.sync(&pool).await?;

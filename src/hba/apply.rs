@@ -55,10 +55,12 @@ pub struct HbaApplier {
     pub pg_hba_file: PathBuf,
     pub pgbouncer: Option<PoolerFiles>,
     pub pooler: Option<Arc<dyn PoolerReload>>,
-    /// uid/gid that must own files this process creates (the server reads them).
+    /// uid/gid the files must have. Root gives every file it writes this owner (a file left
+    /// root-owned would lock PostgreSQL or PgBouncer out); another user gives it to the files it
+    /// creates when it may, and otherwise relies on the setgid directory for the group.
     pub file_owner: Option<(u32, u32)>,
-    /// Serialises rewrites of PgBouncer's auth file within this process.
-    pub userlist_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The OS user whose programs read the files (PostgreSQL and PgBouncer), for checks.
+    pub reader: Option<String>,
 }
 
 /// PgBouncer's files that follow the control DB.
@@ -95,11 +97,13 @@ impl Applied {
     }
 }
 
-/// Every tenant with a non-empty allow-list, as the connection's transaction sees the rows.
+/// The tenants that need lines of their own (an allow-list, or a role not named after its
+/// database), as the connection's transaction sees the rows.
 pub async fn load_tenants(conn: &mut PgConnection) -> Result<Vec<TenantAccess>, sqlx::Error> {
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
+    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT d.database_name, d.username, w.ip_address::text
-         FROM ip_whitelist w JOIN databases d ON d.id = w.database_id
+         FROM databases d LEFT JOIN ip_whitelist w ON w.database_id = d.id
+         WHERE w.id IS NOT NULL OR d.database_name <> d.username
          ORDER BY d.database_name, w.ip_address",
     )
     .fetch_all(&mut *conn)
@@ -108,18 +112,28 @@ pub async fn load_tenants(conn: &mut PgConnection) -> Result<Vec<TenantAccess>, 
     for (database, role, net) in rows {
         // The column is `cidr`, so PostgreSQL already normalised it; a parse failure means the
         // row was written around pgaas, and the compiler must not guess.
-        let net: ipnetwork::IpNetwork =
-            net.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        match tenants.last_mut() {
-            Some(t) if t.database == database => t.allow.push(net),
-            _ => tenants.push(TenantAccess {
+        let net: Option<ipnetwork::IpNetwork> = net
+            .map(|n| n.parse())
+            .transpose()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        if tenants.last().is_none_or(|t| t.database != database) {
+            tenants.push(TenantAccess {
                 database,
                 role,
-                allow: vec![net],
-            }),
+                allow: Vec::new(),
+            });
         }
+        let t = tenants.last_mut().expect("pushed above");
+        t.allow.extend(net);
     }
     Ok(tenants)
+}
+
+/// The tenants' SCRAM verifiers, for PgBouncer's auth file (see `control_db::bootstrap`).
+pub async fn tenant_secrets(conn: &mut PgConnection) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT rolname, rolpassword FROM pgaas_priv.tenant_secrets()")
+        .fetch_all(conn)
+        .await
 }
 
 /// The generation of the file in force, as the control DB records it.
@@ -150,15 +164,33 @@ impl HbaApplier {
 
     /// Compile, write, validate, reload; inside the caller's transaction (see module docs).
     pub async fn apply(&self, tx: &mut PgConnection) -> Result<Applied, ApplyError> {
+        self.apply_generation(tx, true).await
+    }
+
+    /// `bump`: a new policy gets a new generation; restoring the files of the policy in force
+    /// (after a hand edit, or a lost file) keeps the one the control DB records.
+    async fn apply_generation(
+        &self,
+        tx: &mut PgConnection,
+        bump: bool,
+    ) -> Result<Applied, ApplyError> {
+        // Appliers queue behind each other; each takes tens of milliseconds, so a longer wait
+        // than the session's default is normal here.
+        sqlx::query("SET LOCAL lock_timeout = '30s'")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(LOCK_KEY)
             .execute(&mut *tx)
             .await?;
         let policy = self.policy(tx).await?;
-        let generation: i64 =
+        let generation: i64 = if bump {
             sqlx::query_scalar("UPDATE hba_state SET generation = generation + 1, applied_at = now() RETURNING generation")
                 .fetch_one(&mut *tx)
-                .await?;
+                .await?
+        } else {
+            current_generation(&mut *tx).await?
+        };
         let gen_u = u64::try_from(generation).unwrap_or(0);
         let pg_text = render_pg_hba(&compile(&policy)?, gen_u)?;
         let bouncer_text = match &self.pgbouncer {
@@ -218,66 +250,49 @@ impl HbaApplier {
             .inspect_err(|_| self.restore(previous))
     }
 
-    /// Write a file and give it to the server's user when this process created it.
+    /// Write a file, then give it the owner it must have (see [`HbaApplier::file_owner`]).
     fn write_owned(&self, path: &Path, text: &str) -> Result<WriteOutcome, ApplyError> {
         let existed = path.exists();
         let outcome = write_if_changed(path, text, HBA_MODE).map_err(|e| ApplyError::Write {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        if let (false, Some((uid, gid))) = (existed, self.file_owner) {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| {
-                ApplyError::Write {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                }
-            })?;
+        let root = nix::unistd::Uid::effective().is_root();
+        if root || !existed {
+            self.set_owner(path)?;
         }
         Ok(outcome)
+    }
+
+    fn set_owner(&self, path: &Path) -> Result<(), ApplyError> {
+        use std::os::unix::fs::MetadataExt;
+        let Some((uid, gid)) = self.file_owner else {
+            return Ok(());
+        };
+        let meta = std::fs::metadata(path).map_err(|e| ApplyError::Write {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if (meta.uid(), meta.gid()) == (uid, gid) {
+            return Ok(());
+        }
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| ApplyError::Write {
+            path: path.to_path_buf(),
+            reason: format!("setting its owner to {uid}:{gid}: {e}"),
+        })
     }
 
     /// Bring the files in line with the rows without a change of policy: at start-up, after a
     /// crash, or for `pgaas render`. Applies (new generation) only when a file differs.
     pub async fn sync(&self, pool: &PgPool) -> Result<i64, ApplyError> {
-        // Listed tenants out of the open group before anything else (fail-closed) ...
-        self.reconcile_membership(pool, false).await?;
-        let generation = self.sync_files(pool).await?;
-        // ... unlisted ones back in only once the files are in force.
-        self.reconcile_membership(pool, true).await?;
-        Ok(generation)
-    }
-
-    /// Bring open-group membership in line with the rows: `open == false` removes tenants that
-    /// have an allow-list, `open == true` adds active tenants that have none.
-    async fn reconcile_membership(&self, pool: &PgPool, open: bool) -> Result<(), ApplyError> {
-        let roles: Vec<String> = sqlx::query_scalar(
-            "SELECT d.username FROM databases d JOIN pg_roles r ON r.rolname = d.username
-             WHERE d.status IN ('active', 'suspended')
-               AND EXISTS (SELECT 1 FROM ip_whitelist w WHERE w.database_id = d.id) <> $2
-               AND pg_has_role(r.oid, (SELECT oid FROM pg_roles WHERE rolname = $1), 'MEMBER') <> $2",
-        )
-        .bind(&self.base.open_group)
-        .bind(open)
-        .fetch_all(pool)
-        .await?;
-        let group = crate::pg::quote::quote_ident(&self.base.open_group)
-            .map_err(|e| ApplyError::Reload(e.to_string()))?;
-        for role in roles {
-            let role_q = crate::pg::quote::quote_ident(&role)
-                .map_err(|e| ApplyError::Reload(e.to_string()))?;
-            let sql = if open {
-                format!("GRANT {group} TO {role_q}")
-            } else {
-                format!("REVOKE {group} FROM {role_q}")
-            };
-            sqlx::query(&sql).execute(pool).await?;
-            tracing::info!(role, open, "open-group membership repaired");
-        }
-        Ok(())
+        self.sync_files(pool).await
     }
 
     async fn sync_files(&self, pool: &PgPool) -> Result<i64, ApplyError> {
         let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '30s'")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(LOCK_KEY)
             .execute(&mut *tx)
@@ -292,10 +307,17 @@ impl HbaApplier {
                 == Some(render_pgbouncer_hba(&compile_pgbouncer(&policy)?, gen_u)?);
         }
         let generation = if in_sync {
+            // Same text, but a root-run tool may have left the wrong owner behind.
+            if nix::unistd::Uid::effective().is_root() {
+                self.set_owner(&self.pg_hba_file)?;
+                if let Some(files) = &self.pgbouncer {
+                    self.set_owner(&files.hba_file)?;
+                }
+            }
             tx.commit().await?;
             generation
         } else {
-            let applied = self.apply(&mut tx).await?;
+            let applied = self.apply_generation(&mut tx, false).await?;
             let generation = applied.generation;
             if let Err(e) = tx.commit().await {
                 let mut conn = pool.acquire().await?;
@@ -309,22 +331,35 @@ impl HbaApplier {
     }
 
     /// Rewrite PgBouncer's auth file from the tenants' verifiers and reload it when it changed.
-    /// Called after every create, password rotation and delete.
+    /// Called after every create, password rotation and delete, and periodically (a tenant can
+    /// change its own password). Serialised with every other writer of the access files, in
+    /// any process, by the appliers' advisory lock.
     pub async fn refresh_pooler_users(&self, pool: &PgPool) -> Result<(), ApplyError> {
         let Some(files) = &self.pgbouncer else {
             return Ok(());
         };
-        let _guard = self.userlist_lock.lock().await;
-        let secrets: Vec<(String, String)> =
-            sqlx::query_as("SELECT rolname, rolpassword FROM pgaas_priv.tenant_secrets()")
-                .fetch_all(pool)
-                .await?;
-        let text = crate::pg::pgbouncer::render_userlist(&self.base.pooler_admins, &secrets);
-        if self.write_owned(&files.userlist_file, &text)? == WriteOutcome::Changed {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '30s'")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        let secrets = tenant_secrets(&mut tx).await?;
+        let existing = read(&files.userlist_file)?;
+        let text = crate::pg::pgbouncer::render_userlist(
+            &self.base.pooler_admins,
+            &secrets,
+            existing.as_deref(),
+        );
+        let outcome = self.write_owned(&files.userlist_file, &text)?;
+        if outcome == WriteOutcome::Changed {
             if let Some(p) = &self.pooler {
                 p.reload().map_err(ApplyError::Reload)?;
             }
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -382,14 +417,18 @@ impl HbaApplier {
                 userlist_file: pgb.auth_dir().join("userlist.txt"),
             }),
             pooler,
-            // New files go to the server's user when we are root; an unprivileged API creates
-            // them in a setgid directory the server's group can read.
+            // Root gives the files to the API's user and the server's group (the API rewrites
+            // them, PostgreSQL and PgBouncer read them); an unprivileged API creates them in a
+            // setgid directory the server's group can read.
             file_owner: if me.is_root() {
-                owner.map(|o| (o.uid, o.gid))
+                owner.map(|o| {
+                    let api = OsUser::lookup(&settings.api.system_user).ok();
+                    (api.map_or(o.uid, |a| a.uid), o.gid)
+                })
             } else {
                 None
             },
-            userlist_lock: Arc::default(),
+            reader: Some(settings.postgres.os_user.clone()),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The fixed rule order for PostgreSQL and for PgBouncer. First match wins in both, so each
 //! function below reads top to bottom as the policy itself: admin paths, then blanket rejects for
-//! the roles that must never come over TCP, then per-tenant allow-lists, then the default tenant
-//! path, then reject everything else.
+//! the roles that must never come over TCP, then the tenants that need lines of their own
+//! (allow-lists, roles not named after their database), then the default tenant path (each role
+//! to the database of its own name, `sameuser`), then reject everything else. Both files follow
+//! the same order, so both ports decide the same way.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -57,16 +59,38 @@ fn normalised_tenants(policy: &HbaPolicy) -> Result<Vec<TenantAccess>, HbaError>
         t.allow.sort_by_key(|n| (n.is_ipv6(), n.ip(), n.prefix()));
         t.allow.dedup();
     }
+    // A tenant without a list whose role is named after its database needs no line: the
+    // `sameuser` rule covers it.
+    tenants.retain(|t| !t.allow.is_empty() || t.database != t.role);
     tenants.sort_by(|a, b| (&a.database, &a.role).cmp(&(&b.database, &b.role)));
     tenants.dedup();
     Ok(tenants)
 }
 
-/// Allow lines for each tenant that has an allow-list; for PgBouncer (which has no groups to
-/// exclude listed tenants from its default rule) each followed by the reject that closes its
-/// database to every other address.
-fn tenant_allow_rules(tenants: &[TenantAccess], with_reject: bool, out: &mut Vec<HbaRule>) {
-    for t in tenants.iter().filter(|t| !t.allow.is_empty()) {
+/// Lines of the tenants that need their own: each listed tenant's allow lines then the reject
+/// that closes its database to every other address (and to every other role), each tenant
+/// whose role is not named after its database admitted on its own pair. They come before the
+/// `sameuser` rule, which must not admit a listed tenant from anywhere. Membership decides no
+/// database and no address: a tenant can grant its role to another (PostgreSQL 15 lets a
+/// session user grant membership in itself), so a rule keyed on a group a tenant can reach
+/// would let a neighbour lift an allow-list. The tenant group in the default rule only says
+/// that a role is a tenant at all.
+fn tenant_rules(tenants: &[TenantAccess], out: &mut Vec<HbaRule>) {
+    for t in tenants {
+        if t.allow.is_empty() {
+            out.push(rule(
+                ConnKind::HostSsl,
+                name(&t.database),
+                name(&t.role),
+                Some(HbaAddress::All),
+                HbaMethod::ScramSha256,
+                &format!(
+                    "tenant {}: role {} is not named after its database",
+                    t.database, t.role
+                ),
+            ));
+            continue;
+        }
         for (i, net) in t.allow.iter().enumerate() {
             let comment = if i == 0 {
                 format!("tenant {}: allow-list", t.database)
@@ -85,16 +109,28 @@ fn tenant_allow_rules(tenants: &[TenantAccess], with_reject: bool, out: &mut Vec
                 )
             });
         }
-        if with_reject {
-            out.push(rule(
-                ConnKind::Host,
-                name(&t.database),
-                all(),
-                Some(HbaAddress::All),
-                HbaMethod::Reject,
-                &format!("tenant {}: every other address", t.database),
-            ));
-        }
+        out.push(rule(
+            ConnKind::Host,
+            name(&t.database),
+            all(),
+            Some(HbaAddress::All),
+            HbaMethod::Reject,
+            "",
+        ));
+    }
+}
+
+/// Socket lines for tenants whose role is not named after their database (PgBouncer's path).
+fn legacy_socket_rules(tenants: &[TenantAccess], out: &mut Vec<HbaRule>) {
+    for t in tenants.iter().filter(|t| t.database != t.role) {
+        out.push(rule(
+            ConnKind::Local,
+            name(&t.database),
+            name(&t.role),
+            None,
+            HbaMethod::ScramSha256,
+            "",
+        ));
     }
 }
 
@@ -114,11 +150,12 @@ pub fn compile(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
         ),
         rule(
             ConnKind::Local,
-            name(&policy.control_db),
+            all(),
             name(&policy.api_role),
             None,
             HbaMethod::ScramSha256,
-            "the API: its control database, over the socket",
+            "the API, over the socket: its control database, and tenant databases for backups and \
+             cleanup (it is a member of every tenant role)",
         ),
     ];
     for ip in [
@@ -132,7 +169,7 @@ pub fn compile(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
             Some(host_only(ip)),
             HbaMethod::ScramSha256,
             if ip.is_ipv4() {
-                "the API: or over TLS from this host only"
+                "the API: or its control database over TLS from this host only"
             } else {
                 ""
             },
@@ -160,28 +197,26 @@ pub fn compile(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
         ),
         rule(
             ConnKind::Local,
-            all(),
+            vec![HbaName::SameUser],
             vec![HbaName::group(&policy.tenant_group)],
             None,
             HbaMethod::ScramSha256,
-            "tenants over the socket: this is how PgBouncer reaches the server",
+            "tenants over the socket, each to its own database: this is how PgBouncer reaches the \
+             server",
         ),
     ]);
-    // The default path comes first, so most connections match after a handful of lines however
-    // many tenants have lists. Only roles of tenants without an allow-list are members of the
-    // open group (pgaas moves a role out before its first entry takes effect and back after its
-    // last is gone), so a listed tenant never matches here and falls through to its own lines.
-    rules.push(rule(
-        ConnKind::HostSsl,
-        all(),
-        vec![HbaName::group(&policy.open_group)],
-        Some(HbaAddress::All),
-        HbaMethod::ScramSha256,
-        "tenants without an allow-list: TLS + SCRAM from anywhere; CONNECT is revoked from \
-         PUBLIC on every database, so each role reaches only its own",
-    ));
-    tenant_allow_rules(&tenants, false, &mut rules);
+    legacy_socket_rules(&tenants, &mut rules);
+    tenant_rules(&tenants, &mut rules);
     rules.extend([
+        rule(
+            ConnKind::HostSsl,
+            vec![HbaName::SameUser],
+            vec![HbaName::group(&policy.tenant_group)],
+            Some(HbaAddress::All),
+            HbaMethod::ScramSha256,
+            "tenants without an allow-list: TLS + SCRAM from anywhere, each role only to the \
+             database of its own name, whatever privileges tenants grant each other",
+        ),
         rule(
             ConnKind::Host,
             all(),
@@ -196,35 +231,61 @@ pub fn compile(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
 }
 
 /// The PgBouncer rule list (pgbouncer_hba.conf). PgBouncer sees the real client address, so the
-/// allow-lists must be enforced here: the server only sees PgBouncer's socket. PgBouncer knows no
-/// groups and no ident maps, so the default tenant path accepts any user PgBouncer can
-/// authenticate from its auth_file; the server then still requires tenant-group membership
-/// (socket rule) and the CONNECT privilege for the pooled connection.
+/// allow-lists must be enforced here: the server only sees PgBouncer's socket. It decides as
+/// pg_hba.conf does, before any password is checked: a client PostgreSQL would refuse is refused
+/// here without learning whether its password is right. PgBouncer knows no groups (a `+group`
+/// line would be dropped with a warning and the request would fall through), so the tenant rule
+/// admits any role in its auth file, which holds only tenants and the console's users; the
+/// console's users are rejected over TCP by name before it.
 pub fn compile_pgbouncer(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
     let tenants = normalised_tenants(policy)?;
+    let admins: Vec<HbaName> = if policy.pooler_admins.is_empty() {
+        name(&policy.superuser)
+    } else {
+        policy.pooler_admins.iter().map(HbaName::name).collect()
+    };
+    let mut never_tcp = vec![
+        HbaName::name(&policy.superuser),
+        HbaName::name(&policy.api_role),
+    ];
+    for a in &policy.pooler_admins {
+        if !never_tcp.contains(&HbaName::name(a)) {
+            never_tcp.push(HbaName::name(a));
+        }
+    }
     let mut rules = vec![
         rule(
             ConnKind::Local,
             name("pgbouncer"),
-            if policy.pooler_admins.is_empty() {
-                name(&policy.superuser)
-            } else {
-                policy.pooler_admins.iter().map(HbaName::name).collect()
-            },
+            admins,
             None,
             HbaMethod::Peer { map: None },
-            "the admin console, over PgBouncer's own socket, for the OS user of the same name",
+            "the admin console: over PgBouncer's own socket only, by peer, for the OS user of \
+             the same name",
+        ),
+        rule(
+            ConnKind::Local,
+            all(),
+            all(),
+            None,
+            HbaMethod::Reject,
+            "nothing else over the socket: tenants come over TLS",
+        ),
+        rule(
+            ConnKind::Host,
+            name("pgbouncer"),
+            all(),
+            Some(HbaAddress::All),
+            HbaMethod::Reject,
+            "the console never over TCP, whoever asks",
         ),
         rule(
             ConnKind::Host,
             all(),
-            vec![
-                HbaName::name(&policy.superuser),
-                HbaName::name(&policy.api_role),
-            ],
+            never_tcp,
             Some(HbaAddress::All),
             HbaMethod::Reject,
-            "the superuser and the API never through the pooler over TCP",
+            "the superuser, the API and the console's users never through the pooler over TCP",
         ),
         rule(
             ConnKind::HostNoSsl,
@@ -235,15 +296,16 @@ pub fn compile_pgbouncer(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
             "no plaintext TCP for anyone",
         ),
     ];
-    tenant_allow_rules(&tenants, true, &mut rules);
+    tenant_rules(&tenants, &mut rules);
     rules.extend([
         rule(
             ConnKind::HostSsl,
-            all(),
+            vec![HbaName::SameUser],
             all(),
             Some(HbaAddress::All),
             HbaMethod::ScramSha256,
-            "tenants without an allow-list: TLS + SCRAM from anywhere",
+            "tenants without an allow-list: TLS + SCRAM from anywhere, each role only to the \
+             database of its own name",
         ),
         rule(
             ConnKind::Host,
@@ -253,7 +315,6 @@ pub fn compile_pgbouncer(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
             HbaMethod::Reject,
             "everything else",
         ),
-        rule(ConnKind::Local, all(), all(), None, HbaMethod::Reject, ""),
     ]);
     Ok(rules)
 }

@@ -54,11 +54,13 @@ fn matches(rule: &HbaRule, c: &Client) -> bool {
         && address
         && rule.databases.iter().any(|d| match d {
             HbaName::All => true,
+            HbaName::SameUser => c.database == c.user,
             HbaName::Name(n) => *n == c.database,
             HbaName::Group(_) => false,
         })
         && rule.users.iter().any(|u| match u {
             HbaName::All => true,
+            HbaName::SameUser => false,
             HbaName::Name(n) => *n == c.user,
             HbaName::Group(g) => c.user_groups.iter().any(|m| m == g),
         })

@@ -111,6 +111,15 @@ fn column(what: &'static str, names: &[HbaName], dialect: Dialect) -> Result<Str
     for n in names {
         tokens.push(match n {
             HbaName::All => "all".to_string(),
+            // In the user column PgBouncer would read it as a keyword too, PostgreSQL as a name:
+            // the two files would disagree, so it is only written where both mean the same.
+            HbaName::SameUser if what == "database" => "sameuser".to_string(),
+            HbaName::SameUser => {
+                return Err(HbaError::Unsupported {
+                    construct: format!("sameuser in the {what} column"),
+                    dialect: dialect.label(),
+                });
+            }
             HbaName::Name(v) => name_token(what, v, dialect)?,
             HbaName::Group(g) => {
                 if dialect == Dialect::PgBouncer {

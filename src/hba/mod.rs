@@ -8,6 +8,7 @@
 //! or construct a dialect cannot express is refused there rather than written approximately.
 
 pub mod apply;
+pub mod check;
 mod compile;
 mod eval;
 mod file;
@@ -31,14 +32,14 @@ pub struct HbaPolicy {
     pub control_db: String,
     /// Every tenant role is a member of this group (e.g. `pgaas_tenants`).
     pub tenant_group: String,
-    /// Roles of tenants without an allow-list are members of this group too; pg_hba's default
-    /// tenant path admits only them.
-    pub open_group: String,
     /// OS users mapped to the superuser by peer authentication (pg_ident map [`PEER_MAP`]).
     pub admin_os_users: Vec<String>,
     /// OS users let into PgBouncer's admin console by peer, under their own name: the
     /// superuser's, and the API's system user (which reloads PgBouncer through the console).
     pub pooler_admins: Vec<String>,
+    /// The tenants that need lines of their own: those with an allow-list, and those whose role
+    /// is not named after their database (made before that rule; `sameuser` cannot cover them).
+    /// Every other tenant is admitted by the one `sameuser` rule.
     pub tenants: Vec<TenantAccess>,
 }
 
@@ -59,7 +60,6 @@ impl HbaPolicy {
             api_role: settings.control_db.user.clone(),
             control_db: settings.control_db.name.clone(),
             tenant_group: crate::control_db::TENANT_GROUP.to_string(),
-            open_group: crate::control_db::OPEN_GROUP.to_string(),
             admin_os_users,
             pooler_admins,
             tenants: Vec::new(),
@@ -102,6 +102,9 @@ impl ConnKind {
 pub enum HbaName {
     /// The `all` keyword.
     All,
+    /// The `sameuser` keyword: the database whose name is the connecting role's (database
+    /// column only; PostgreSQL and PgBouncer both have it).
+    SameUser,
     /// Exactly this database or role.
     Name(String),
     /// Members of this role (`+group`); users column only.

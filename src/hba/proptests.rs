@@ -15,19 +15,23 @@ const SU: &str = "postgres";
 const API: &str = "pgaas_api";
 const CONTROL: &str = "postgres_control";
 const GROUP: &str = "pgaas_tenants";
-const OPEN: &str = "pgaas_open_tenants";
+const CONSOLE: &str = "pgaas";
 
 /// What the policy says at the pg_hba level (database privileges come after, in the server).
 fn oracle(p: &HbaPolicy, c: &Client) -> Decision {
     let member = c.user_groups.iter().any(|g| g == GROUP);
+    // A tenant's own database: the one of its role's name, or the one its row pairs it with.
+    let own_database = member
+        && (c.database == c.user
+            || p.tenants
+                .iter()
+                .any(|t| t.database == c.database && t.role == c.user));
     let Some(addr) = c.addr else {
-        let api_to_control = c.user == API && c.database == CONTROL;
-        let tenant = member && c.user != API;
         return if c.user == SU {
             Decision::Accept(HbaMethod::Peer {
                 map: Some(PEER_MAP.into()),
             })
-        } else if api_to_control || tenant {
+        } else if c.user == API || own_database {
             Decision::Accept(HbaMethod::ScramSha256)
         } else {
             Decision::Reject
@@ -46,20 +50,22 @@ fn oracle(p: &HbaPolicy, c: &Client) -> Decision {
             Decision::Reject
         };
     }
-    // Tenants without a list (members of the open group) get in from anywhere; CONNECT, not
-    // pg_hba, keeps them out of other tenants' databases.
-    if c.user_groups.iter().any(|g| g == OPEN) {
-        return Decision::Accept(HbaMethod::ScramSha256);
-    }
+    // A database with an allow-list takes its own role from its listed networks, nobody else.
     let listed = p
         .tenants
         .iter()
-        .find(|t| t.database == c.database && t.role == c.user);
-    match listed {
-        Some(t) if t.allow.iter().any(|n| n.contains(addr)) => {
+        .find(|t| t.database == c.database && !t.allow.is_empty());
+    if let Some(t) = listed {
+        return if t.role == c.user && t.allow.iter().any(|n| n.contains(addr)) {
             Decision::Accept(HbaMethod::ScramSha256)
-        }
-        _ => Decision::Reject,
+        } else {
+            Decision::Reject
+        };
+    }
+    if own_database {
+        Decision::Accept(HbaMethod::ScramSha256)
+    } else {
+        Decision::Reject
     }
 }
 
@@ -85,7 +91,12 @@ fn random_policy(rng: &mut StdRng) -> HbaPolicy {
             let lists = rng.random_range(0..4);
             TenantAccess {
                 database: format!("tenant_{i:016x}"),
-                role: format!("user_{i:016x}"),
+                // Roles named after their database, and some made before that rule.
+                role: if rng.random_bool(0.3) {
+                    format!("user_{i:016x}")
+                } else {
+                    format!("tenant_{i:016x}")
+                },
                 allow: if rng.random_bool(0.4) {
                     vec![]
                 } else {
@@ -99,9 +110,8 @@ fn random_policy(rng: &mut StdRng) -> HbaPolicy {
         api_role: API.into(),
         control_db: CONTROL.into(),
         tenant_group: GROUP.into(),
-        open_group: OPEN.into(),
         admin_os_users: vec!["postgres".into(), "root".into()],
-        pooler_admins: vec![],
+        pooler_admins: vec![SU.into(), CONSOLE.into()],
         tenants,
     }
 }
@@ -111,18 +121,20 @@ fn random_client(rng: &mut StdRng, p: &HbaPolicy) -> Client {
     dbs.extend([
         CONTROL.to_string(),
         "postgres".into(),
+        "pgbouncer".into(),
         "tenant_ffffffffffffffff".into(),
+        "user_0000000000000000".into(),
     ]);
     let mut users: Vec<String> = p.tenants.iter().map(|t| t.role.clone()).collect();
     users.extend([
         SU.to_string(),
         API.into(),
         "someone".into(),
+        "tenant_ffffffffffffffff".into(),
         "user_ffffffffffffffff".into(),
     ]);
     let user = users.choose(rng).unwrap().clone();
-    let member = user.starts_with("user_");
-    let user_for_groups = user.clone();
+    let member = user.starts_with("user_") || user.starts_with("tenant_");
     // Addresses near the listed networks are the interesting ones.
     let nets: Vec<IpNetwork> = p.tenants.iter().flat_map(|t| t.allow.clone()).collect();
     let addr = match rng.random_range(0..6) {
@@ -136,11 +148,15 @@ fn random_client(rng: &mut StdRng, p: &HbaPolicy) -> Client {
     Client {
         database: dbs.choose(rng).unwrap().clone(),
         user,
-        user_groups: match (member, p.tenants.iter().find(|t| t.role == user_for_groups)) {
+        // Membership of other tenants' roles (which tenants can grant) must change nothing.
+        user_groups: match (member, rng.random_bool(0.5)) {
             (false, _) => vec![],
-            // A role with a list has left the open group.
-            (true, Some(t)) if !t.allow.is_empty() => vec![GROUP.into()],
-            (true, _) => vec![GROUP.into(), OPEN.into()],
+            (true, false) => vec![GROUP.into()],
+            (true, true) => {
+                let mut g = vec![GROUP.into()];
+                g.extend(p.tenants.iter().map(|t| t.role.clone()));
+                g
+            }
         },
         addr,
         tls: rng.random_bool(0.7),
@@ -164,6 +180,7 @@ fn parse(text: &str) -> Vec<HbaRule> {
                 let (item, tail) = rest.split_once(',').unwrap_or((rest, ""));
                 let name = match item {
                     "all" => HbaName::All,
+                    "sameuser" => HbaName::SameUser,
                     g if g.starts_with('+') => HbaName::Group(g[1..].to_string()),
                     n => HbaName::Name(n.to_string()),
                 };
@@ -235,6 +252,43 @@ fn compiled_and_rendered_rules_decide_what_the_policy_says() {
                 want,
                 "seed {seed}: rendered file, {client:?}"
             );
+        }
+    }
+}
+
+/// Over TCP, PgBouncer decides as PostgreSQL does for every role that can be in its auth file
+/// (tenants) and for the roles that must never come over TCP, so the pooler is no bypass and no
+/// oracle for passwords PostgreSQL would not even ask for.
+#[test]
+fn both_ports_decide_the_same_over_tcp() {
+    for seed in 0..300u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let policy = random_policy(&mut rng);
+        let pg = compile(&policy).unwrap();
+        let bouncer = compile_pgbouncer(&policy).unwrap();
+        for _ in 0..200 {
+            let mut client = random_client(&mut rng, &policy);
+            if client.addr.is_none() {
+                continue;
+            }
+            // PgBouncer never sees groups; the console's users exist only there.
+            let console = rng.random_bool(0.05);
+            if console {
+                client.user = CONSOLE.into();
+                client.user_groups.clear();
+            }
+            let tenant = client.user_groups.iter().any(|g| g == GROUP);
+            let bouncer_client = Client {
+                user_groups: vec![],
+                ..client.clone()
+            };
+            let got = decide(&bouncer, &bouncer_client);
+            if console || client.user == SU || client.user == API || client.database == "pgbouncer"
+            {
+                assert_eq!(got, Decision::Reject, "seed {seed}: {client:?}");
+            } else if tenant {
+                assert_eq!(got, decide(&pg, &client), "seed {seed}: {client:?}");
+            }
         }
     }
 }

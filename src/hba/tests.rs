@@ -10,18 +10,23 @@ fn policy() -> HbaPolicy {
         api_role: "pgaas_api".into(),
         control_db: "postgres_control".into(),
         tenant_group: "pgaas_tenants".into(),
-        open_group: "pgaas_open_tenants".into(),
         admin_os_users: vec!["postgres".into(), "root".into()],
-        pooler_admins: vec!["postgres".into()],
+        pooler_admins: vec!["postgres".into(), "pgaas".into()],
         tenants: vec![
             TenantAccess {
                 database: "tenant_open".into(),
-                role: "user_open".into(),
+                role: "tenant_open".into(),
+                allow: vec![],
+            },
+            // Made before roles were named after their databases.
+            TenantAccess {
+                database: "tenant_legacy".into(),
+                role: "user_legacy".into(),
                 allow: vec![],
             },
             TenantAccess {
                 database: "tenant_locked".into(),
-                role: "user_locked".into(),
+                role: "tenant_locked".into(),
                 allow: vec![
                     "203.0.113.0/24".parse().unwrap(),
                     "2001:db8::/32".parse().unwrap(),
@@ -32,14 +37,11 @@ fn policy() -> HbaPolicy {
 }
 
 fn client(db: &str, user: &str, addr: Option<&str>, tls: bool) -> Client {
-    // Tenant roles are in the tenant group; those without an allow-list in the open group too.
-    let groups = match user {
-        "user_locked" => vec!["pgaas_tenants".to_string()],
-        u if u.starts_with("user_") => vec![
-            "pgaas_tenants".to_string(),
-            "pgaas_open_tenants".to_string(),
-        ],
-        _ => vec![],
+    // Tenant roles are in the tenant group.
+    let groups = if user.starts_with("user_") || user.starts_with("tenant_") {
+        vec!["pgaas_tenants".to_string()]
+    } else {
+        vec![]
     };
     Client {
         database: db.into(),
@@ -86,8 +88,9 @@ fn superuser_on_the_socket_uses_peer_through_the_admin_map() {
 fn plaintext_tcp_is_rejected_for_everyone() {
     for rules in both() {
         for (db, user) in [
-            ("tenant_open", "user_open"),
-            ("tenant_locked", "user_locked"),
+            ("tenant_open", "tenant_open"),
+            ("tenant_locked", "tenant_locked"),
+            ("tenant_legacy", "user_legacy"),
             ("x", "nobody"),
         ] {
             assert_eq!(
@@ -101,57 +104,138 @@ fn plaintext_tcp_is_rejected_for_everyone() {
 #[test]
 fn tenant_over_tls_is_accepted_with_scram() {
     for rules in both() {
-        assert_eq!(
-            decide(
-                &rules,
-                &client("tenant_open", "user_open", Some("198.51.100.7"), true)
-            ),
-            SCRAM
-        );
-        assert_eq!(
-            decide(
-                &rules,
-                &client("tenant_open", "user_open", Some("2001:db8::1"), true)
-            ),
-            SCRAM
-        );
+        for (db, user) in [
+            ("tenant_open", "tenant_open"),
+            ("tenant_legacy", "user_legacy"),
+        ] {
+            for addr in ["198.51.100.7", "2001:db8::1"] {
+                assert_eq!(
+                    decide(&rules, &client(db, user, Some(addr), true)),
+                    SCRAM,
+                    "{db} {user} {addr}"
+                );
+            }
+        }
     }
 }
 
 #[test]
 fn allow_list_admits_listed_networks_and_refuses_the_rest() {
-    for (i, rules) in both().into_iter().enumerate() {
+    for rules in both() {
         assert_eq!(
             decide(
                 &rules,
-                &client("tenant_locked", "user_locked", Some("203.0.113.9"), true)
+                &client("tenant_locked", "tenant_locked", Some("203.0.113.9"), true)
             ),
             SCRAM
         );
         assert_eq!(
             decide(
                 &rules,
-                &client("tenant_locked", "user_locked", Some("2001:db8:1::5"), true)
+                &client(
+                    "tenant_locked",
+                    "tenant_locked",
+                    Some("2001:db8:1::5"),
+                    true
+                )
             ),
             SCRAM
         );
         assert_eq!(
             decide(
                 &rules,
-                &client("tenant_locked", "user_locked", Some("198.51.100.7"), true)
+                &client("tenant_locked", "tenant_locked", Some("198.51.100.7"), true)
             ),
             Decision::Reject,
             "tenant from a non-listed address is refused"
         );
-        // Another tenant's role: PgBouncer refuses it here; PostgreSQL lets the open tenant's
-        // role past pg_hba (its default rule comes first, for speed) and then refuses it for
-        // lack of CONNECT on the database (see tests/it/isolation.rs).
-        let other = decide(
-            &rules,
-            &client("tenant_locked", "user_open", Some("203.0.113.9"), true),
+        // Another tenant's role, even from a listed network.
+        assert_eq!(
+            decide(
+                &rules,
+                &client("tenant_locked", "tenant_open", Some("203.0.113.9"), true)
+            ),
+            Decision::Reject
         );
-        assert_eq!(other, if i == 0 { SCRAM } else { Decision::Reject });
     }
+}
+
+#[test]
+fn a_tenant_reaches_only_its_own_database_whatever_it_was_granted() {
+    // Roles of other tenants (which a tenant can grant itself into on PostgreSQL 15) change
+    // nothing: no rule lets membership choose the database or the address.
+    let mut intruder = client("tenant_open", "tenant_locked", Some("198.51.100.7"), true);
+    intruder.user_groups.extend([
+        "tenant_open".to_string(),
+        "user_legacy".to_string(),
+        "pgaas_open_tenants".to_string(),
+    ]);
+    for rules in both() {
+        for db in [
+            "tenant_open",
+            "tenant_legacy",
+            "postgres",
+            "postgres_control",
+            "template1",
+        ] {
+            let c = Client {
+                database: db.into(),
+                ..intruder.clone()
+            };
+            assert_eq!(decide(&rules, &c), Decision::Reject, "{db}");
+        }
+        // Its own database, from outside its list: still refused, whatever it is a member of.
+        let c = Client {
+            database: "tenant_locked".into(),
+            ..intruder.clone()
+        };
+        assert_eq!(decide(&rules, &c), Decision::Reject);
+        for (db, user) in [
+            ("tenant_locked", "user_legacy"),
+            ("tenant_open", "user_legacy"),
+            ("tenant_legacy", "tenant_open"),
+        ] {
+            assert_eq!(
+                decide(&rules, &client(db, user, Some("203.0.113.9"), true)),
+                Decision::Reject,
+                "{user} -> {db}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_pooler_console_is_reachable_over_its_socket_by_peer_only() {
+    let rules = compile_pgbouncer(&policy()).unwrap();
+    for admin in ["postgres", "pgaas"] {
+        assert_eq!(
+            decide(&rules, &client("pgbouncer", admin, None, false)),
+            Decision::Accept(HbaMethod::Peer { map: None })
+        );
+        for addr in ["127.0.0.1", "::1", "198.51.100.7"] {
+            for db in ["pgbouncer", "tenant_open", admin] {
+                assert_eq!(
+                    decide(&rules, &client(db, admin, Some(addr), true)),
+                    Decision::Reject,
+                    "{admin} -> {db} from {addr}"
+                );
+            }
+        }
+    }
+    for user in ["tenant_open", "pgbouncer", "stats", "nobody"] {
+        for addr in [None, Some("127.0.0.1"), Some("198.51.100.7")] {
+            assert_eq!(
+                decide(&rules, &client("pgbouncer", user, addr, true)),
+                Decision::Reject,
+                "{user} from {addr:?}"
+            );
+        }
+    }
+    // Tenants come over TLS, never over the pooler's socket.
+    assert_eq!(
+        decide(&rules, &client("tenant_open", "tenant_open", None, false)),
+        Decision::Reject
+    );
 }
 
 #[test]
@@ -192,8 +276,17 @@ fn api_role_reaches_the_control_db_from_this_host_only() {
         ),
         Decision::Reject
     );
+    // Over the socket it reaches tenant databases too (backups, cleanup after a delete): it is
+    // a member of every tenant role anyway.
     assert_eq!(
         decide(&rules, &client("tenant_open", "pgaas_api", None, false)),
+        SCRAM
+    );
+    assert_eq!(
+        decide(
+            &rules,
+            &client("tenant_open", "pgaas_api", Some("127.0.0.1"), true)
+        ),
         Decision::Reject
     );
 }
@@ -212,10 +305,18 @@ fn unknown_roles_are_rejected_by_an_explicit_rule_not_by_falling_off_the_end() {
         decide(&rules, &client("tenant_open", "nobody", None, false)),
         Decision::Reject
     );
-    // Tenants reach the server socket (PgBouncer's path) with SCRAM.
+    // Tenants reach the server socket (PgBouncer's path) with SCRAM, each its own database.
     assert_eq!(
-        decide(&rules, &client("tenant_open", "user_open", None, false)),
+        decide(&rules, &client("tenant_open", "tenant_open", None, false)),
         SCRAM
+    );
+    assert_eq!(
+        decide(&rules, &client("tenant_legacy", "user_legacy", None, false)),
+        SCRAM
+    );
+    assert_eq!(
+        decide(&rules, &client("tenant_open", "tenant_locked", None, false)),
+        Decision::Reject
     );
 }
 
@@ -250,7 +351,7 @@ fn pgbouncer_rules_use_only_what_pgbouncer_understands() {
 #[test]
 fn cidr_with_host_bits_is_refused() {
     let mut p = policy();
-    p.tenants[1].allow.push("10.1.2.3/8".parse().unwrap());
+    p.tenants[2].allow.push("10.1.2.3/8".parse().unwrap());
     let err = compile(&p).unwrap_err();
     assert!(matches!(err, HbaError::HostBits { .. }), "{err}");
     assert!(err.to_string().contains("10.0.0.0/8"), "{err}");
@@ -290,7 +391,7 @@ fn names_are_quoted_when_needed_and_refused_when_inexpressible() {
         &"x".repeat(64),
     ] {
         let mut p = policy();
-        p.tenants[1].database = bad.to_string();
+        p.tenants[2].database = bad.to_string();
         let err = render_pg_hba(&compile(&p).unwrap(), 1).unwrap_err();
         assert!(matches!(err, HbaError::Name { .. }), "{bad:?}: {err}");
     }

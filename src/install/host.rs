@@ -52,7 +52,7 @@ pub fn hba_applier(
         }),
         pooler,
         file_owner: None,
-        userlist_lock: Arc::default(),
+        reader: Some(settings.postgres.os_user.clone()),
     }
 }
 

@@ -24,6 +24,9 @@ pub struct Status {
     /// Generation in the header of pg_hba.conf, and in `hba_state`.
     pub hba_file_generation: Option<u64>,
     pub hba_db_generation: Option<i64>,
+    /// Access files that are missing, unreadable by the server's user, or not what the rows say;
+    /// `None` when they could not be checked.
+    pub access_files: Option<Vec<crate::hba::check::FileProblem>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -142,6 +145,13 @@ async fn database(
         if let Ok(mut c) = PgConnection::connect_with(&opts).await {
             st.hba_db_generation = crate::hba::apply::current_generation(&mut c).await.ok();
         }
+        let version = settings.postgres.version.unwrap_or(15);
+        let applier = crate::hba::apply::HbaApplier::for_host(settings, version);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(opts);
+        st.access_files = applier.check_files(&pool).await.ok();
+        pool.close().await;
     }
     Ok(())
 }
@@ -209,6 +219,18 @@ pub fn render(st: &Status) -> String {
         g(st.hba_file_generation.map(|v| v.to_string())),
         g(st.hba_db_generation.map(|v| v.to_string()))
     ));
+    match &st.access_files {
+        None => out.push_str("Access files: not checked (control DB not readable)\n"),
+        Some(p) if p.is_empty() => {
+            out.push_str("Access files: match the control DB and are readable by the server\n")
+        }
+        Some(problems) => {
+            out.push_str("Access files: PROBLEMS (run `pgaas render` as root to repair)\n");
+            for p in problems {
+                out.push_str(&format!("  {}: {}\n", p.path.display(), p.problem));
+            }
+        }
+    }
     out
 }
 

@@ -62,6 +62,16 @@ impl AllowEntry {
                 "{s:?} would allow every address; an empty allow-list already means \"any address, TLS only\": remove the entries instead"
             )));
         }
+        if let IpAddr::V6(v6) = addr {
+            // ::ffff:a.b.c.d is an IPv4 client written as IPv6; whether a server matches it
+            // against IPv4 connections differs between programs, so the list says it plainly.
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Err(err(format!(
+                    "{s:?} is an IPv4-mapped IPv6 address; write the IPv4 address or network \
+                     instead (e.g. {v4})"
+                )));
+            }
+        }
         let net = IpNetwork::new(addr, prefix).map_err(|e| err(format!("{s:?}: {e}")))?;
         if net.network() != addr {
             return Err(err(format!(
@@ -165,5 +175,8 @@ mod tests {
         assert!(refused("1.2.3.4/24 trust").contains("prefix"));
         assert!(refused("1.2.3.4\nhost all all 0.0.0.0/0 trust").contains("not an IP address"));
         assert!(refused("").contains("required"));
+        assert!(refused("::ffff:0.0.0.0/96").contains("IPv4-mapped"));
+        assert!(refused("::ffff:203.0.113.5").contains("write the IPv4"));
+        assert!(refused("::ffff:c000:0/112").contains("IPv4-mapped"));
     }
 }

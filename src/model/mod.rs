@@ -15,7 +15,7 @@ pub use allow::AllowEntry;
 pub use api_key::{ApiKey, ApiKeyRecord, PlaintextApiKey, Scope};
 pub use ids::TenantId;
 pub use input::{FriendlyName, OwnerEmail, ValidationError};
-pub use names::{DbName, RoleName, TENANT_DB_PREFIX, TENANT_ROLE_PREFIX, generate_tenant_names};
+pub use names::{DbName, LEGACY_ROLE_PREFIX, RoleName, TENANT_DB_PREFIX, generate_tenant_names};
 pub use secret::TenantPassword;
 pub use status::TenantStatus;
 

@@ -42,20 +42,104 @@ pub fn find_binary() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-/// The auth file: one `"role" "verifier"` line per tenant, plus the console's admin users with an
-/// empty secret (they log in to the console by peer only; the hba file allows nothing else for
-/// them).
-pub fn render_userlist(admin_users: &[String], secrets: &[(String, String)]) -> String {
+/// The auth file: one `"role" "verifier"` line per tenant, and one per console user.
+///
+/// PgBouncer accepts a SCRAM login against an empty secret (it builds a verifier of the empty
+/// password), so no entry is ever empty. Console users log in only by peer over PgBouncer's
+/// socket (its hba refuses them over TCP), but PgBouncer needs them in this file: each gets the
+/// verifier of a random password that is thrown away, kept from `existing` when it already has
+/// one so the file only changes when tenants do. A tenant entry that is not a well-formed SCRAM
+/// verifier is left out: PgBouncer stops reading the file at a broken line, and leaves every
+/// user after it with an empty password.
+pub fn render_userlist(
+    console_users: &[String],
+    secrets: &[(String, String)],
+    existing: Option<&str>,
+) -> String {
     let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let mut out =
-        String::from("; pgaas managed file: SCRAM verifiers of tenant roles, written by pgaas\n");
-    for admin in admin_users {
-        out.push_str(&format!("{} \"\"\n", q(admin)));
+    let mut out = String::from(
+        "; pgaas managed file: SCRAM verifiers of tenant roles, and unusable ones for the console's \
+         peer-only users\n",
+    );
+    let kept = existing.map(parse_userlist).unwrap_or_default();
+    for user in console_users {
+        let verifier = kept
+            .iter()
+            .find(|(u, v)| u == user && is_scram_verifier(v))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(unusable_verifier);
+        out.push_str(&format!("{} {}\n", q(user), q(&verifier)));
     }
     for (role, verifier) in secrets {
+        if console_users.contains(role) {
+            continue;
+        }
+        if !is_scram_verifier(verifier) {
+            tracing::warn!(
+                role,
+                "left out of PgBouncer's auth file: its stored password is not a SCRAM verifier"
+            );
+            continue;
+        }
         out.push_str(&format!("{} {}\n", q(role), q(verifier)));
     }
     out
+}
+
+/// `(user, secret)` pairs of an auth file pgaas wrote (quoted fields, `""` for a quote).
+fn parse_userlist(text: &str) -> Vec<(String, String)> {
+    fn field(s: &str) -> Option<(String, &str)> {
+        let mut rest = s.trim_start().strip_prefix('"')?;
+        let mut out = String::new();
+        loop {
+            let end = rest.find('"')?;
+            out.push_str(&rest[..end]);
+            rest = &rest[end + 1..];
+            match rest.strip_prefix('"') {
+                Some(r) => {
+                    out.push('"');
+                    rest = r;
+                }
+                None => return Some((out, rest)),
+            }
+        }
+    }
+    text.lines()
+        .filter_map(|l| {
+            let (user, rest) = field(l)?;
+            let (secret, _) = field(rest)?;
+            Some((user, secret))
+        })
+        .collect()
+}
+
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, base64 fields, as PostgreSQL
+/// stores it (and nothing PgBouncer would read as a plaintext password).
+pub fn is_scram_verifier(v: &str) -> bool {
+    let b64 = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    };
+    let Some(rest) = v.strip_prefix("SCRAM-SHA-256$") else {
+        return false;
+    };
+    let Some((iter_salt, keys)) = rest.split_once('$') else {
+        return false;
+    };
+    let (Some((iter, salt)), Some((stored, server))) =
+        (iter_salt.split_once(':'), keys.split_once(':'))
+    else {
+        return false;
+    };
+    iter.parse::<u32>().is_ok_and(|n| n > 0) && b64(salt) && b64(stored) && b64(server)
+}
+
+/// The verifier of a random password nobody is told: a well-formed secret no client can match.
+fn unusable_verifier() -> String {
+    let password = hex::encode(crate::model::os_random_bytes::<32>());
+    crate::pg::scram::scram_sha256_verifier(&password)
+        .expect("a hex password has nothing SCRAM's normalisation refuses")
 }
 
 /// A PgBouncer started from a config file, owned by `owner`.
@@ -175,16 +259,52 @@ impl PoolerReload for LocalPgBouncer {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    const VERIFIER: &str = "SCRAM-SHA-256$4096:c2FsdA==$a2V5:c2VydmVy";
+
     #[test]
-    fn userlist_holds_verifiers_quoted() {
-        let text = super::render_userlist(
-            &["postgres".to_string()],
-            &[(
-                "user_0011223344556677".into(),
-                "SCRAM-SHA-256$4096:c2FsdA==$a:b".into(),
-            )],
+    fn userlist_holds_verifiers_quoted_and_never_an_empty_secret() {
+        let console = vec!["postgres".to_string(), "pgaas".to_string()];
+        let text = render_userlist(
+            &console,
+            &[("tenant_0011223344556677".into(), VERIFIER.into())],
+            None,
         );
-        assert!(text.contains("\"postgres\" \"\"\n"));
-        assert!(text.contains("\"user_0011223344556677\" \"SCRAM-SHA-256$4096:c2FsdA==$a:b\"\n"));
+        assert!(text.contains(&format!("\"tenant_0011223344556677\" \"{VERIFIER}\"\n")));
+        assert!(!text.contains("\"\"\n"), "an empty secret:\n{text}");
+        let entries = parse_userlist(&text);
+        assert_eq!(entries.len(), 3);
+        for (user, secret) in &entries {
+            assert!(is_scram_verifier(secret), "{user}: {secret}");
+        }
+        // The console's secrets are kept across rewrites, so the file changes only with tenants.
+        assert_eq!(
+            render_userlist(
+                &console,
+                &[("tenant_0011223344556677".into(), VERIFIER.into())],
+                Some(&text)
+            ),
+            text
+        );
+        // ... and they are not something anyone could type.
+        let fresh = render_userlist(&console, &[], None);
+        assert_ne!(parse_userlist(&fresh)[0].1, entries[0].1);
+    }
+
+    #[test]
+    fn malformed_verifiers_are_left_out() {
+        for bad in [
+            "",
+            "md5abcdef",
+            "plaintext",
+            "SCRAM-SHA-256$4096:c2FsdA==$a\"b:c",
+            "SCRAM-SHA-256$4096:c2FsdA==$a2V5:c2Vy\nZXI=",
+            "SCRAM-SHA-256$x:c2FsdA==$a2V5:c2VydmVy",
+            "SCRAM-SHA-256$4096:$a2V5:c2VydmVy",
+        ] {
+            let text = render_userlist(&[], &[("tenant_00112233".into(), bad.into())], None);
+            assert!(!text.contains("tenant_00112233"), "{bad:?}:\n{text}");
+        }
     }
 }

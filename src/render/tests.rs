@@ -41,9 +41,8 @@ fn policy() -> HbaPolicy {
         api_role: "pgaas_api".into(),
         control_db: "postgres_control".into(),
         tenant_group: "pgaas_tenants".into(),
-        open_group: "pgaas_open_tenants".into(),
         admin_os_users: vec!["postgres".into(), "root".into()],
-        pooler_admins: vec!["postgres".into()],
+        pooler_admins: vec!["postgres".into(), "pgaas".into()],
         tenants: vec![
             TenantAccess {
                 database: "tenant_0a1b2c3d4e5f6071".into(),
@@ -52,7 +51,7 @@ fn policy() -> HbaPolicy {
             },
             TenantAccess {
                 database: "tenant_8899aabbccddeeff".into(),
-                role: "user_8899aabbccddeeff".into(),
+                role: "tenant_8899aabbccddeeff".into(),
                 allow: vec![
                     "203.0.113.0/24".parse().unwrap(),
                     "2001:db8::/32".parse().unwrap(),

@@ -281,6 +281,15 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
             "must be between 1 and tenants.max_connections_cap",
         );
     }
+    if !(1..=32).contains(&t.allow_min_prefix_v4) {
+        c.fail("tenants.allow_min_prefix_v4", "must be between 1 and 32");
+    }
+    if !(1..=128).contains(&t.allow_min_prefix_v6) {
+        c.fail("tenants.allow_min_prefix_v6", "must be between 1 and 128");
+    }
+    if !(1..=10_000).contains(&t.allow_max_entries) {
+        c.fail("tenants.allow_max_entries", "must be between 1 and 10000");
+    }
     if !(1..=3650).contains(&s.backups.retention_days) {
         c.fail(
             "backups.retention_days",

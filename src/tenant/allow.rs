@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{AuditContext, TenantError, TenantService, audit};
 use crate::{
     hba::apply::{ApplyError, HbaApplier},
-    model::{AllowEntry, RoleName, TenantId, ValidationError},
+    model::{AllowEntry, TenantId, ValidationError},
 };
 
 /// One allow-list entry, in the original's shape.
@@ -42,7 +42,10 @@ pub fn parse_description(d: Option<&str>) -> Result<Option<String>, ValidationEr
 
 impl From<ApplyError> for TenantError {
     fn from(e: ApplyError) -> Self {
-        TenantError::Internal(format!("the access rules could not be applied: {e}"))
+        match e {
+            ApplyError::Db(e) => e.into(),
+            e => TenantError::Apply(e),
+        }
     }
 }
 
@@ -63,37 +66,7 @@ impl TenantService {
         .await?)
     }
 
-    /// Whether the tenant's role is in the open group (admitted from any address).
-    async fn set_open(
-        conn: &mut PgConnection,
-        role: &RoleName,
-        open: bool,
-    ) -> Result<(), TenantError> {
-        let role = super::lifecycle::ident(role.as_str())?;
-        let group = super::lifecycle::ident(crate::control_db::OPEN_GROUP)?;
-        let sql = if open {
-            format!("GRANT {group} TO {role}")
-        } else {
-            format!("REVOKE {group} FROM {role}")
-        };
-        sqlx::query(&sql).execute(conn).await?;
-        Ok(())
-    }
-
-    async fn has_entries(conn: &mut PgConnection, id: TenantId) -> Result<bool, TenantError> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1)")
-                .bind(id.as_uuid())
-                .fetch_one(conn)
-                .await?,
-        )
-    }
-
-    /// Add an entry; returns it once it is in force.
-    ///
-    /// The first entry of a tenant restricts it: its role leaves the open group *before* the
-    /// new file is in force (fail-closed: for a moment it may be refused everywhere, never let in
-    /// from everywhere), and rejoins if the change fails. Runs under the tenant's work lock, so
+    /// Add an entry; returns it once it is in force. Runs under the tenant's work lock, so
     /// changes to one tenant's list never interleave.
     pub async fn allow(
         &self,
@@ -103,26 +76,40 @@ impl TenantService {
         ctx: &AuditContext,
     ) -> Result<AllowRow, TenantError> {
         self.applier()?;
-        let role = self.get(id).await?.username;
+        self.check_breadth(entry)?;
+        self.get(id).await?;
         let mut lock = self.work_lock(id).await?;
         // Every statement on the lock's connection: no request holds one connection while
         // waiting for another.
-        let conn = lock.conn();
-        let first = !Self::has_entries(conn, id).await?;
-        let result = async {
-            if first {
-                Self::set_open(conn, &role, false).await?;
-            }
-            self.allow_locked(conn, id, entry, description, ctx).await
-        }
-        .await;
-        if result.is_err() && first && !Self::has_entries(conn, id).await.unwrap_or(true) {
-            if let Err(e) = Self::set_open(conn, &role, true).await {
-                tracing::error!(tenant = %id, error = %e, "could not reopen a tenant after a failed change; `pgaas render` repairs it");
-            }
-        }
+        let result = self
+            .allow_locked(lock.conn(), id, entry, description, ctx)
+            .await;
         lock.release().await;
         result
+    }
+
+    /// An allow-list narrows access; an entry wider than the configured minimum prefix is
+    /// refused (several wide entries could otherwise add up to "everyone").
+    fn check_breadth(&self, entry: AllowEntry) -> Result<(), TenantError> {
+        let t = &self.settings.tenants;
+        let net = entry.network();
+        let (min, key) = if net.is_ipv4() {
+            (t.allow_min_prefix_v4, "tenants.allow_min_prefix_v4")
+        } else {
+            (t.allow_min_prefix_v6, "tenants.allow_min_prefix_v6")
+        };
+        if net.prefix() < min {
+            return Err(ValidationError::new(
+                "ipAddress",
+                format!(
+                    "{entry} is wider than /{min}, the widest network an allow-list may name \
+                     ({key}); list the networks your clients use, or remove every entry to \
+                     allow any address (TLS only)"
+                ),
+            )
+            .into());
+        }
+        Ok(())
     }
 
     async fn allow_locked(
@@ -136,6 +123,23 @@ impl TenantService {
         self.applier()?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let tenant = self.lock_active(&mut tx, id).await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM ip_whitelist WHERE database_id = $1")
+                .bind(id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await?;
+        let max = self.settings.tenants.allow_max_entries;
+        if count >= i64::from(max) {
+            return Err(ValidationError::new(
+                "ipAddress",
+                format!(
+                    "database {id} already has {count} allow-list entries, the most allowed \
+                     (tenants.allow_max_entries = {max}); remove one, or merge neighbours into \
+                     one network"
+                ),
+            )
+            .into());
+        }
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1 AND ip_address = $2::cidr)")
                 .bind(id.as_uuid())
@@ -162,8 +166,7 @@ impl TenantService {
     }
 
     /// Remove an entry; when it was the last one, the database is open to any address again
-    /// (TLS only): the role rejoins the open group only after the file without its lines is in
-    /// force and the row is gone.
+    /// (TLS only).
     pub async fn disallow(
         &self,
         id: TenantId,
@@ -171,17 +174,9 @@ impl TenantService {
         ctx: &AuditContext,
     ) -> Result<AllowRow, TenantError> {
         self.applier()?;
-        let role = self.get(id).await?.username;
+        self.get(id).await?;
         let mut lock = self.work_lock(id).await?;
-        let conn = lock.conn();
-        let result = match self.disallow_locked(conn, id, entry_id, ctx).await {
-            Ok(row) => match Self::has_entries(conn, id).await {
-                Ok(false) => Self::set_open(conn, &role, true).await.map(|()| row),
-                Ok(true) => Ok(row),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
+        let result = self.disallow_locked(lock.conn(), id, entry_id, ctx).await;
         lock.release().await;
         result
     }

@@ -11,10 +11,15 @@
 
 mod allow;
 pub mod audit;
-mod lifecycle;
+mod create;
+mod delete;
+mod lock;
+mod read;
 mod reconcile;
+mod row;
 mod stats;
 mod types;
+mod update;
 
 pub use allow::{AllowRow, parse_description};
 pub use audit::{AuditContext, AuditEntry, AuditFilter};
@@ -35,6 +40,8 @@ pub struct TenantService {
     pub(crate) settings: Arc<Settings>,
     /// Writes pg_hba.conf (and PgBouncer's) when allow-lists change; only on the database host.
     pub(crate) hba: Option<Arc<HbaApplier>>,
+    /// One queue per tenant for changes in this process (see `lock`).
+    pub(crate) gates: Arc<lock::Gates>,
 }
 
 impl TenantService {
@@ -43,6 +50,7 @@ impl TenantService {
             pool,
             settings,
             hba: None,
+            gates: Arc::default(),
         }
     }
 

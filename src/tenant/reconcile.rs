@@ -10,8 +10,8 @@ use serde_json::json;
 use sqlx::Executor;
 
 use super::Tenant;
-use super::{AuditContext, TenantError, TenantService, audit, lifecycle::ident};
-use crate::model::{TENANT_DB_PREFIX, TENANT_ROLE_PREFIX, TenantId, TenantStatus};
+use super::{AuditContext, TenantError, TenantService, audit, row::ident};
+use crate::model::{LEGACY_ROLE_PREFIX, TENANT_DB_PREFIX, TenantId, TenantStatus};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReconcileReport {
@@ -86,10 +86,11 @@ impl TenantService {
         .fetch_all(&self.pool)
         .await?;
         report.orphan_roles = sqlx::query_scalar(
-            "SELECT rolname FROM pg_roles r WHERE starts_with(rolname, $1)
+            "SELECT rolname FROM pg_roles r WHERE (starts_with(rolname, $1) OR starts_with(rolname, $2))
                AND NOT EXISTS (SELECT 1 FROM databases t WHERE t.username = r.rolname) ORDER BY 1",
         )
-        .bind(TENANT_ROLE_PREFIX)
+        .bind(TENANT_DB_PREFIX)
+        .bind(LEGACY_ROLE_PREFIX)
         .fetch_all(&self.pool)
         .await?;
         for o in report.orphan_databases.iter().chain(&report.orphan_roles) {
@@ -118,7 +119,7 @@ impl TenantService {
             "SELECT COALESCE(shobj_description(oid, 'pg_authid') = $2, false) FROM pg_roles WHERE rolname = $1",
         )
         .bind(tenant.username.as_str())
-        .bind(super::lifecycle::ownership_comment(tenant.id))
+        .bind(super::row::ownership_comment(tenant.id))
         .fetch_optional(&mut *conn)
         .await?
         .unwrap_or(false);

@@ -88,10 +88,55 @@ pub enum TenantError {
     /// The tenant is in a state that does not allow the operation (e.g. still provisioning).
     #[error("{0}")]
     State(String),
-    #[error("control database: {0}")]
-    Db(#[from] sqlx::Error),
+    /// Something holds the tenant right now (another change to it, or a lock one of its own
+    /// sessions holds); the same request may succeed in a moment.
+    #[error("{0}")]
+    Busy(String),
+    /// The platform cannot take the request right now (its connections are all in use, a
+    /// statement ran out of time, the server is full); try again shortly.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("control database")]
+    Db(#[source] sqlx::Error),
+    #[error("the access rules could not be applied")]
+    Apply(#[source] crate::hba::apply::ApplyError),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<sqlx::Error> for TenantError {
+    /// Waits that ran out and full servers are the caller's to retry, not internal errors:
+    /// one tenant holding a lock on its own database must cost the request a 409, not a 500.
+    fn from(e: sqlx::Error) -> Self {
+        use sqlx::Error;
+        let code = match &e {
+            Error::Database(db) => db.code().map(|c| c.into_owned()),
+            Error::PoolTimedOut => {
+                return TenantError::Unavailable(
+                    "every control-DB connection is busy; try again in a moment".into(),
+                );
+            }
+            _ => None,
+        };
+        match code.as_deref() {
+            // lock_not_available (lock_timeout), object_in_use
+            Some("55P03") | Some("55006") => TenantError::Busy(
+                "the database is in use by a change or by one of its own sessions holding a \
+                 lock; try again in a moment"
+                    .into(),
+            ),
+            // dependent_objects_still_exist
+            Some("2BP01") => TenantError::Busy(
+                "the tenant's role still owns objects or holds privileges elsewhere; try again"
+                    .into(),
+            ),
+            // query_canceled (statement_timeout), too_many_connections, cannot_connect_now
+            Some("57014") | Some("53300") | Some("57P03") => TenantError::Unavailable(
+                "the database server is busy; try again in a moment".into(),
+            ),
+            _ => TenantError::Db(e),
+        }
+    }
 }
 
 impl TenantError {
@@ -102,6 +147,9 @@ impl TenantError {
             TenantError::Validation(_) => "validation_failed",
             TenantError::Conflict(_) => "conflict",
             TenantError::State(_) => "wrong_state",
+            TenantError::Busy(_) => "busy",
+            TenantError::Unavailable(_) => "unavailable",
+            TenantError::Apply(_) => "access_rules_failed",
             TenantError::Db(_) => "database_error",
             TenantError::Internal(_) => "internal",
         }

@@ -195,7 +195,8 @@ async fn the_original_readme_flow_create_get_list_stats_delete() {
         data["username"].as_str().unwrap(),
     );
     let password = data["password"].as_str().unwrap();
-    assert!(db.starts_with("tenant_") && user.starts_with("user_"));
+    // The role is named after its database: that ties it to it in pg_hba.conf (`sameuser`).
+    assert!(db.starts_with("tenant_") && user == db);
     assert!(password.len() >= 24);
     let url = format!(
         "postgresql://{user}:{password}@{}:{}/{db}?sslmode=require",

@@ -166,8 +166,14 @@ pub fn control_db_check(cx: &mut Cx) -> Result<Plan> {
                 sqlx::query_as("SELECT rolname, rolpassword FROM pgaas_priv.tenant_secrets()")
                     .fetch_all(&mut conn)
                     .await?;
-            let want = crate::pg::pgbouncer::render_userlist(&applier.base.pooler_admins, &secrets);
-            if read_opt(&files.userlist_file)?.as_deref() != Some(want.as_bytes()) {
+            let existing = read_opt(&files.userlist_file)?;
+            let existing_text = existing.as_deref().map(String::from_utf8_lossy);
+            let want = crate::pg::pgbouncer::render_userlist(
+                &applier.base.pooler_admins,
+                &secrets,
+                existing_text.as_deref(),
+            );
+            if existing.as_deref() != Some(want.as_bytes()) {
                 out.push(format!(
                     "rewrite {} (tenant verifiers)",
                     files.userlist_file.display()

@@ -1,0 +1,265 @@
+//! Provisioning, ordered so that a failure or a crash leaves either nothing or work the
+//! reconciler recognises: the row, the role, the database (closed until CONNECT is revoked from
+//! PUBLIC), then the row becomes active with its audit row. A failure undoes only what its
+//! request made.
+
+use serde_json::json;
+use sqlx::{Executor, PgConnection};
+
+use super::row::{BCRYPT_COST, SELECT_TENANT, TenantRow, ident, ownership_comment};
+use super::{AuditContext, NewTenant, Provisioned, Tenant, TenantError, TenantService, audit};
+use crate::{
+    model::{DbName, RoleName, TenantId, TenantPassword, ValidationError, generate_tenant_names},
+    pg::scram,
+};
+
+impl TenantService {
+    pub(super) fn check_max_connections(&self, n: u32) -> Result<i32, TenantError> {
+        let cap = self.settings.tenants.max_connections_cap;
+        if n == 0 || n > cap {
+            return Err(ValidationError::new(
+                "maxConnections",
+                format!("must be between 1 and {cap}"),
+            )
+            .into());
+        }
+        Ok(n as i32)
+    }
+
+    pub async fn create(
+        &self,
+        new: NewTenant,
+        ctx: &AuditContext,
+    ) -> Result<Provisioned, TenantError> {
+        let max = self.check_max_connections(
+            new.max_connections
+                .unwrap_or(self.settings.tenants.default_max_connections),
+        )?;
+        let password = TenantPassword::generate();
+        // The hashes are CPU work; run them beside the DDL rather than before it.
+        let pw = password.expose().to_string();
+        let verifier_task = tokio::task::spawn_blocking(move || scram::scram_sha256_verifier(&pw));
+        let pw = password.expose().to_string();
+        let bcrypt_task = tokio::task::spawn_blocking(move || bcrypt::hash(pw, BCRYPT_COST));
+
+        let id = TenantId::new_random();
+        // Held until this request is done, so the reconciler never mistakes it for a crash.
+        let mut lock = self.work_lock(id).await?;
+        // Every statement of this request runs on the lock's connection: a request never holds
+        // one pooled connection while waiting for another, so many at once cannot starve a pool.
+        let conn = lock.conn();
+        let mut names = None;
+        for _ in 0..3 {
+            let (db, role) = generate_tenant_names();
+            let inserted = sqlx::query(
+                "INSERT INTO databases (id, database_name, username, owner_email, friendly_name, max_connections, status)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'provisioning')
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(id.as_uuid())
+            .bind(db.as_str())
+            .bind(role.as_str())
+            .bind(new.owner_email.as_str())
+            .bind(new.friendly_name.as_str())
+            .bind(max)
+            .execute(&mut *conn)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                names = Some((db, role));
+                break;
+            }
+        }
+        let (db, role) =
+            names.ok_or_else(|| TenantError::internal("could not draw unused tenant names"))?;
+        let verifier = verifier_task
+            .await
+            .map_err(TenantError::internal)?
+            .map_err(TenantError::internal)?;
+
+        let plan = Plan {
+            id,
+            db: &db,
+            role: &role,
+            max,
+        };
+        let mut created = Created::default();
+        let result = self.provision(conn, &plan, &verifier, &mut created).await;
+        let result = match result {
+            Ok(()) => match bcrypt_task.await {
+                Ok(Ok(hash)) => self.activate(conn, &plan, &hash, ctx).await,
+                Ok(Err(e)) => Err(TenantError::internal(e)),
+                Err(e) => Err(TenantError::internal(e)),
+            },
+            Err(e) => Err(e),
+        };
+        let failed = result.is_err();
+        let result = match result {
+            Ok(tenant) => Ok(Provisioned { tenant, password }),
+            Err(e) => {
+                self.undo_provision(conn, &plan, &created).await;
+                audit::record_failure(
+                    conn,
+                    ctx,
+                    "database.create",
+                    "database",
+                    Some(&id.to_string()),
+                    json!({ "database_name": db.as_str(), "error": e.category() }),
+                )
+                .await;
+                Err(e)
+            }
+        };
+        lock.release().await;
+        // The pooler's auth file was being refreshed beside CREATE DATABASE; the response waits
+        // for it (holding no connection), so a pooled URL works as soon as it is handed out.
+        if let Some(refresh) = created.pooler_refresh.take() {
+            let _ = refresh.await;
+        }
+        if failed {
+            self.refresh_pooler().await;
+        }
+        result
+    }
+
+    async fn provision(
+        &self,
+        conn: &mut PgConnection,
+        plan: &Plan<'_>,
+        verifier: &str,
+        created: &mut Created,
+    ) -> Result<(), TenantError> {
+        let Plan { id, db, role, max } = *plan;
+        let role_q = ident(role.as_str())?;
+        let db_q = ident(db.as_str())?;
+        let group_q = ident(crate::control_db::TENANT_GROUP)?;
+        let verifier_q =
+            crate::pg::quote::quote_literal(verifier).map_err(TenantError::internal)?;
+        let comment = ownership_comment(id);
+        // Role, its ownership mark, and our membership (needed to create a database it owns)
+        // in one transaction: either all exist or none.
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        tx.execute(
+            format!(
+                "CREATE ROLE {role_q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION CONNECTION LIMIT {max} PASSWORD {verifier_q} IN ROLE {group_q}"
+            )
+            .as_str(),
+        )
+        .await?;
+        tx.execute(format!("COMMENT ON ROLE {role_q} IS '{comment}'").as_str())
+            .await?;
+        tx.execute(format!("GRANT {role_q} TO CURRENT_USER").as_str())
+            .await?;
+        tx.commit().await?;
+        created.role = true;
+        if self.hba.as_ref().is_some_and(|h| h.pgbouncer.is_some()) {
+            let svc = self.clone();
+            created.pooler_refresh = Some(tokio::spawn(async move { svc.refresh_pooler().await }));
+        }
+
+        // Created closed: until CONNECT is revoked from PUBLIC nobody may open a session in it
+        // (a session opened in that window would outlive the REVOKE). A create interrupted by
+        // a crash leaves it closed until the reconciler undoes it.
+        conn.execute(
+            format!(
+                "CREATE DATABASE {db_q} OWNER {role_q} CONNECTION LIMIT {max} ALLOW_CONNECTIONS false"
+            )
+            .as_str(),
+        )
+        .await?;
+        created.database = true;
+        conn.execute(format!("COMMENT ON DATABASE {db_q} IS '{comment}'").as_str())
+            .await?;
+        conn.execute(format!("REVOKE ALL ON DATABASE {db_q} FROM PUBLIC").as_str())
+            .await?;
+        conn.execute(format!("ALTER DATABASE {db_q} ALLOW_CONNECTIONS true").as_str())
+            .await?;
+        Ok(())
+    }
+
+    async fn activate(
+        &self,
+        conn: &mut PgConnection,
+        plan: &Plan<'_>,
+        hash: &str,
+        ctx: &AuditContext,
+    ) -> Result<Tenant, TenantError> {
+        let Plan { id, db, role, max } = *plan;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let updated = sqlx::query(
+            "UPDATE databases SET status = 'active', password_hash = $2 WHERE id = $1 AND status = 'provisioning'",
+        )
+        .bind(id.as_uuid())
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(TenantError::internal(
+                "the provisioning row disappeared while creating",
+            ));
+        }
+        let row: TenantRow = sqlx::query_as(&format!("{SELECT_TENANT} WHERE id = $1"))
+            .bind(id.as_uuid())
+            .fetch_one(&mut *tx)
+            .await?;
+        audit::record(
+            &mut tx,
+            ctx,
+            "database.create",
+            "database",
+            Some(&id.to_string()),
+            true,
+            json!({ "database_name": db.as_str(), "username": role.as_str(), "max_connections": max }),
+        )
+        .await?;
+        tx.commit().await?;
+        Tenant::try_from(row)
+    }
+
+    /// Remove what a failed create made, and only that.
+    async fn undo_provision(&self, conn: &mut PgConnection, plan: &Plan<'_>, created: &Created) {
+        let Plan { id, db, role, .. } = *plan;
+        let result: Result<(), TenantError> = async {
+            if created.database {
+                conn.execute(
+                    format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        ident(db.as_str())?
+                    )
+                    .as_str(),
+                )
+                .await?;
+            }
+            if created.role {
+                conn.execute(format!("DROP ROLE IF EXISTS {}", ident(role.as_str())?).as_str())
+                    .await?;
+            }
+            sqlx::query("DELETE FROM databases WHERE id = $1 AND status = 'provisioning'")
+                .bind(id.as_uuid())
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(tenant = %id, error = %e, "undoing a failed create left work for the reconciler");
+        }
+    }
+}
+
+/// The tenant a create is making.
+#[derive(Clone, Copy)]
+struct Plan<'a> {
+    id: TenantId,
+    db: &'a DbName,
+    role: &'a RoleName,
+    max: i32,
+}
+
+/// What this request made, so a failure undoes exactly that.
+#[derive(Default)]
+struct Created {
+    role: bool,
+    database: bool,
+    /// The PgBouncer auth-file refresh started once the role existed.
+    pooler_refresh: Option<tokio::task::JoinHandle<()>>,
+}

@@ -1,0 +1,232 @@
+//! Deletion: the row says `deleting`, new sessions are blocked, the database is dropped with
+//! its sessions, the role is dropped, the row removed; the audit row stays. A half-done delete is
+//! finished by asking again, or by the reconciler.
+
+use serde_json::json;
+use sqlx::{Executor, PgConnection};
+
+use super::row::{SELECT_TENANT, TenantRow, ident, ownership_comment};
+use super::{AuditContext, Tenant, TenantError, TenantService, audit};
+use crate::model::{RoleName, TenantId, TenantStatus};
+
+impl TenantService {
+    pub async fn delete(&self, id: TenantId, ctx: &AuditContext) -> Result<(), TenantError> {
+        let mut lock = self.work_lock(id).await?;
+        let result = self.delete_locked(lock.conn(), id, ctx).await;
+        lock.release().await;
+        if result.is_ok() {
+            self.refresh_pooler().await;
+        }
+        result
+    }
+
+    async fn delete_locked(
+        &self,
+        conn: &mut PgConnection,
+        id: TenantId,
+        ctx: &AuditContext,
+    ) -> Result<(), TenantError> {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let row: Option<TenantRow> =
+            sqlx::query_as(&format!("{SELECT_TENANT} WHERE id = $1 FOR UPDATE"))
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let tenant: Tenant = row.ok_or(TenantError::NotFound(id))?.try_into()?;
+        // A delete that failed halfway left the row `deleting`: asking again finishes it.
+        if tenant.status == TenantStatus::Provisioning {
+            return Err(TenantError::State(format!(
+                "database {id} is still being created; try again in a moment"
+            )));
+        }
+        sqlx::query("UPDATE databases SET status = 'deleting' WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        match self.finish_delete(conn, &tenant, ctx).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                audit::record_failure(
+                    conn,
+                    ctx,
+                    "database.delete",
+                    "database",
+                    Some(&id.to_string()),
+                    json!({ "database_name": tenant.database_name.as_str(), "error": e.category() }),
+                )
+                .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Everything after the row says `deleting`; the reconciler calls this too.
+    pub(super) async fn finish_delete(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &Tenant,
+        ctx: &AuditContext,
+    ) -> Result<(), TenantError> {
+        let db_q = ident(tenant.database_name.as_str())?;
+        let db_exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(tenant.database_name.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
+        if db_exists {
+            // The owner may have made its database a template, which cannot be dropped; then
+            // no new sessions, then end the ones still open with the drop itself.
+            for stmt in [
+                format!("ALTER DATABASE {db_q} IS_TEMPLATE false"),
+                format!("ALTER DATABASE {db_q} ALLOW_CONNECTIONS false"),
+                format!("DROP DATABASE IF EXISTS {db_q} WITH (FORCE)"),
+            ] {
+                conn.execute(stmt.as_str()).await?;
+            }
+        }
+        self.release_role_elsewhere(conn, tenant).await?;
+        self.drop_role_if_ours(conn, tenant.id, &tenant.username)
+            .await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let had_rules: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1)")
+                .bind(tenant.id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query("DELETE FROM databases WHERE id = $1")
+            .bind(tenant.id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        // Its allow-list rows went with it (cascade); take its lines out of pg_hba.conf in the
+        // same transaction.
+        let applied = match (&self.hba, had_rules) {
+            (Some(applier), true) => Some(applier.apply(&mut tx).await?),
+            _ => None,
+        };
+        audit::record(
+            &mut tx,
+            ctx,
+            "database.delete",
+            "database",
+            Some(&tenant.id.to_string()),
+            true,
+            json!({ "database_name": tenant.database_name.as_str(), "username": tenant.username.as_str() }),
+        )
+        .await?;
+        if let Err(e) = tx.commit().await {
+            if let Some(applied) = applied {
+                applied.undo(conn).await;
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Bring PgBouncer's auth file up to date. A failure leaves pooled logins of this tenant
+    /// stale but direct ones working; it is logged and repaired by the next change or `pgaas render`.
+    pub(super) async fn refresh_pooler(&self) {
+        if let Some(applier) = &self.hba {
+            if let Err(e) = applier.refresh_pooler_users(&self.pool).await {
+                tracing::error!(error = %e, "PgBouncer's auth file could not be refreshed; run `pgaas render`");
+            }
+        }
+    }
+
+    /// Whatever the role still has outside its own (dropped) database: privileges other tenants
+    /// granted it, objects it came to own in their databases, privileges on shared objects.
+    /// Each database that `pg_shdepend` names is visited: objects go to that database's owner
+    /// (`REASSIGN OWNED`), privileges are revoked (`DROP OWNED`). A neighbour's grant must never
+    /// make this tenant undeletable.
+    async fn release_role_elsewhere(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &Tenant,
+    ) -> Result<(), TenantError> {
+        let role = tenant.username.as_str();
+        let places: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT DISTINCT d.datname::text, pg_get_userbyid(d.datdba)::text
+             FROM pg_shdepend s LEFT JOIN pg_database d ON d.oid = s.dbid
+             WHERE s.refclassid = 'pg_authid'::regclass
+               AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1)
+               AND s.deptype <> 'p'",
+        )
+        .bind(role)
+        .fetch_all(&mut *conn)
+        .await?;
+        if places.is_empty() {
+            return Ok(());
+        }
+        let role_q = ident(role)?;
+        let here: String = sqlx::query_scalar("SELECT current_database()::text")
+            .fetch_one(&mut *conn)
+            .await?;
+        // Shared objects (dbid 0) and this database: from here.
+        if places
+            .iter()
+            .any(|(db, _)| db.is_none() || db.as_deref() == Some(here.as_str()))
+        {
+            conn.execute(format!("DROP OWNED BY {role_q}").as_str())
+                .await?;
+        }
+        for (db, owner) in places {
+            let (Some(db), Some(owner)) = (db, owner) else {
+                continue;
+            };
+            if db == here {
+                continue;
+            }
+            let options = self.pool.connect_options().as_ref().clone().database(&db);
+            let mut other = <PgConnection as sqlx::Connection>::connect_with(&options)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(role, database = %db, error = %e, "cannot reach a database where a deleted tenant's role still has objects");
+                    TenantError::Busy(format!(
+                        "role {role} still has objects or privileges in database {db}, which \
+                         refused a connection to release them; try again"
+                    ))
+                })?;
+            let result = async {
+                other
+                    .execute(format!("REASSIGN OWNED BY {role_q} TO {}", ident(&owner)?).as_str())
+                    .await?;
+                other
+                    .execute(format!("DROP OWNED BY {role_q}").as_str())
+                    .await?;
+                Ok::<_, TenantError>(())
+            }
+            .await;
+            let _ = sqlx::Connection::close(other).await;
+            result?;
+            tracing::info!(role, database = %db, "released a deleted tenant's objects and privileges in another database");
+        }
+        Ok(())
+    }
+
+    /// Drop the tenant's role only if pgaas's ownership comment for this tenant is on it.
+    pub(super) async fn drop_role_if_ours(
+        &self,
+        conn: &mut PgConnection,
+        id: TenantId,
+        role: &RoleName,
+    ) -> Result<bool, TenantError> {
+        let comment: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+        )
+        .bind(role.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        match comment {
+            None => Ok(false),
+            Some(Some(c)) if c == ownership_comment(id) => {
+                conn.execute(format!("DROP ROLE IF EXISTS {}", ident(role.as_str())?).as_str())
+                    .await?;
+                Ok(true)
+            }
+            Some(_) => Err(TenantError::Conflict(format!(
+                "role {} exists but was not created by pgaas for database {id}; left in place",
+                role.as_str()
+            ))),
+        }
+    }
+}

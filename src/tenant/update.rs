@@ -1,0 +1,134 @@
+//! Changing a tenant: its labels and connection limit (PATCH), and its password.
+
+use serde_json::json;
+use sqlx::Executor;
+
+use super::row::{BCRYPT_COST, SELECT_TENANT, TenantRow, ident};
+use super::{AuditContext, Tenant, TenantError, TenantPatch, TenantService, audit};
+use crate::{
+    model::{TenantId, TenantPassword},
+    pg::scram,
+};
+
+impl TenantService {
+    pub async fn update(
+        &self,
+        id: TenantId,
+        patch: TenantPatch,
+        ctx: &AuditContext,
+    ) -> Result<Tenant, TenantError> {
+        let max = patch
+            .max_connections
+            .map(|n| self.check_max_connections(n))
+            .transpose()?;
+        let _gate = self.gate(id).await?;
+        let mut tx = self.pool.begin().await?;
+        let before = self.lock_active(&mut tx, id).await?;
+        if let Some(n) = max {
+            tx.execute(
+                format!(
+                    "ALTER ROLE {} CONNECTION LIMIT {n}",
+                    ident(before.username.as_str())?
+                )
+                .as_str(),
+            )
+            .await?;
+            tx.execute(
+                format!(
+                    "ALTER DATABASE {} CONNECTION LIMIT {n}",
+                    ident(before.database_name.as_str())?
+                )
+                .as_str(),
+            )
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE databases SET friendly_name = COALESCE($2, friendly_name), owner_email = COALESCE($3, owner_email),
+                    max_connections = COALESCE($4, max_connections)
+             WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .bind(patch.friendly_name.as_ref().map(|f| f.as_str()))
+        .bind(patch.owner_email.as_ref().map(|e| e.as_str()))
+        .bind(max)
+        .execute(&mut *tx)
+        .await?;
+        let mut changed = serde_json::Map::new();
+        if let Some(f) = &patch.friendly_name {
+            changed.insert("friendly_name".into(), json!(f.as_str()));
+        }
+        if let Some(e) = &patch.owner_email {
+            changed.insert("owner_email".into(), json!(e.as_str()));
+        }
+        if let Some(n) = max {
+            changed.insert("max_connections".into(), json!(n));
+        }
+        audit::record(
+            &mut tx,
+            ctx,
+            "database.update",
+            "database",
+            Some(&id.to_string()),
+            true,
+            changed.into(),
+        )
+        .await?;
+        let row: TenantRow = sqlx::query_as(&format!("{SELECT_TENANT} WHERE id = $1"))
+            .bind(id.as_uuid())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.try_into()
+    }
+
+    /// A new password, shown once. Sessions already open stay open.
+    pub async fn rotate_password(
+        &self,
+        id: TenantId,
+        ctx: &AuditContext,
+    ) -> Result<(Tenant, TenantPassword), TenantError> {
+        let password = TenantPassword::generate();
+        let pw = password.expose().to_string();
+        let (verifier, hash) = tokio::task::spawn_blocking(move || {
+            Ok::<_, String>((
+                scram::scram_sha256_verifier(&pw).map_err(|e| e.to_string())?,
+                bcrypt::hash(&pw, BCRYPT_COST).map_err(|e| e.to_string())?,
+            ))
+        })
+        .await
+        .map_err(TenantError::internal)?
+        .map_err(TenantError::Internal)?;
+        let _gate = self.gate(id).await?;
+        let mut tx = self.pool.begin().await?;
+        let tenant = self.lock_active(&mut tx, id).await?;
+        tx.execute(
+            format!(
+                "ALTER ROLE {} PASSWORD {}",
+                ident(tenant.username.as_str())?,
+                crate::pg::quote::quote_literal(&verifier).map_err(TenantError::internal)?
+            )
+            .as_str(),
+        )
+        .await?;
+        sqlx::query("UPDATE databases SET password_hash = $2 WHERE id = $1")
+            .bind(id.as_uuid())
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        audit::record(
+            &mut tx,
+            ctx,
+            "database.rotate_password",
+            "database",
+            Some(&id.to_string()),
+            true,
+            json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        self.refresh_pooler().await;
+        // Read again: the row's updated_at moved with the new hash.
+        let tenant = self.get(tenant.id).await.unwrap_or(tenant);
+        Ok((tenant, password))
+    }
+}
