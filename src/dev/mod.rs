@@ -144,6 +144,7 @@ impl DevPlatform {
             pgbouncer: pgbouncer.as_ref().map(|_| PoolerFiles {
                 hba_file: settings.pgbouncer.config_dir.join("pgbouncer_hba.conf"),
                 userlist_file: settings.pgbouncer.config_dir.join("userlist.txt"),
+                pidfile: Some(settings.pgbouncer.pidfile.clone()),
             }),
             pooler: pgbouncer
                 .clone()

@@ -68,6 +68,9 @@ pub struct HbaApplier {
 pub struct PoolerFiles {
     pub hba_file: PathBuf,
     pub userlist_file: PathBuf,
+    /// PgBouncer's pid file: the auth file names the process it was written for (see
+    /// `pg::userlist`).
+    pub pidfile: Option<PathBuf>,
 }
 
 /// A successful apply, not yet committed.
@@ -264,6 +267,26 @@ impl HbaApplier {
         Ok(outcome)
     }
 
+    /// Put back the mode (and, as root, the owner) an access file must have; whether anything
+    /// changed.
+    fn repair_attrs(&self, path: &Path) -> Result<bool, ApplyError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let io = |e: std::io::Error| ApplyError::Write {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let before = std::fs::metadata(path).map_err(io)?;
+        if before.mode() & 0o7777 != HBA_MODE {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(HBA_MODE))
+                .map_err(io)?;
+        }
+        if nix::unistd::Uid::effective().is_root() {
+            self.set_owner(path)?;
+        }
+        let after = std::fs::metadata(path).map_err(io)?;
+        Ok((before.mode(), before.uid(), before.gid()) != (after.mode(), after.uid(), after.gid()))
+    }
+
     fn set_owner(&self, path: &Path) -> Result<(), ApplyError> {
         use std::os::unix::fs::MetadataExt;
         let Some((uid, gid)) = self.file_owner else {
@@ -307,11 +330,21 @@ impl HbaApplier {
                 == Some(render_pgbouncer_hba(&compile_pgbouncer(&policy)?, gen_u)?);
         }
         let generation = if in_sync {
-            // Same text, but a root-run tool may have left the wrong owner behind.
-            if nix::unistd::Uid::effective().is_root() {
-                self.set_owner(&self.pg_hba_file)?;
-                if let Some(files) = &self.pgbouncer {
-                    self.set_owner(&files.hba_file)?;
+            // Same text, but a careless tool may have left an owner or a mode behind that
+            // locks the readers out; the servers re-read what was repaired.
+            let mut repaired = self.repair_attrs(&self.pg_hba_file)?;
+            if let Some(files) = &self.pgbouncer {
+                repaired |= self.repair_attrs(&files.hba_file)?;
+                if files.userlist_file.exists() {
+                    repaired |= self.repair_attrs(&files.userlist_file)?;
+                }
+            }
+            if repaired {
+                reload(&mut tx)
+                    .await
+                    .map_err(|e| ApplyError::Reload(e.to_string()))?;
+                if let Some(p) = &self.pooler {
+                    p.reload().map_err(ApplyError::Reload)?;
                 }
             }
             tx.commit().await?;
@@ -348,11 +381,7 @@ impl HbaApplier {
             .await?;
         let secrets = tenant_secrets(&mut tx).await?;
         let existing = read(&files.userlist_file)?;
-        let text = crate::pg::pgbouncer::render_userlist(
-            &self.base.pooler_admins,
-            &secrets,
-            existing.as_deref(),
-        );
+        let text = self.userlist(files, &secrets, existing.as_deref());
         let outcome = self.write_owned(&files.userlist_file, &text)?;
         if outcome == WriteOutcome::Changed {
             if let Some(p) = &self.pooler {
@@ -361,6 +390,26 @@ impl HbaApplier {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The auth file for these tenant verifiers, given the file as it is now.
+    pub fn userlist(
+        &self,
+        files: &PoolerFiles,
+        secrets: &[(String, String)],
+        existing: Option<&str>,
+    ) -> String {
+        let process = files
+            .pidfile
+            .as_deref()
+            .and_then(crate::pg::userlist::process_identity);
+        crate::pg::userlist::Userlist {
+            console_users: &self.base.pooler_admins,
+            secrets,
+            existing,
+            process: process.as_deref(),
+        }
+        .render()
     }
 
     fn restore(&self, previous: &[(PathBuf, Option<String>)]) {
@@ -415,6 +464,7 @@ impl HbaApplier {
             pgbouncer: pgb.enabled.then(|| PoolerFiles {
                 hba_file: pgb.auth_dir().join("pgbouncer_hba.conf"),
                 userlist_file: pgb.auth_dir().join("userlist.txt"),
+                pidfile: Some(pgb.pidfile.clone()),
             }),
             pooler,
             // Root gives the files to the API's user and the server's group (the API rewrites

@@ -118,11 +118,7 @@ impl HbaApplier {
             let existing = read(&files.userlist_file);
             want.push((
                 files.userlist_file.clone(),
-                crate::pg::pgbouncer::render_userlist(
-                    &self.base.pooler_admins,
-                    &secrets,
-                    existing.as_deref(),
-                ),
+                self.userlist(files, &secrets, existing.as_deref()),
             ));
         }
         let reader = self.reader.as_deref().and_then(Reader::lookup);

@@ -49,6 +49,7 @@ pub fn hba_applier(
         pgbouncer: settings.pgbouncer.enabled.then(|| PoolerFiles {
             hba_file: reroot(&auth_dir.join("pgbouncer_hba.conf"), root),
             userlist_file: reroot(&auth_dir.join("userlist.txt"), root),
+            pidfile: Some(reroot(&settings.pgbouncer.pidfile, root)),
         }),
         pooler,
         file_owner: None,

@@ -9,3 +9,4 @@ pub mod quote;
 pub mod scram;
 pub mod systemd_cluster;
 pub mod tls;
+pub mod userlist;

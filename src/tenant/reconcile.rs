@@ -78,6 +78,9 @@ impl TenantService {
             }
         }
 
+        if !report.finished_deletions.is_empty() || !report.undone_provisions.is_empty() {
+            self.refresh_pooler().await;
+        }
         report.orphan_databases = sqlx::query_scalar(
             "SELECT datname FROM pg_database d WHERE starts_with(datname, $1)
                AND NOT EXISTS (SELECT 1 FROM databases t WHERE t.database_name = d.datname) ORDER BY 1",

@@ -11,7 +11,7 @@ use pgaas::{
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use tokio::net::TcpSocket;
 
-use crate::harness::{TestPlatform, platform};
+use crate::harness::platform;
 
 pub struct Creds {
     pub user: String,
@@ -29,9 +29,9 @@ impl From<&Provisioned> for Creds {
     }
 }
 
-fn tls(p: &TestPlatform) -> tokio_postgres_rustls::MakeRustlsConnect {
+fn tls(ca_file: &std::path::Path) -> tokio_postgres_rustls::MakeRustlsConnect {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&p.ca_file).unwrap() {
+    for cert in CertificateDer::pem_file_iter(ca_file).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
     let config = rustls::ClientConfig::builder()
@@ -47,7 +47,17 @@ pub async fn connect_from(
     creds: &Creds,
     use_tls: bool,
 ) -> Result<tokio_postgres::Client, String> {
-    let p = platform();
+    connect_with_ca(&platform().ca_file, source, port, creds, use_tls).await
+}
+
+/// [`connect_from`] to a platform whose server certificate `ca_file` signed.
+pub async fn connect_with_ca(
+    ca_file: &std::path::Path,
+    source: IpAddr,
+    port: u16,
+    creds: &Creds,
+    use_tls: bool,
+) -> Result<tokio_postgres::Client, String> {
     let socket = if source.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -74,7 +84,7 @@ pub async fn connect_from(
         .connect_timeout(Duration::from_secs(10));
     let result = if use_tls {
         config.ssl_mode(tokio_postgres::config::SslMode::Require);
-        let mut make = tls(p);
+        let mut make = tls(ca_file);
         let connect =
             tokio_postgres::tls::MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
                 &mut make,

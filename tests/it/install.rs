@@ -125,7 +125,13 @@ fn the_console_client_reloads_a_real_pgbouncer_as_a_peer_admin() {
     write("hba.conf", format!("local pgbouncer {} peer\n", me.name));
     write(
         "userlist.txt",
-        pgaas::pg::pgbouncer::render_userlist(std::slice::from_ref(&me.name), &[], None),
+        pgaas::pg::userlist::Userlist {
+            console_users: std::slice::from_ref(&me.name),
+            secrets: &[],
+            existing: None,
+            process: None,
+        }
+        .render(),
     );
     owner.chown(d).unwrap();
     let bouncer = Bouncer(LocalPgBouncer {

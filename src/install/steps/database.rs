@@ -168,11 +168,7 @@ pub fn control_db_check(cx: &mut Cx) -> Result<Plan> {
                     .await?;
             let existing = read_opt(&files.userlist_file)?;
             let existing_text = existing.as_deref().map(String::from_utf8_lossy);
-            let want = crate::pg::pgbouncer::render_userlist(
-                &applier.base.pooler_admins,
-                &secrets,
-                existing_text.as_deref(),
-            );
+            let want = applier.userlist(files, &secrets, existing_text.as_deref());
             if existing.as_deref() != Some(want.as_bytes()) {
                 out.push(format!(
                     "rewrite {} (tenant verifiers)",
