@@ -117,3 +117,80 @@ def verify_chain(machine, port, servername, ca_file):
 
 def quote(s):
     return shlex.quote(s)
+
+
+def first_answer(machine, port, user, database, timeout=15):
+    """What the server answers a TLS startup as `user` on `database`, before any password.
+
+    `("E", message)`: refused by the access rules (pg_hba.conf, PgBouncer's hba or its console
+    check) before a password was asked for; `("R", code)`: it asks for authentication (code 10 is
+    SASL), i.e. the rules let the name through and only the password decides. No password is
+    ever sent, so this probes for paths, empty passwords included, without guessing any.
+    """
+    import socket
+    import ssl
+    import struct
+
+    addr, port = machine.endpoint(port)
+    raw = socket.create_connection((addr, port), timeout=timeout)
+    try:
+        raw.sendall(struct.pack("!ii", 8, 80877103))
+        if raw.recv(1) != b"S":
+            return ("N", "no TLS offered")
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        sock = ctx.wrap_socket(raw)
+        body = struct.pack("!i", 196608)
+        for k, v in (("user", user), ("database", database)):
+            body += k.encode() + b"\0" + v.encode() + b"\0"
+        body += b"\0"
+        sock.sendall(struct.pack("!i", len(body) + 4) + body)
+        head = b""
+        while len(head) < 5:
+            chunk = sock.recv(5 - len(head))
+            if not chunk:
+                return ("closed", "")
+            head += chunk
+        kind, length = head[:1].decode(), struct.unpack("!i", head[1:5])[0]
+        payload = b""
+        while len(payload) < length - 4:
+            chunk = sock.recv(length - 4 - len(payload))
+            if not chunk:
+                break
+            payload += chunk
+        if kind == "R":
+            return ("R", struct.unpack("!i", payload[:4])[0])
+        if kind == "E":
+            fields = dict((f[:1].decode(), f[1:].decode(errors="replace"))
+                          for f in payload.split(b"\0") if f)
+            return ("E", fields.get("M", ""))
+        return (kind, payload[:200])
+    finally:
+        raw.close()
+
+
+def probe_access(machine, tenant, other, ports=(5432, 6432)):
+    """Every name an attacker would try, on both ports, from outside: list of problems found.
+
+    Only `tenant` on its own database may be asked for a password; every console name, server
+    role and cross-tenant pair must be refused first.
+    """
+    problems = []
+    console = ["pgaas", "postgres", "pgbouncer", "pgaas_api", "stats", "admin", "root"]
+    databases = ["pgbouncer", "postgres", "template1", "postgres_control",
+                 tenant["database_name"], other["database_name"]]
+    for port in ports:
+        for user in console + [other["username"]]:
+            for db in databases:
+                if user == other["username"] and db == other["database_name"]:
+                    continue
+                kind, detail = first_answer(machine, port, user, db)
+                if kind != "E":
+                    problems.append(f"port {port}: {user} -> {db} got {kind} {detail!r}")
+        for db in databases:
+            kind, detail = first_answer(machine, port, tenant["username"], db)
+            want = "R" if db == tenant["database_name"] else "E"
+            if kind != want:
+                problems.append(f"port {port}: tenant -> {db} got {kind} {detail!r}, want {want}")
+    return problems

@@ -146,6 +146,16 @@ def test(t, m):
         rc, out, err = client.psql(url_a, f"select has_database_privilege('{b['database_name']}', 'connect')")
         assert out.strip() == "f", (out, err)
 
+    with t.subtest("from outside: the pooler's console, server roles and neighbours are refused "
+                   "before any password, on both ports"):
+        problems = client.probe_access(m, a, b)
+        assert not problems, "\n".join(problems)
+        text = m.succeed("cat /etc/pgaas/pgbouncer/userlist.txt")
+        entries = [line.split('"') for line in text.splitlines() if line.startswith('"')]
+        empty = [e[1] for e in entries if e[3] == ""]
+        assert not empty, f"empty secrets in the pooler's auth file: {empty}"
+        assert all(e[3].startswith("SCRAM-SHA-256$") for e in entries), text
+
     with t.subtest("backup service run by hand; restore into a new database; data identical"):
         rc, _, err = client.psql(url_a, "create table k (id int, v text); "
                                         "insert into k select g, md5(g::text) from generate_series(1, 5000) g")

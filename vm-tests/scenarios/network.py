@@ -51,6 +51,14 @@ def test(t, m):
                                  "select 1")
         assert rc != 0, "plaintext accepted"
 
+    with t.subtest("across the hop: the pooler's console, server roles and neighbours are refused "
+                   "before any password, on both ports"):
+        other = create_tenant(api, "net-other")
+        # The tenant's list covers the host, so its own database asks for a password; the
+        # other tenant (no list) is probed under every name it should not reach.
+        problems = client.probe_access(m, tenant, other)
+        assert not problems, "\n".join(problems)
+
     with t.subtest("reboot: PostgreSQL, PgBouncer, the API and the timers come back; tenant reachable"):
         rc, _, err = client.psql(direct, "create table r (x int); insert into r values (42)")
         assert rc == 0, err
