@@ -152,6 +152,7 @@ fn main() {
                     friendly_name: FriendlyName::parse("bench").unwrap(),
                     owner_email: OwnerEmail::parse("measured@example.com").unwrap(),
                     max_connections: Some(50),
+                    max_size_mb: None,
                 },
                 &ctx,
             )
@@ -163,6 +164,7 @@ fn main() {
                     friendly_name: FriendlyName::parse("bench").unwrap(),
                     owner_email: OwnerEmail::parse("changed@example.com").unwrap(),
                     max_connections: Some(5),
+                    max_size_mb: None,
                 },
                 &ctx,
             )

@@ -8,6 +8,7 @@
 //! the file and line they come from.
 
 mod layers;
+mod limits;
 mod validate;
 
 use std::{
@@ -19,6 +20,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use layers::{Layer, Source};
+pub use limits::{LimitsSettings, TenantSettings};
 pub use validate::{is_host_name, is_plain_identifier};
 
 /// The system-wide settings file read when no `--config` is given.
@@ -77,6 +79,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub paths: PathSettings,
     pub tenants: TenantSettings,
+    pub limits: LimitsSettings,
     pub backups: BackupSettings,
 }
 
@@ -93,6 +96,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             paths: PathSettings::default(),
             tenants: TenantSettings::default(),
+            limits: LimitsSettings::default(),
             backups: BackupSettings::default(),
         }
     }
@@ -108,6 +112,9 @@ pub struct PostgresSettings {
     pub listen_addresses: Vec<String>,
     pub max_connections: u32,
     pub superuser_reserved_connections: u32,
+    /// Slots kept for the API role on PostgreSQL 16+ (`reserved_connections`, granted through
+    /// `pg_use_reserved_connections`), so tenants at their limits never lock the platform out.
+    pub reserved_connections: u32,
     /// RAM to size memory settings from, in MB; read from /proc/meminfo when absent.
     pub memory_mb: Option<u64>,
     /// Directory holding postgresql.conf, pg_hba.conf and conf.d/ (Debian:
@@ -134,6 +141,7 @@ impl Default for PostgresSettings {
             listen_addresses: vec!["*".into()],
             max_connections: 500,
             superuser_reserved_connections: 10,
+            reserved_connections: 10,
             memory_mb: None,
             config_dir: None,
             data_dir: None,
@@ -193,8 +201,24 @@ pub struct PgBouncerSettings {
     /// PgBouncer's `listen_addr`: `*`, or a comma-free IP address or host name.
     pub listen_addr: String,
     pub pool_mode: PoolMode,
+    /// The most server connections one tenant's pool opens (never more than its
+    /// `maxConnections`).
     pub default_pool_size: u32,
+    /// Client connections PgBouncer takes in all, logins in progress included; its systemd unit
+    /// gets a file-descriptor limit to match.
     pub max_client_conn: u32,
+    /// Seconds a client may take to log in (TLS + SCRAM) before its slot is freed: a flood of
+    /// connections that never log in holds slots only this long.
+    pub client_login_timeout_secs: u32,
+    /// Seconds a client waits for a server connection (its tenant at its limit) before it is
+    /// refused.
+    pub query_wait_timeout_secs: u32,
+    /// Seconds an idle server connection is kept: a tenant's pooled connections count against its
+    /// `maxConnections` like direct ones, so they are given back quickly.
+    pub server_idle_timeout_secs: u32,
+    /// PgBouncer 1.24+: client connections per tenant, as a multiple of its `maxConnections`
+    /// (`max_db_client_connections` / `max_user_client_connections`).
+    pub clients_per_connection: u32,
     pub config_dir: PathBuf,
     /// Where pgbouncer_hba.conf and userlist.txt live (`config_dir` when absent); like
     /// `postgres.hba_dir`, a directory the API's system user may write.
@@ -219,8 +243,12 @@ impl Default for PgBouncerSettings {
             port: 6432,
             listen_addr: "*".into(),
             pool_mode: PoolMode::Transaction,
-            default_pool_size: 25,
-            max_client_conn: 1000,
+            default_pool_size: 20,
+            max_client_conn: 5000,
+            client_login_timeout_secs: 10,
+            query_wait_timeout_secs: 30,
+            server_idle_timeout_secs: 10,
+            clients_per_connection: 10,
             config_dir: PathBuf::from("/etc/pgbouncer"),
             auth_dir: None,
             pidfile: PathBuf::from("/var/run/postgresql/pgbouncer.pid"),
@@ -241,8 +269,12 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// How often usage rows are written to `database_stats`.
     pub stats_interval_secs: u64,
-    /// How often database sizes are recomputed (`pg_database_size` walks the files).
+    /// How often database sizes are recomputed (`pg_database_size` walks the files); storage
+    /// quotas are enforced at this pace.
     pub stats_size_interval_secs: u64,
+    /// Connections the API keeps to the control DB (they count against the server's
+    /// `max_connections`, before any tenant's).
+    pub pool_size: u32,
 }
 
 impl Default for ApiSettings {
@@ -253,7 +285,8 @@ impl Default for ApiSettings {
             system_user: "pgaas".into(),
             max_body_bytes: 64 * 1024,
             stats_interval_secs: 60,
-            stats_size_interval_secs: 300,
+            stats_size_interval_secs: 60,
+            pool_size: 16,
         }
     }
 }
@@ -346,36 +379,6 @@ impl Default for PathSettings {
             backup_dir: PathBuf::from("/var/backups/pgaas"),
             binary: PathBuf::from("/usr/local/bin/pgaas"),
             systemd_dir: PathBuf::from("/etc/systemd/system"),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TenantSettings {
-    /// `maxConnections` when a request gives none (the original's 20).
-    pub default_max_connections: u32,
-    /// The largest `maxConnections` a request may ask for; must stay below the server's
-    /// `max_connections` minus the reserved ones.
-    pub max_connections_cap: u32,
-    /// The widest IPv4 network an allow-list entry may name (`/8` by default): an allow-list
-    /// restricts access, and "everyone" is an empty list, not `0.0.0.0/1` + `128.0.0.0/1`.
-    pub allow_min_prefix_v4: u8,
-    /// The same for IPv6 (`/16` by default).
-    pub allow_min_prefix_v6: u8,
-    /// Entries per database at most (100 by default). With the minimum prefixes this also
-    /// bounds how much of the address space one list can cover, and keeps pg_hba.conf small.
-    pub allow_max_entries: u32,
-}
-
-impl Default for TenantSettings {
-    fn default() -> Self {
-        Self {
-            default_max_connections: 20,
-            max_connections_cap: 100,
-            allow_min_prefix_v4: 8,
-            allow_min_prefix_v6: 16,
-            allow_max_entries: 100,
         }
     }
 }

@@ -19,7 +19,7 @@ use super::{
     urls::ConnectionUrls,
 };
 use crate::{
-    model::{FriendlyName, OwnerEmail, TenantId, TenantStatus},
+    model::{FriendlyName, OwnerEmail, QuotaState, TenantId, TenantStatus},
     tenant::{DEFAULT_PAGE, ListQuery, MAX_PAGE, NewTenant, Tenant, TenantPatch},
 };
 
@@ -34,6 +34,9 @@ pub struct TenantView {
     pub owner_email: String,
     pub friendly_name: String,
     pub max_connections: i32,
+    /// Storage quota in MB; 0 = none.
+    pub max_size_mb: i64,
+    pub quota_state: QuotaState,
     pub status: TenantStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -48,6 +51,8 @@ impl From<&Tenant> for TenantView {
             owner_email: t.owner_email.clone(),
             friendly_name: t.friendly_name.clone(),
             max_connections: t.max_connections,
+            max_size_mb: t.max_size_mb,
+            quota_state: t.quota_state,
             status: t.status,
             created_at: t.created_at,
             updated_at: t.updated_at,
@@ -71,6 +76,7 @@ pub struct CreateDatabase {
     friendly_name: Option<String>,
     owner_email: Option<String>,
     max_connections: Option<i64>,
+    max_size_mb: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +85,7 @@ pub struct UpdateDatabase {
     friendly_name: Option<String>,
     owner_email: Option<String>,
     max_connections: Option<i64>,
+    max_size_mb: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +110,15 @@ fn max_connections(state: &AppState, n: Option<i64>) -> Result<Option<u32>, ApiE
     }
 }
 
+fn max_size_mb(n: Option<i64>) -> Result<Option<u64>, ApiError> {
+    match n {
+        None => Ok(None),
+        Some(n) => u64::try_from(n)
+            .map(Some)
+            .map_err(|_| ApiError::invalid("maxSizeMb", "must be a positive number of MB")),
+    }
+}
+
 fn required(value: Option<String>, field: &'static str) -> Result<String, ApiError> {
     value.ok_or_else(|| ApiError::invalid(field, "is required"))
 }
@@ -116,6 +132,7 @@ async fn create(
         friendly_name: FriendlyName::parse(&required(body.friendly_name, "friendlyName")?)?,
         owner_email: OwnerEmail::parse(&required(body.owner_email, "ownerEmail")?)?,
         max_connections: max_connections(&state, body.max_connections)?,
+        max_size_mb: max_size_mb(body.max_size_mb)?,
     };
     let made = state.tenants.create(new, &caller.audit()).await?;
     let password = made.password.expose();
@@ -190,13 +207,14 @@ async fn update(
             .map(OwnerEmail::parse)
             .transpose()?,
         max_connections: max_connections(&state, body.max_connections)?,
+        max_size_mb: max_size_mb(body.max_size_mb)?,
     };
     if patch.is_empty() {
         // Still a 404 for an unknown id: the client's bigger mistake is the id.
         state.tenants.get(id).await?;
         return Err(ApiError::invalid(
             "body",
-            "give at least one of friendlyName, ownerEmail, maxConnections",
+            "give at least one of friendlyName, ownerEmail, maxConnections, maxSizeMb",
         ));
     }
     let tenant = state.tenants.update(id, patch, &caller.audit()).await?;

@@ -30,7 +30,7 @@ pub fn endpoints() -> Vec<Endpoint> {
 }
 
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let reachable = crate::control_db::ping(&state.pool).await;
+    let reachable = state.health.reachable().await;
     let status = if reachable {
         StatusCode::OK
     } else {
@@ -44,4 +44,44 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         "version": env!("CARGO_PKG_VERSION"),
     });
     (status, Json(body))
+}
+
+/// The health check's own connection to the control DB, made on first use and remade after an
+/// error; checks queue for it for at most a second, and a check takes at most two.
+pub struct Probe {
+    options: sqlx::postgres::PgConnectOptions,
+    conn: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
+}
+
+impl Probe {
+    pub fn new(options: sqlx::postgres::PgConnectOptions) -> Self {
+        Self {
+            options,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn reachable(&self) -> bool {
+        use std::time::Duration;
+        let Ok(mut slot) = tokio::time::timeout(Duration::from_secs(1), self.conn.lock()).await
+        else {
+            return false;
+        };
+        let check = async {
+            if slot.is_none() {
+                *slot = Some(sqlx::Connection::connect_with(&self.options).await?);
+            }
+            let conn = slot.as_mut().expect("connected above");
+            sqlx::query_scalar::<_, i32>("SELECT 1")
+                .fetch_one(conn)
+                .await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(Ok(_)) => true,
+            _ => {
+                *slot = None;
+                false
+            }
+        }
+    }
 }

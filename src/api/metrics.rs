@@ -196,12 +196,58 @@ pub async fn handler(State(state): State<AppState>) -> impl IntoResponse {
         .as_ref()
         .map(|c| c.snapshot().per_tenant.into_iter().collect())
         .unwrap_or_default();
+    let mut out = state.metrics.render(&tenants);
+    // What the host has promised, and where each tenant stands against its storage quota.
+    if let Ok(b) = state.tenants.budget().await {
+        for (name, help, v) in [
+            (
+                "pgaas_connection_budget_capacity",
+                "Sessions the server can give tenants at once.",
+                b.capacity,
+            ),
+            (
+                "pgaas_connection_budget_total",
+                "What the tenants' maxConnections may add up to (capacity times the overcommit).",
+                b.total,
+            ),
+            (
+                "pgaas_connection_budget_committed",
+                "What the tenants' maxConnections add up to.",
+                b.committed,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+    }
+    if let Ok(quotas) = state.tenants.quotas().await {
+        out.push_str(
+            "# HELP pgaas_tenant_quota_bytes Storage quota of each tenant database (0: none).\n",
+        );
+        out.push_str("# TYPE pgaas_tenant_quota_bytes gauge\n");
+        for (db, max_mb, _) in &quotas {
+            let _ = writeln!(
+                out,
+                "pgaas_tenant_quota_bytes{{database=\"{}\"}} {}",
+                escape(db),
+                max_mb.saturating_mul(1024 * 1024)
+            );
+        }
+        out.push_str("# HELP pgaas_tenant_quota_state 1 for the state each tenant database is in against its quota.\n");
+        out.push_str("# TYPE pgaas_tenant_quota_state gauge\n");
+        for (db, _, state) in &quotas {
+            let _ = writeln!(
+                out,
+                "pgaas_tenant_quota_state{{database=\"{}\",state=\"{state}\"}} 1",
+                escape(db)
+            );
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(&tenants),
+        out,
     )
 }
 

@@ -46,6 +46,9 @@ use crate::{
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// One connection of its own for `/health`, so a busy request pool never makes the API look
+    /// down.
+    pub health: Arc<health::Probe>,
     pub settings: Arc<Settings>,
     pub tenants: TenantService,
     pub metrics: Arc<metrics::Metrics>,
@@ -60,8 +63,10 @@ pub struct AppState {
 impl AppState {
     pub fn new(pool: PgPool, settings: Arc<Settings>) -> Self {
         let tenants = TenantService::new(pool.clone(), settings.clone());
+        let health = Arc::new(health::Probe::new(pool.connect_options().as_ref().clone()));
         Self {
             pool,
+            health,
             settings,
             tenants,
             metrics: Arc::default(),

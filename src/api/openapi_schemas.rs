@@ -58,6 +58,13 @@ fn list(item: &str, extra: Value) -> Value {
     object(&["success", "count", "data"], props)
 }
 
+fn quota_state() -> Value {
+    json!({
+        "enum": ["ok", "warning", "read_only", "blocked"],
+        "description": "warning: past the warning share of the quota; read_only: past the quota, new sessions are read-only; blocked: past the quota and its grace, the database refuses connections until the quota is raised.",
+    })
+}
+
 pub fn schemas() -> Value {
     let database = object(
         &[
@@ -67,6 +74,8 @@ pub fn schemas() -> Value {
             "owner_email",
             "friendly_name",
             "max_connections",
+            "max_size_mb",
+            "quota_state",
             "status",
             "created_at",
             "updated_at",
@@ -74,10 +83,13 @@ pub fn schemas() -> Value {
         json!({
             "id": fmt("uuid"),
             "database_name": { "type": "string", "pattern": "^tenant_[0-9a-f]+$" },
-            "username": { "type": "string", "pattern": "^user_[0-9a-f]+$" },
+            "username": { "type": "string", "pattern": "^(tenant|user)_[0-9a-f]+$",
+                "description": "The database's own name; user_<hex> for databases made before roles were named after them." },
             "owner_email": fmt("email"),
             "friendly_name": string(),
             "max_connections": { "type": "integer", "minimum": 1 },
+            "max_size_mb": { "type": "integer", "minimum": 0, "description": "Storage quota in MB; 0 = none." },
+            "quota_state": quota_state(),
             "status": { "enum": ["provisioning", "active", "suspended", "deleting", "failed"] },
             "created_at": fmt("date-time"),
             "updated_at": fmt("date-time"),
@@ -137,6 +149,8 @@ pub fn schemas() -> Value {
             "size_pretty",
             "active_connections",
             "max_connections",
+            "max_size_mb",
+            "quota_state",
         ],
         json!({
             "database_id": fmt("uuid"),
@@ -145,6 +159,10 @@ pub fn schemas() -> Value {
             "size_pretty": { "type": "string", "examples": ["7.2 MB"] },
             "active_connections": int(),
             "max_connections": int(),
+            "max_size_mb": int(),
+            "quota_used_percent": { "type": "number", "description": "Absent without a quota." },
+            "quota_state": quota_state(),
+            "warning": { "type": "string", "description": "What the tenant should know about its quota, when anything." },
         }),
     );
     let audit_entry = object(
@@ -225,7 +243,8 @@ pub fn schemas() -> Value {
         "CreateDatabaseRequest": closed(&["friendlyName", "ownerEmail"], json!({
             "friendlyName": { "type": "string", "minLength": 1, "maxLength": 100 },
             "ownerEmail": fmt("email"),
-            "maxConnections": { "type": "integer", "minimum": 1, "description": "Default 20; at most the configured cap (100 by default)." },
+            "maxConnections": { "type": "integer", "minimum": 1, "description": "Default 20; at most the configured cap (100 by default), and within the host's connection budget (409 with what is left otherwise)." },
+            "maxSizeMb": { "type": "integer", "minimum": 1, "description": "Storage quota in MB; default from the settings (1024)." },
         })),
         "UpdateDatabaseRequest": {
             "type": "object",
@@ -235,6 +254,7 @@ pub fn schemas() -> Value {
                 "friendlyName": { "type": "string", "minLength": 1, "maxLength": 100 },
                 "ownerEmail": fmt("email"),
                 "maxConnections": { "type": "integer", "minimum": 1 },
+                "maxSizeMb": { "type": "integer", "minimum": 1 },
             },
         },
         // Backups (api/backups.rs).

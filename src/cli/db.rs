@@ -65,6 +65,9 @@ pub struct CreateArgs {
     /// Connection limit for the database and its role (default from settings).
     #[arg(long, value_name = "N")]
     pub max_connections: Option<u32>,
+    /// Storage quota in MB (default: tenants.default_max_size_mb).
+    #[arg(long, value_name = "MB")]
+    pub max_size_mb: Option<u64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -237,6 +240,7 @@ async fn create(service: &TenantService, a: CreateArgs) -> Result<ExitCode, Tena
         friendly_name: FriendlyName::parse(&a.friendly_name)?,
         owner_email: OwnerEmail::parse(&a.owner_email)?,
         max_connections: a.max_connections,
+        max_size_mb: a.max_size_mb,
     };
     let created = service.create(new, &AuditContext::cli()).await?;
     let t = &created.tenant;

@@ -142,6 +142,23 @@ async fn diagnose(settings: Settings) -> anyhow::Result<Report> {
             ),
         }
     }
+    match service.check_guard_rails().await {
+        Ok(r) => {
+            for repair in r.repairs {
+                report.fixed(format!("guard rail restored: {repair}"));
+            }
+            for e in r.errors {
+                report.problem(
+                    format!("a guard rail could not be restored: {e}"),
+                    "see the error; the API retries every limits.check_interval_secs",
+                );
+            }
+        }
+        Err(e) => report.problem(
+            format!("the guard rails could not be checked: {e}"),
+            "see the error",
+        ),
+    }
     match service.hba() {
         Some(applier) => match applier.check_files(&pool).await {
             Ok(problems) => {

@@ -31,7 +31,10 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         .context("reading the control DB password file")?;
     let rt = super::tokio_runtime()?;
     rt.block_on(async move {
-        let pool = control_db::pool(control_db::connect_options(&settings, password.as_ref()), 16);
+        let pool = control_db::pool(
+            control_db::connect_options(&settings, password.as_ref()),
+            settings.api.pool_size,
+        );
         if let Err(e) = control_db::migrate(&pool).await {
             tracing::warn!(error = %e, "control DB migrations not applied at start; /health will report it");
         }

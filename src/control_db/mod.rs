@@ -174,6 +174,16 @@ pub async fn bootstrap(
     ] {
         admin.execute(stmt.as_str()).await?;
     }
+    // PostgreSQL 16+: the API may take the reserved slots (`reserved_connections`), so tenants
+    // at their limits never lock it out.
+    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+        .fetch_one(&mut *admin)
+        .await?;
+    if version >= 160000 {
+        admin
+            .execute(format!("GRANT pg_use_reserved_connections TO {api_q}").as_str())
+            .await?;
+    }
     if !database_exists(admin, control).await? {
         admin
             .execute(format!("CREATE DATABASE {control_q} OWNER {api_q} ENCODING 'UTF8'").as_str())

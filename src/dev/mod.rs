@@ -141,11 +141,9 @@ impl DevPlatform {
         let hba = HbaApplier {
             base: HbaPolicy::base(&settings),
             pg_hba_file: cluster.config_dir().join("pg_hba.conf"),
-            pgbouncer: pgbouncer.as_ref().map(|_| PoolerFiles {
-                hba_file: settings.pgbouncer.config_dir.join("pgbouncer_hba.conf"),
-                userlist_file: settings.pgbouncer.config_dir.join("userlist.txt"),
-                pidfile: Some(settings.pgbouncer.pidfile.clone()),
-            }),
+            pgbouncer: pgbouncer
+                .as_ref()
+                .map(|_| PoolerFiles::for_settings(&settings, None)),
             pooler: pgbouncer
                 .clone()
                 .map(|p| Arc::new(p) as Arc<dyn PoolerReload>),

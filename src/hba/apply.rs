@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     pg::cluster::reload,
-    render::{WriteOutcome, write_if_changed},
+    render::{WriteOutcome, reroot, write_if_changed},
 };
 
 /// The advisory lock key every applier takes ("pgaashba").
@@ -71,6 +71,34 @@ pub struct PoolerFiles {
     /// PgBouncer's pid file: the auth file names the process it was written for (see
     /// `pg::userlist`).
     pub pidfile: Option<PathBuf>,
+    /// The per-tenant limits file (`render::render_tenants`) and what it is made with.
+    pub tenants_file: PathBuf,
+    pub limits: crate::render::PoolerLimits,
+}
+
+impl PoolerFiles {
+    /// PgBouncer's files as `settings` place them (under `root` when given), with the limits
+    /// the installed PgBouncer can enforce.
+    pub fn for_settings(settings: &crate::settings::Settings, root: Option<&Path>) -> Self {
+        let pgb = &settings.pgbouncer;
+        let dir = pgb.auth_dir();
+        let version =
+            crate::pg::pgbouncer::find_binary().and_then(|b| crate::pg::pgbouncer::version(&b));
+        let client_limits = crate::pg::pgbouncer::has_client_limits(version);
+        PoolerFiles {
+            hba_file: reroot(&dir.join("pgbouncer_hba.conf"), root),
+            userlist_file: reroot(&dir.join("userlist.txt"), root),
+            pidfile: Some(reroot(&pgb.pidfile, root)),
+            tenants_file: reroot(&dir.join(crate::render::TENANTS_FILE), root),
+            limits: crate::render::PoolerLimits::from_settings(settings, client_limits)
+                .unwrap_or_else(|_| crate::render::PoolerLimits {
+                    server: format!("port={}", settings.postgres.port),
+                    default_pool_size: pgb.default_pool_size.max(1),
+                    client_limits,
+                    clients_per_connection: pgb.clients_per_connection.max(1),
+                }),
+        }
+    }
 }
 
 /// A successful apply, not yet committed.
@@ -93,6 +121,30 @@ impl Applied {
         }
         if let Err(e) = reload(conn).await {
             tracing::error!(error = %e, "reload after restoring hba files failed");
+        }
+        if let Some(p) = &self.pooler {
+            let _ = p.reload();
+        }
+    }
+}
+
+/// A successful pooler apply, not yet committed.
+#[derive(Default)]
+pub struct AppliedPooler {
+    previous: Vec<(PathBuf, Option<String>)>,
+    pooler: Option<Arc<dyn PoolerReload>>,
+}
+
+impl AppliedPooler {
+    /// The caller's commit failed: the files as they were, and PgBouncer told (best effort; the
+    /// next refresh rewrites them from the rows anyway).
+    pub fn undo(self) {
+        for (path, old) in &self.previous {
+            if let Some(old) = old {
+                if let Err(e) = write_if_changed(path, old, HBA_MODE) {
+                    tracing::error!(path = %path.display(), error = %e, "could not restore a pooler file");
+                }
+            }
         }
         if let Some(p) = &self.pooler {
             let _ = p.reload();
@@ -363,15 +415,27 @@ impl HbaApplier {
         Ok(generation)
     }
 
-    /// Rewrite PgBouncer's auth file from the tenants' verifiers and reload it when it changed.
-    /// Called after every create, password rotation and delete, and periodically (a tenant can
-    /// change its own password). Serialised with every other writer of the access files, in
-    /// any process, by the appliers' advisory lock.
+    /// Rewrite PgBouncer's auth file (the tenants' verifiers) and its per-tenant limits from the
+    /// rows, and reload it when either changed. Called after every create, password rotation and
+    /// delete, and periodically (a tenant can change its own password).
     pub async fn refresh_pooler_users(&self, pool: &PgPool) -> Result<(), ApplyError> {
-        let Some(files) = &self.pgbouncer else {
-            return Ok(());
-        };
         let mut tx = pool.begin().await?;
+        let applied = self.apply_pooler(&mut tx).await?;
+        if let Err(e) = tx.commit().await {
+            applied.undo();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Inside the caller's transaction (a PATCH of a limit, say): write PgBouncer's auth file and
+    /// per-tenant limits as `tx` sees the rows, and reload it. Serialised with every other writer
+    /// of the access files, in any process, by the appliers' advisory lock; if the caller's
+    /// commit fails, [`AppliedPooler::undo`] puts the files back.
+    pub async fn apply_pooler(&self, tx: &mut PgConnection) -> Result<AppliedPooler, ApplyError> {
+        let Some(files) = &self.pgbouncer else {
+            return Ok(AppliedPooler::default());
+        };
         sqlx::query("SET LOCAL lock_timeout = '30s'")
             .execute(&mut *tx)
             .await?;
@@ -379,17 +443,61 @@ impl HbaApplier {
             .bind(LOCK_KEY)
             .execute(&mut *tx)
             .await?;
-        let secrets = tenant_secrets(&mut tx).await?;
+        let secrets = tenant_secrets(&mut *tx).await?;
         let existing = read(&files.userlist_file)?;
-        let text = self.userlist(files, &secrets, existing.as_deref());
-        let outcome = self.write_owned(&files.userlist_file, &text)?;
-        if outcome == WriteOutcome::Changed {
+        let userlist = self.userlist(files, &secrets, existing.as_deref());
+        let tenants = self.pooler_tenants(&mut *tx, &secrets).await?;
+        let limits = crate::render::render_tenants(&tenants, &files.limits);
+        let previous = vec![
+            (files.userlist_file.clone(), existing),
+            (files.tenants_file.clone(), read(&files.tenants_file)?),
+        ];
+        let mut changed = false;
+        for (path, text) in [
+            (&files.userlist_file, &userlist),
+            (&files.tenants_file, &limits),
+        ] {
+            changed |= self
+                .write_owned(path, text)
+                .inspect_err(|_| self.restore(&previous))?
+                == WriteOutcome::Changed;
+        }
+        if changed {
             if let Some(p) = &self.pooler {
-                p.reload().map_err(ApplyError::Reload)?;
+                if let Err(e) = p.reload() {
+                    self.restore(&previous);
+                    let _ = p.reload();
+                    return Err(ApplyError::Reload(e));
+                }
             }
         }
-        tx.commit().await?;
-        Ok(())
+        Ok(AppliedPooler {
+            previous,
+            pooler: self.pooler.clone(),
+        })
+    }
+
+    /// Every tenant whose role is in the auth file, with its limit.
+    pub async fn pooler_tenants(
+        &self,
+        tx: &mut PgConnection,
+        secrets: &[(String, String)],
+    ) -> Result<Vec<crate::render::PoolerTenant>, ApplyError> {
+        let rows: Vec<(String, String, i32)> = sqlx::query_as(
+            "SELECT database_name, username, max_connections FROM databases
+             WHERE status <> 'deleting' ORDER BY database_name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, role, _)| secrets.iter().any(|(r, _)| r == role))
+            .map(|(database, role, n)| crate::render::PoolerTenant {
+                database,
+                role,
+                max_connections: u32::try_from(n).unwrap_or(1),
+            })
+            .collect())
     }
 
     /// The auth file for these tenant verifiers, given the file as it is now.
@@ -461,11 +569,9 @@ impl HbaApplier {
                 .postgres
                 .hba_dir_for(pg_version)
                 .join("pg_hba.conf"),
-            pgbouncer: pgb.enabled.then(|| PoolerFiles {
-                hba_file: pgb.auth_dir().join("pgbouncer_hba.conf"),
-                userlist_file: pgb.auth_dir().join("userlist.txt"),
-                pidfile: Some(pgb.pidfile.clone()),
-            }),
+            pgbouncer: pgb
+                .enabled
+                .then(|| PoolerFiles::for_settings(settings, None)),
             pooler,
             // Root gives the files to the API's user and the server's group (the API rewrites
             // them, PostgreSQL and PgBouncer read them); an unprivileged API creates them in a

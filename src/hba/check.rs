@@ -120,6 +120,11 @@ impl HbaApplier {
                 files.userlist_file.clone(),
                 self.userlist(files, &secrets, existing.as_deref()),
             ));
+            let tenants = self.pooler_tenants(&mut conn, &secrets).await?;
+            want.push((
+                files.tenants_file.clone(),
+                crate::render::render_tenants(&tenants, &files.limits),
+            ));
         }
         let reader = self.reader.as_deref().and_then(Reader::lookup);
         let mut problems = Vec::new();

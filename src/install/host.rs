@@ -42,15 +42,13 @@ pub fn hba_applier(
 ) -> HbaApplier {
     let version = settings.postgres.version.unwrap_or(15);
     let hba_dir = settings.postgres.hba_dir_for(version);
-    let auth_dir = settings.pgbouncer.auth_dir();
     HbaApplier {
         base: HbaPolicy::base(settings),
         pg_hba_file: reroot(&hba_dir.join("pg_hba.conf"), root),
-        pgbouncer: settings.pgbouncer.enabled.then(|| PoolerFiles {
-            hba_file: reroot(&auth_dir.join("pgbouncer_hba.conf"), root),
-            userlist_file: reroot(&auth_dir.join("userlist.txt"), root),
-            pidfile: Some(reroot(&settings.pgbouncer.pidfile, root)),
-        }),
+        pgbouncer: settings
+            .pgbouncer
+            .enabled
+            .then(|| PoolerFiles::for_settings(settings, root)),
         pooler,
         file_owner: None,
         reader: Some(settings.postgres.os_user.clone()),

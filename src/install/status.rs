@@ -27,6 +27,8 @@ pub struct Status {
     /// Access files that are missing, unreadable by the server's user, or not what the rows say;
     /// `None` when they could not be checked.
     pub access_files: Option<Vec<crate::hba::check::FileProblem>>,
+    /// The tenants' connection budget.
+    pub budget: Option<crate::tenant::Budget>,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,6 +147,15 @@ async fn database(
         if let Ok(mut c) = PgConnection::connect_with(&opts).await {
             st.hba_db_generation = crate::hba::apply::current_generation(&mut c).await.ok();
         }
+        if let Ok(mut c) = PgConnection::connect_with(&opts).await {
+            let committed: Option<i64> = sqlx::query_scalar(
+                "SELECT COALESCE(sum(max_connections), 0)::bigint FROM databases WHERE status <> 'deleting'",
+            )
+            .fetch_one(&mut c)
+            .await
+            .ok();
+            st.budget = committed.map(|c| crate::tenant::Budget::of(settings, c));
+        }
         let version = settings.postgres.version.unwrap_or(15);
         let applier = crate::hba::apply::HbaApplier::for_host(settings, version);
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -219,6 +230,15 @@ pub fn render(st: &Status) -> String {
         g(st.hba_file_generation.map(|v| v.to_string())),
         g(st.hba_db_generation.map(|v| v.to_string()))
     ));
+    if let Some(b) = &st.budget {
+        out.push_str(&format!(
+            "Connection budget: {} of {} promised to tenants ({} sessions for tenants, overcommitted), {} left\n",
+            b.committed,
+            b.total,
+            b.capacity,
+            b.available()
+        ));
+    }
     match &st.access_files {
         None => out.push_str("Access files: not checked (control DB not readable)\n"),
         Some(p) if p.is_empty() => {

@@ -17,7 +17,7 @@ pub use ids::TenantId;
 pub use input::{FriendlyName, OwnerEmail, ValidationError};
 pub use names::{DbName, LEGACY_ROLE_PREFIX, RoleName, TENANT_DB_PREFIX, generate_tenant_names};
 pub use secret::TenantPassword;
-pub use status::TenantStatus;
+pub use status::{QuotaState, TenantStatus};
 
 /// Fills `N` bytes from the operating system's CSPRNG.
 ///

@@ -42,6 +42,24 @@ pub fn find_binary() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
+/// The installed PgBouncer's `(major, minor)` version, from `pgbouncer --version`.
+pub fn version(binary: &Path) -> Option<(u32, u32)> {
+    let out = Command::new(binary).arg("--version").output().ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `PgBouncer 1.18.0` (first line of `--version`) as `(1, 18)`.
+pub fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.lines().next()?.split_whitespace().nth(1)?;
+    let mut parts = v.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// PgBouncer 1.24 added per-database and per-user client limits.
+pub fn has_client_limits(version: Option<(u32, u32)>) -> bool {
+    version.is_some_and(|v| v >= (1, 24))
+}
+
 /// A PgBouncer started from a config file, owned by `owner`.
 #[derive(Clone, Debug)]
 pub struct LocalPgBouncer {
@@ -72,8 +90,17 @@ impl LocalPgBouncer {
         if std::net::TcpListener::bind(("127.0.0.1", self.port)).is_err() {
             return Err(PgBouncerError::PortTaken(self.port));
         }
-        let mut cmd = Command::new(&self.binary);
-        cmd.arg("-d").arg(&self.ini);
+        // Through a shell that raises the open-files limit to the hard one first: every client
+        // and server connection is a file descriptor, and PgBouncer pauses every listener when
+        // it runs out (systemd does the same with the unit's LimitNOFILE).
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            "ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$0\" \"$@\"",
+        ])
+        .arg(&self.binary)
+        .arg("-d")
+        .arg(&self.ini);
         if nix::unistd::Uid::effective().as_raw() != self.owner.uid {
             use std::os::unix::process::CommandExt;
             cmd.uid(self.owner.uid).gid(self.owner.gid);
@@ -154,5 +181,23 @@ impl PoolerReload for LocalPgBouncer {
             return Ok(());
         }
         self.signal_reload()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_from_the_first_line() {
+        assert_eq!(
+            parse_version("PgBouncer 1.18.0\nlibevent 2.1.12-stable\n"),
+            Some((1, 18))
+        );
+        assert_eq!(parse_version("PgBouncer 1.24.1\n"), Some((1, 24)));
+        assert_eq!(parse_version("garbage"), None);
+        assert!(!has_client_limits(Some((1, 18))));
+        assert!(has_client_limits(Some((1, 24))));
+        assert!(!has_client_limits(None));
     }
 }

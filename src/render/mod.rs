@@ -30,6 +30,7 @@ use crate::{
 };
 
 pub use memory::{HostFacts, MemorySizing, SUPPORTED_VERSIONS, size_memory};
+pub use pgbouncer::{PoolerLimits, PoolerTenant, TENANTS_FILE, render_tenants};
 pub use write::{Drift, WriteOutcome, check_all, reroot, write_all, write_if_changed};
 
 /// Every file under `templates/`, as `(path relative to templates/, contents)`.

@@ -22,6 +22,8 @@ struct PgConf {
     unix_socket_directories: String,
     max_connections: u32,
     superuser_reserved_connections: u32,
+    /// PostgreSQL 16+ only.
+    reserved_connections: Option<u32>,
     hba_file: String,
     ident_file: String,
     ssl_cert_file: String,
@@ -30,6 +32,11 @@ struct PgConf {
     effective_cache_size: String,
     maintenance_work_mem: String,
     work_mem: String,
+    statement_timeout: u64,
+    idle_in_transaction_session_timeout: u64,
+    idle_session_timeout: u64,
+    /// In kB, as PostgreSQL's unit for it.
+    temp_file_limit: String,
     /// PostgreSQL 16+: a larger VACUUM ring buffer (17's default) helps autovacuum keep up.
     vacuum_buffer_usage_limit: bool,
     /// PostgreSQL 17+: pgaas owns the configuration, so `ALTER SYSTEM` (which would silently
@@ -77,11 +84,17 @@ pub fn render_conf(
         ));
     }
     let pg = &s.postgres;
-    if pg.max_connections == 0 || pg.superuser_reserved_connections >= pg.max_connections {
+    let reserved = pg.superuser_reserved_connections
+        + if version >= 16 {
+            pg.reserved_connections
+        } else {
+            0
+        };
+    if pg.max_connections == 0 || reserved >= pg.max_connections {
         return Err(RenderError::invalid(
             "postgres.max_connections",
             pg.max_connections.to_string(),
-            "must be greater than postgres.superuser_reserved_connections",
+            "must be greater than the reserved connections (superuser_reserved_connections + reserved_connections)",
         ));
     }
     if pg.port == 0 {
@@ -114,6 +127,7 @@ pub fn render_conf(
         unix_socket_directories: conf("postgres.socket_dir", &socket_dir_element(&pg.socket_dir)?)?,
         max_connections: pg.max_connections,
         superuser_reserved_connections: pg.superuser_reserved_connections,
+        reserved_connections: (version >= 16).then_some(pg.reserved_connections),
         hba_file: path("postgres.hba_dir", &hba_dir.join("pg_hba.conf"))?,
         ident_file: path("postgres.hba_dir", &hba_dir.join("pg_ident.conf"))?,
         ssl_cert_file: path("tls.cert_file", &s.tls.cert_file)?,
@@ -122,6 +136,10 @@ pub fn render_conf(
         effective_cache_size: mb(memory.effective_cache_size_mb),
         maintenance_work_mem: mb(memory.maintenance_work_mem_mb),
         work_mem: mb(memory.work_mem_mb),
+        statement_timeout: s.limits.statement_timeout_ms,
+        idle_in_transaction_session_timeout: s.limits.idle_in_transaction_timeout_ms,
+        idle_session_timeout: s.limits.idle_session_timeout_ms,
+        temp_file_limit: mb(s.limits.temp_file_limit_mb),
         vacuum_buffer_usage_limit: version >= 16,
         allow_alter_system: version >= 17,
     };

@@ -65,6 +65,15 @@ fn credential_source(what: &str, path: &Path) -> Result<String, RenderError> {
     Ok(s.replace('%', "%%"))
 }
 
+/// Debian's pgbouncer.service, extended (never replaced) by this drop-in.
+pub const PGBOUNCER_DROP_IN: &str = "pgbouncer.service.d/pgaas-limits.conf";
+
+#[derive(Serialize, Debug)]
+struct PgBouncerLimits {
+    generation: u64,
+    nofile: u64,
+}
+
 #[derive(Serialize, Debug)]
 struct ApiUnit {
     generation: u64,
@@ -144,7 +153,17 @@ pub fn render_units(
         ],
     };
     let timer = TimerUnit { generation };
+    let bouncer = PgBouncerLimits {
+        generation,
+        nofile: u64::from(s.pgbouncer.max_client_conn)
+            + u64::from(s.postgres.max_connections)
+            + 1024,
+    };
     Ok(vec![
+        (
+            PGBOUNCER_DROP_IN,
+            render_template("systemd/pgbouncer-limits.conf.j2", &bouncer)?,
+        ),
         (
             "pgaas-api.service",
             render_template("systemd/pgaas-api.service.j2", &api)?,

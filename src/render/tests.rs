@@ -103,6 +103,7 @@ fn every_template_matches_its_golden_file() {
             "/etc/postgresql/15/main/pg_ident.conf",
             "/etc/pgbouncer/pgbouncer.ini",
             "/etc/pgbouncer/pgbouncer_hba.conf",
+            "/etc/systemd/system/pgbouncer.service.d/pgaas-limits.conf",
             "/etc/systemd/system/pgaas-api.service",
             "/etc/systemd/system/pgaas-backup.service",
             "/etc/systemd/system/pgaas-backup.timer",
@@ -141,6 +142,7 @@ fn every_embedded_template_is_used_or_included() {
         "pgbouncer/pgbouncer.ini.j2",
         "pgbouncer/pgbouncer_hba.conf.j2",
         "systemd/pgaas-api.service.j2",
+        "systemd/pgbouncer-limits.conf.j2",
         "systemd/pgaas-backup.service.j2",
         "systemd/pgaas-backup.timer.j2",
         "systemd/pgaas-cert-renew.service.j2",
@@ -235,7 +237,15 @@ fn pgbouncer_ini_has_no_packet_limit_and_requires_tls() {
         "4096 broke every query over 4 KB"
     );
     assert!(ini.contains("client_tls_sslmode = require\n"));
-    assert!(ini.contains("* = host=/var/run/postgresql port=5432\n"));
+    assert!(
+        ini.contains("* = host=/var/run/postgresql port=5432 pool_size=1 max_db_connections=1\n")
+    );
+    // The per-tenant limits come from a file pgaas rewrites, included last.
+    assert!(
+        ini.trim_end()
+            .ends_with("%include /etc/pgbouncer/pgbouncer_tenants.ini"),
+        "{ini}"
+    );
     assert!(ini.contains("auth_type = hba\n"));
 }
 
@@ -263,7 +273,10 @@ fn hostile_paths_are_quoted_or_refused() {
         "{conf}"
     );
     let ini = &file(&files, "/etc/pgbouncer/pgbouncer.ini").contents;
-    assert!(ini.contains("* = host='/run/pg sock' port=5432\n"), "{ini}");
+    assert!(
+        ini.contains("* = host='/run/pg sock' port=5432 pool_size=1 max_db_connections=1\n"),
+        "{ini}"
+    );
     let api = &file(&files, "/etc/systemd/system/pgaas-api.service").contents;
     assert!(
         api.contains("ExecStart=\"/opt/pg aas/bin/pgaas\" serve --config /etc/pgaas/pgaas.yaml\n"),
@@ -347,4 +360,47 @@ fn strict_undefined_variables_fail_the_render() {
     assert!(matches!(err, RenderError::Template { .. }), "{err}");
     let err = render_template("no/such.j2", &Empty {}).unwrap_err();
     assert!(matches!(err, RenderError::Template { .. }), "{err}");
+}
+
+#[test]
+fn tenant_pool_limits_follow_each_tenants_limit_and_the_installed_pgbouncer() {
+    let tenants = vec![
+        PoolerTenant {
+            database: "tenant_00000000000000bb".into(),
+            role: "tenant_00000000000000bb".into(),
+            max_connections: 50,
+        },
+        PoolerTenant {
+            database: "tenant_00000000000000aa".into(),
+            role: "user_00000000000000aa".into(),
+            max_connections: 5,
+        },
+        PoolerTenant {
+            database: "bad name".into(),
+            role: "x".into(),
+            max_connections: 5,
+        },
+    ];
+    let mut limits = PoolerLimits::from_settings(&settings(), false).unwrap();
+    let text = render_tenants(&tenants, &limits);
+    assert_eq!(
+        text,
+        "; pgaas managed file: per-tenant pool limits, written from the control DB\n\
+         [databases]\n\
+         tenant_00000000000000aa = host=/var/run/postgresql port=5432 dbname=tenant_00000000000000aa pool_size=5 max_db_connections=5\n\
+         tenant_00000000000000bb = host=/var/run/postgresql port=5432 dbname=tenant_00000000000000bb pool_size=20 max_db_connections=50\n\
+         [users]\n\
+         user_00000000000000aa = max_user_connections=5\n\
+         tenant_00000000000000bb = max_user_connections=50\n"
+    );
+    limits.client_limits = true;
+    let text = render_tenants(&tenants, &limits);
+    assert!(
+        text.contains("max_db_connections=5 max_db_client_connections=50\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("max_user_connections=5 max_user_client_connections=50\n"),
+        "{text}"
+    );
 }

@@ -145,6 +145,12 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
             "must be less than half of postgres.max_connections",
         );
     }
+    if pg.superuser_reserved_connections + pg.reserved_connections >= pg.max_connections / 2 {
+        c.fail(
+            "postgres.reserved_connections",
+            "with superuser_reserved_connections, must be less than half of postgres.max_connections",
+        );
+    }
     if let Some(mb) = pg.memory_mb {
         if mb < 256 {
             c.fail("postgres.memory_mb", "must be at least 256 (MB)");
@@ -265,7 +271,7 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
     let t = &s.tenants;
     let usable = pg
         .max_connections
-        .saturating_sub(pg.superuser_reserved_connections);
+        .saturating_sub(pg.superuser_reserved_connections + pg.reserved_connections);
     if t.max_connections_cap == 0 || t.max_connections_cap >= usable {
         c.fail(
             "tenants.max_connections_cap",
@@ -289,6 +295,63 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
     }
     if !(1..=10_000).contains(&t.allow_max_entries) {
         c.fail("tenants.allow_max_entries", "must be between 1 and 10000");
+    }
+    if !(t.connection_overcommit >= 1.0 && t.connection_overcommit <= 100.0) {
+        c.fail(
+            "tenants.connection_overcommit",
+            "must be between 1.0 (no overcommit) and 100",
+        );
+    }
+    if t.max_size_mb_cap > 0 && t.default_max_size_mb > t.max_size_mb_cap {
+        c.fail(
+            "tenants.default_max_size_mb",
+            "must be at most tenants.max_size_mb_cap (0 means no quota)",
+        );
+    }
+    if !(1..=100).contains(&t.quota_warn_percent) {
+        c.fail("tenants.quota_warn_percent", "must be between 1 and 100");
+    }
+    if t.quota_grace_percent > 1000 {
+        c.fail("tenants.quota_grace_percent", "must be at most 1000");
+    }
+    let l = &s.limits;
+    if l.max_work_mem_mb == 0 || l.max_maintenance_work_mem_mb == 0 {
+        c.fail(
+            "limits.max_work_mem_mb",
+            "memory ceilings must be at least 1 MB",
+        );
+    }
+    if !(l.max_hash_mem_multiplier >= 1.0 && l.max_hash_mem_multiplier <= 1000.0) {
+        c.fail(
+            "limits.max_hash_mem_multiplier",
+            "must be between 1 and 1000",
+        );
+    }
+    if l.check_interval_secs == 0 {
+        c.fail("limits.check_interval_secs", "must be at least 1");
+    }
+    let b = &s.pgbouncer;
+    for (key, v) in [
+        (
+            "pgbouncer.client_login_timeout_secs",
+            b.client_login_timeout_secs,
+        ),
+        (
+            "pgbouncer.query_wait_timeout_secs",
+            b.query_wait_timeout_secs,
+        ),
+        (
+            "pgbouncer.server_idle_timeout_secs",
+            b.server_idle_timeout_secs,
+        ),
+        ("pgbouncer.clients_per_connection", b.clients_per_connection),
+    ] {
+        if v == 0 {
+            c.fail(key, "must be at least 1");
+        }
+    }
+    if s.api.pool_size < 2 || s.api.pool_size > 200 {
+        c.fail("api.pool_size", "must be between 2 and 200");
     }
     if !(1..=3650).contains(&s.backups.retention_days) {
         c.fail(

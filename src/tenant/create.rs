@@ -26,6 +26,19 @@ impl TenantService {
         Ok(n as i32)
     }
 
+    /// A storage quota in MB within `tenants.max_size_mb_cap` (0: none, only when the cap is 0).
+    pub(super) fn check_max_size(&self, mb: u64) -> Result<i64, TenantError> {
+        let cap = self.settings.tenants.max_size_mb_cap;
+        if cap > 0 && (mb == 0 || mb > cap) {
+            return Err(ValidationError::new(
+                "maxSizeMb",
+                format!("must be between 1 and {cap} (MB)"),
+            )
+            .into());
+        }
+        i64::try_from(mb).map_err(|_| ValidationError::new("maxSizeMb", "is too large").into())
+    }
+
     pub async fn create(
         &self,
         new: NewTenant,
@@ -34,6 +47,10 @@ impl TenantService {
         let max = self.check_max_connections(
             new.max_connections
                 .unwrap_or(self.settings.tenants.default_max_connections),
+        )?;
+        let max_size = self.check_max_size(
+            new.max_size_mb
+                .unwrap_or(self.settings.tenants.default_max_size_mb),
         )?;
         let password = TenantPassword::generate();
         // The hashes are CPU work; run them beside the DDL rather than before it.
@@ -48,29 +65,13 @@ impl TenantService {
         // Every statement of this request runs on the lock's connection: a request never holds
         // one pooled connection while waiting for another, so many at once cannot starve a pool.
         let conn = lock.conn();
-        let mut names = None;
-        for _ in 0..3 {
-            let (db, role) = generate_tenant_names();
-            let inserted = sqlx::query(
-                "INSERT INTO databases (id, database_name, username, owner_email, friendly_name, max_connections, status)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'provisioning')
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(id.as_uuid())
-            .bind(db.as_str())
-            .bind(role.as_str())
-            .bind(new.owner_email.as_str())
-            .bind(new.friendly_name.as_str())
-            .bind(max)
-            .execute(&mut *conn)
-            .await?;
-            if inserted.rows_affected() == 1 {
-                names = Some((db, role));
-                break;
+        let (db, role) = match self.insert_row(conn, id, &new, max, max_size).await {
+            Ok(names) => names,
+            Err(e) => {
+                lock.release().await;
+                return Err(e);
             }
-        }
-        let (db, role) =
-            names.ok_or_else(|| TenantError::internal("could not draw unused tenant names"))?;
+        };
         let verifier = verifier_task
             .await
             .map_err(TenantError::internal)?
@@ -119,6 +120,43 @@ impl TenantService {
             self.refresh_pooler().await;
         }
         result
+    }
+
+    /// The `provisioning` row, once the connection budget has room for it (checked and
+    /// reserved in one transaction under the budget lock).
+    async fn insert_row(
+        &self,
+        conn: &mut PgConnection,
+        id: TenantId,
+        new: &NewTenant,
+        max: i32,
+        max_size: i64,
+    ) -> Result<(DbName, RoleName), TenantError> {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        self.reserve_connections(&mut tx, None, max).await?;
+        for _ in 0..3 {
+            let (db, role) = generate_tenant_names();
+            let inserted = sqlx::query(
+                "INSERT INTO databases (id, database_name, username, owner_email, friendly_name,
+                                        max_connections, max_size_mb, status)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'provisioning')
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(id.as_uuid())
+            .bind(db.as_str())
+            .bind(role.as_str())
+            .bind(new.owner_email.as_str())
+            .bind(new.friendly_name.as_str())
+            .bind(max)
+            .bind(max_size)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                tx.commit().await?;
+                return Ok((db, role));
+            }
+        }
+        Err(TenantError::internal("could not draw unused tenant names"))
     }
 
     async fn provision(

@@ -80,9 +80,22 @@ impl TenantService {
             for stmt in [
                 format!("ALTER DATABASE {db_q} IS_TEMPLATE false"),
                 format!("ALTER DATABASE {db_q} ALLOW_CONNECTIONS false"),
-                format!("DROP DATABASE IF EXISTS {db_q} WITH (FORCE)"),
             ] {
                 conn.execute(stmt.as_str()).await?;
+            }
+            // FORCE ends the sessions, but waits only 5 s for them to go: on a loaded host a
+            // session may take longer, which is worth a few more tries before answering "busy".
+            let drop = format!("DROP DATABASE IF EXISTS {db_q} WITH (FORCE)");
+            for attempt in 1.. {
+                match conn.execute(drop.as_str()).await {
+                    Ok(_) => break,
+                    Err(sqlx::Error::Database(e))
+                        if e.code().as_deref() == Some("55006") && attempt < 3 =>
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         self.release_role_elsewhere(conn, tenant).await?;

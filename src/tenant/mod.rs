@@ -11,9 +11,12 @@
 
 mod allow;
 pub mod audit;
+mod budget;
 mod create;
 mod delete;
+mod guard;
 mod lock;
+mod quota;
 mod read;
 mod reconcile;
 mod row;
@@ -23,6 +26,9 @@ mod update;
 
 pub use allow::{AllowRow, parse_description};
 pub use audit::{AuditContext, AuditEntry, AuditFilter};
+pub use budget::Budget;
+pub use guard::GuardReport;
+pub use quota::QuotaChange;
 pub use reconcile::ReconcileReport;
 pub use stats::{StatsCollector, TenantStats, size_pretty};
 pub use types::*;

@@ -15,6 +15,7 @@ pub(super) const BCRYPT_COST: u32 = 6;
 
 pub(super) const SELECT_TENANT: &str =
     "SELECT id, database_name, username, owner_email, friendly_name, max_connections,
+        max_size_mb, quota_state, size_bytes,
         status::text AS status, created_at, updated_at FROM databases";
 
 #[derive(sqlx::FromRow)]
@@ -25,6 +26,9 @@ pub(super) struct TenantRow {
     owner_email: String,
     friendly_name: String,
     max_connections: i32,
+    max_size_mb: i64,
+    quota_state: String,
+    size_bytes: Option<i64>,
     status: String,
     created_at: chrono::DateTime<chrono::Utc>,
     updated_at: chrono::DateTime<chrono::Utc>,
@@ -40,6 +44,9 @@ impl TryFrom<TenantRow> for Tenant {
             owner_email: r.owner_email,
             friendly_name: r.friendly_name,
             max_connections: r.max_connections,
+            max_size_mb: r.max_size_mb,
+            quota_state: r.quota_state.parse().map_err(TenantError::internal)?,
+            size_bytes: r.size_bytes,
             status: r.status.parse().map_err(TenantError::internal)?,
             created_at: r.created_at,
             updated_at: r.updated_at,

@@ -11,9 +11,9 @@ use std::{
 use serde::Serialize;
 
 use super::{TenantError, TenantService};
-use crate::model::TenantId;
+use crate::model::{QuotaState, TenantId};
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct TenantStats {
     pub database_id: TenantId,
     pub database_name: String,
@@ -21,6 +21,15 @@ pub struct TenantStats {
     pub size_pretty: String,
     pub active_connections: i64,
     pub max_connections: i32,
+    /// Storage quota in MB; 0 = none.
+    pub max_size_mb: i64,
+    /// Share of the quota in use, in percent (absent without a quota).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_used_percent: Option<f64>,
+    pub quota_state: QuotaState,
+    /// What the tenant should know about its quota, when anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Human-readable size in binary units, e.g. `8 MB`, `1.5 kB`, `512 bytes`.
@@ -59,6 +68,29 @@ impl TenantService {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| TenantError::State(format!("database {} has no PostgreSQL database (run `pgaas doctor`)", id)))?;
+        let quota = tenant.max_size_mb;
+        let used = (quota > 0).then(|| {
+            let percent = size as f64 * 100.0 / (quota as f64 * 1024.0 * 1024.0);
+            (percent * 10.0).round() / 10.0
+        });
+        let warning = match tenant.quota_state {
+            QuotaState::Ok => None,
+            QuotaState::Warning => Some(format!(
+                "the database uses {}% of its {quota} MB quota; past it, new sessions are read-only",
+                used.unwrap_or(0.0)
+            )),
+            QuotaState::ReadOnly => Some(format!(
+                "the database is over its {quota} MB quota: new sessions are read-only. Delete \
+                 data (SET default_transaction_read_only = off for that session; TRUNCATE, DROP \
+                 or VACUUM FULL give the space back) or ask for a larger quota; {}% more and it \
+                 stops taking connections",
+                self.settings.tenants.quota_grace_percent
+            )),
+            QuotaState::Blocked => Some(format!(
+                "the database is over its {quota} MB quota and its grace: it refuses connections \
+                 until the quota is raised (PATCH maxSizeMb)"
+            )),
+        };
         Ok(TenantStats {
             database_id: id,
             database_name: tenant.database_name.as_str().to_string(),
@@ -66,6 +98,10 @@ impl TenantService {
             size_pretty: size_pretty(size),
             active_connections: conns,
             max_connections: tenant.max_connections,
+            max_size_mb: quota,
+            quota_used_percent: used,
+            quota_state: tenant.quota_state,
+            warning,
         })
     }
 }
@@ -147,6 +183,16 @@ impl StatsCollector {
         .bind(&query_col)
         .execute(pool)
         .await?;
+        // The row keeps the latest size: quotas are enforced from it.
+        sqlx::query(
+            "UPDATE databases t SET size_bytes = u.size
+             FROM unnest($1::uuid[], $2::bigint[]) AS u(id, size)
+             WHERE t.id = u.id AND t.size_bytes IS DISTINCT FROM u.size",
+        )
+        .bind(&ids)
+        .bind(&size_col)
+        .execute(pool)
+        .await?;
         // Forget deleted tenants.
         sizes.retain(|name, _| snap.per_tenant.contains_key(name));
         if let Ok(mut s) = self.snapshot.write() {
@@ -155,19 +201,36 @@ impl StatsCollector {
         Ok(ids.len())
     }
 
-    /// Run until the task is dropped.
+    /// Run until the task is dropped: usage rows every interval; sizes, and the storage quotas
+    /// they decide, every size interval; the guard rails every `limits.check_interval_secs`.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut sizes = HashMap::new();
             let mut last_sizes: Option<Instant> = None;
+            let mut last_guard: Option<Instant> = None;
+            let guard_interval =
+                Duration::from_secs(self.service.settings.limits.check_interval_secs.max(1));
             let mut tick = tokio::time::interval(self.interval);
             loop {
                 tick.tick().await;
                 let refresh = last_sizes.is_none_or(|t| t.elapsed() >= self.size_interval);
                 match self.collect_once(&mut sizes, refresh).await {
-                    Ok(_) if refresh => last_sizes = Some(Instant::now()),
+                    Ok(_) if refresh => {
+                        last_sizes = Some(Instant::now());
+                        if let Err(e) = self.service.enforce_quotas().await {
+                            tracing::warn!(error = %crate::error_chain(&e), "storage quotas not enforced this pass");
+                        }
+                    }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "stats collection failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %crate::error_chain(&e), "stats collection failed")
+                    }
+                }
+                if last_guard.is_none_or(|t| t.elapsed() >= guard_interval) {
+                    last_guard = Some(Instant::now());
+                    if let Err(e) = self.service.check_guard_rails().await {
+                        tracing::warn!(error = %crate::error_chain(&e), "guard-rail check failed");
+                    }
                 }
             }
         })

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::model::{
-    DbName, FriendlyName, OwnerEmail, RoleName, TenantId, TenantPassword, TenantStatus,
+    DbName, FriendlyName, OwnerEmail, QuotaState, RoleName, TenantId, TenantPassword, TenantStatus,
     ValidationError,
 };
 
@@ -17,6 +17,11 @@ pub struct Tenant {
     pub owner_email: String,
     pub friendly_name: String,
     pub max_connections: i32,
+    /// Storage quota in MB; 0 = none.
+    pub max_size_mb: i64,
+    pub quota_state: QuotaState,
+    /// As the stats collector last measured it.
+    pub size_bytes: Option<i64>,
     pub status: TenantStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -29,6 +34,8 @@ pub struct NewTenant {
     pub owner_email: OwnerEmail,
     /// `None`: the configured default.
     pub max_connections: Option<u32>,
+    /// `None`: the configured default (`tenants.default_max_size_mb`); 0 = no quota.
+    pub max_size_mb: Option<u64>,
 }
 
 /// A partial update (PATCH); `None` leaves a field as it is.
@@ -37,11 +44,15 @@ pub struct TenantPatch {
     pub friendly_name: Option<FriendlyName>,
     pub owner_email: Option<OwnerEmail>,
     pub max_connections: Option<u32>,
+    pub max_size_mb: Option<u64>,
 }
 
 impl TenantPatch {
     pub fn is_empty(&self) -> bool {
-        self.friendly_name.is_none() && self.owner_email.is_none() && self.max_connections.is_none()
+        self.friendly_name.is_none()
+            && self.owner_email.is_none()
+            && self.max_connections.is_none()
+            && self.max_size_mb.is_none()
     }
 }
 

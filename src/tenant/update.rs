@@ -21,10 +21,16 @@ impl TenantService {
             .max_connections
             .map(|n| self.check_max_connections(n))
             .transpose()?;
+        let max_size = patch
+            .max_size_mb
+            .map(|n| self.check_max_size(n))
+            .transpose()?;
         let _gate = self.gate(id).await?;
         let mut tx = self.pool.begin().await?;
         let before = self.lock_active(&mut tx, id).await?;
         if let Some(n) = max {
+            // Room for the new limit, with the tenant's old one given back.
+            self.reserve_connections(&mut tx, Some(id), n).await?;
             tx.execute(
                 format!(
                     "ALTER ROLE {} CONNECTION LIMIT {n}",
@@ -44,13 +50,14 @@ impl TenantService {
         }
         sqlx::query(
             "UPDATE databases SET friendly_name = COALESCE($2, friendly_name), owner_email = COALESCE($3, owner_email),
-                    max_connections = COALESCE($4, max_connections)
+                    max_connections = COALESCE($4, max_connections), max_size_mb = COALESCE($5, max_size_mb)
              WHERE id = $1",
         )
         .bind(id.as_uuid())
         .bind(patch.friendly_name.as_ref().map(|f| f.as_str()))
         .bind(patch.owner_email.as_ref().map(|e| e.as_str()))
         .bind(max)
+        .bind(max_size)
         .execute(&mut *tx)
         .await?;
         let mut changed = serde_json::Map::new();
@@ -62,6 +69,9 @@ impl TenantService {
         }
         if let Some(n) = max {
             changed.insert("max_connections".into(), json!(n));
+        }
+        if let Some(n) = max_size {
+            changed.insert("max_size_mb".into(), json!(n));
         }
         audit::record(
             &mut tx,
@@ -77,8 +87,24 @@ impl TenantService {
             .bind(id.as_uuid())
             .fetch_one(&mut *tx)
             .await?;
-        tx.commit().await?;
-        row.try_into()
+        // The pooler's limits change with the row: written and reloaded inside this transaction,
+        // put back if it does not commit.
+        let pooler = match (&self.hba, max) {
+            (Some(applier), Some(_)) => Some(applier.apply_pooler(&mut tx).await?),
+            _ => None,
+        };
+        if let Err(e) = tx.commit().await {
+            if let Some(p) = pooler {
+                p.undo();
+            }
+            return Err(e.into());
+        }
+        let tenant: Tenant = row.try_into()?;
+        if max_size.is_some() {
+            // A new quota is enforced (or lifted) now, not at the next size pass.
+            self.enforce_quota(&tenant).await?;
+        }
+        Ok(self.get(id).await.unwrap_or(tenant))
     }
 
     /// A new password, shown once. Sessions already open stay open.

@@ -126,6 +126,7 @@ async fn create(svc: &TenantService, email: &str) -> Provisioned {
             friendly_name: FriendlyName::parse("allow-list test").unwrap(),
             owner_email: OwnerEmail::parse(email).unwrap(),
             max_connections: Some(10),
+            max_size_mb: None,
         },
         &AuditContext::cli(),
     )

@@ -31,6 +31,7 @@ async fn faults_leave_the_last_valid_file_and_no_row() {
                 friendly_name: FriendlyName::parse("faults").unwrap(),
                 owner_email: OwnerEmail::parse("faults@example.com").unwrap(),
                 max_connections: None,
+                max_size_mb: None,
             },
             &ctx,
         )

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use pgaas::{
     model::{FriendlyName, OwnerEmail},
-    tenant::{AuditContext, NewTenant, Provisioned, TenantService},
+    tenant::{AuditContext, NewTenant, Provisioned, TenantError, TenantService},
 };
 use tokio_postgres::NoTls;
 
@@ -44,6 +44,7 @@ pub async fn tenant(svc: &TenantService, tag: &str) -> Provisioned {
             ))
             .unwrap(),
             max_connections: Some(10),
+            max_size_mb: None,
         },
         &AuditContext::cli(),
     )
@@ -51,16 +52,21 @@ pub async fn tenant(svc: &TenantService, tag: &str) -> Provisioned {
     .unwrap()
 }
 
+/// Delete as a well-behaved client does: a busy answer is tried again after a moment.
 pub async fn remove(svc: &TenantService, t: &Provisioned) {
-    svc.delete(t.tenant.id, &AuditContext::cli())
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
+    for attempt in 1.. {
+        match svc.delete(t.tenant.id, &AuditContext::cli()).await {
+            Ok(()) => return,
+            Err(TenantError::Busy(_) | TenantError::Unavailable(_)) if attempt < 5 => {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            Err(e) => panic!(
                 "deleting {}: {}",
                 t.tenant.database_name,
                 pgaas::error_chain(&e)
-            )
-        });
+            ),
+        }
+    }
 }
 
 /// Log in as anyone with any password (empty included: tokio-postgres sends it, libpq would not)

@@ -66,6 +66,7 @@ async fn tenant(tag: &str) -> Tenant {
         ))
         .unwrap(),
         max_connections: None,
+        max_size_mb: None,
     };
     platform()
         .tenants()

@@ -73,7 +73,7 @@ fn render_root_writes_the_whole_file_set() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(!stdout.contains(" changed "), "{stdout}");
-    assert_eq!(stdout.matches("unchanged").count(), 10, "{stdout}");
+    assert_eq!(stdout.matches("unchanged").count(), 11, "{stdout}");
 }
 
 #[test]
@@ -170,6 +170,8 @@ fn dev_creates_then_reuses_its_cluster_and_recovers_from_a_half_made_one() {
             ])
             .arg(&state)
             .arg("--pg-port")
+            .arg(free_port().to_string())
+            .arg("--pgbouncer-port")
             .arg(free_port().to_string())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", free_port()))

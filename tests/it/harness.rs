@@ -82,15 +82,19 @@ impl TestPlatform {
     }
 }
 
-/// Settings that ignore this machine's /etc/pgaas and environment.
+/// Settings that ignore this machine's /etc/pgaas and environment. The shared platform holds the
+/// tenants of every test at once, so its connection budget is generous; the budget itself is
+/// tested on platforms of its own.
 pub fn test_settings() -> Settings {
-    Settings::load(&LoadOptions {
+    let mut s = Settings::load(&LoadOptions {
         config_file: Some(PathBuf::from("/dev/null")),
         dotenv_dir: None,
         env: Vec::new(),
         flags: Vec::new(),
     })
-    .expect("default settings load")
+    .expect("default settings load");
+    s.tenants.connection_overcommit = 20.0;
+    s
 }
 
 fn start() -> TestPlatform {

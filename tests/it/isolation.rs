@@ -44,6 +44,7 @@ async fn create(svc: &TenantService, tag: &str, max_connections: Option<u32>) ->
             friendly_name: FriendlyName::parse(&format!("isolation {tag}")).unwrap(),
             owner_email: OwnerEmail::parse(&unique_email(tag)).unwrap(),
             max_connections,
+            max_size_mb: None,
         },
         &AuditContext::cli(),
     )

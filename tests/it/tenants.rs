@@ -27,6 +27,7 @@ fn new_tenant(email: &str, max: Option<u32>) -> NewTenant {
         friendly_name: FriendlyName::parse("Customer XYZ Database").unwrap(),
         owner_email: OwnerEmail::parse(email).unwrap(),
         max_connections: max,
+        max_size_mb: None,
     }
 }
 

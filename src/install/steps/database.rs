@@ -175,6 +175,14 @@ pub fn control_db_check(cx: &mut Cx) -> Result<Plan> {
                     files.userlist_file.display()
                 ));
             }
+            let tenants = applier.pooler_tenants(&mut conn, &secrets).await?;
+            let want = crate::render::render_tenants(&tenants, &files.limits);
+            if read_opt(&files.tenants_file)?.as_deref() != Some(want.as_bytes()) {
+                out.push(format!(
+                    "rewrite {} (per-tenant pool limits)",
+                    files.tenants_file.display()
+                ));
+            }
         }
         Ok(out)
     })??;
@@ -233,9 +241,9 @@ pub fn control_db_apply(cx: &mut Cx, plan: &Plan) -> Result<Effects> {
             .find(|(p, _)| *p == f)
             .and_then(|(_, b)| b.clone());
         if was.as_deref() != std::fs::read(&f).ok().as_deref() {
-            if f.file_name()
-                .is_some_and(|n| n == "userlist.txt" || n == "pgbouncer_hba.conf")
-            {
+            if f.file_name().is_some_and(|n| {
+                n == "userlist.txt" || n == "pgbouncer_hba.conf" || n == crate::render::TENANTS_FILE
+            }) {
                 effects
                     .notify
                     .push(Handler::new(HandlerAction::Reload, PGBOUNCER_UNIT));

@@ -93,6 +93,11 @@ pub fn handler_for(file: &Path, old: &str, new: &str, postgres_unit: &str) -> Ve
         "pgbouncer.ini" | "pgbouncer_hba.conf" => {
             vec![Handler::new(HandlerAction::Reload, PGBOUNCER_UNIT)]
         }
+        // LimitNOFILE is read when the process starts.
+        "pgaas-limits.conf" => vec![
+            Handler::daemon_reload(),
+            Handler::new(HandlerAction::Restart, PGBOUNCER_UNIT),
+        ],
         n if n.ends_with(".service") || n.ends_with(".timer") => {
             let mut h = vec![Handler::daemon_reload()];
             // Oneshot jobs pick up their new unit at the next run; long-running units and
