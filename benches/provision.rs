@@ -22,9 +22,10 @@ use pgaas::{
     api::{self, AppState},
     control_db,
     dev::{DevOptions, DevPlatform},
-    model::generate_tenant_names,
-    pg::{quote::quote_ident, scram},
+    model::{TenantId, generate_tenant_names},
+    pg::scram,
     settings::{LoadOptions, Settings},
+    tenant::ProvisionDdl,
 };
 use sqlx::Executor;
 
@@ -150,7 +151,6 @@ async fn run(n: usize, secs: u64, dir: &Path, teardown: &mut Teardown) -> Res<()
     let mut sql_times = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
     let mut conn = pool.acquire().await?;
-    let group = quote_ident(control_db::TENANT_GROUP)?;
     for i in 0..n {
         let body = serde_json::json!({
             "friendlyName": format!("bench {i}"),
@@ -180,28 +180,16 @@ async fn run(n: usize, secs: u64, dir: &Path, teardown: &mut Teardown) -> Res<()
         let (db, role) = generate_tenant_names();
         let password = pgaas::model::TenantPassword::generate();
         let verifier = scram::scram_sha256_verifier(password.expose())?;
-        let (db_q, role_q) = (quote_ident(db.as_str())?, quote_ident(role.as_str())?);
-        let comment = format!("pgaas tenant {}", uuid::Uuid::new_v4());
+        let ddl = ProvisionDdl::new(TenantId::new_random(), &db, &role, 5, &verifier)?;
         let t = Instant::now();
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        tx.execute(
-            format!(
-                "CREATE ROLE {role_q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION CONNECTION LIMIT 5 PASSWORD '{verifier}' IN ROLE {group}"
-            )
-            .as_str(),
-        )
-        .await?;
-        tx.execute(format!("COMMENT ON ROLE {role_q} IS '{comment}'").as_str())
-            .await?;
-        tx.execute(format!("GRANT {role_q} TO CURRENT_USER").as_str())
-            .await?;
+        for stmt in &ddl.role {
+            tx.execute(stmt.as_str()).await?;
+        }
         tx.commit().await?;
-        conn.execute(format!("CREATE DATABASE {db_q} OWNER {role_q} CONNECTION LIMIT 5").as_str())
-            .await?;
-        conn.execute(format!("COMMENT ON DATABASE {db_q} IS '{comment}'").as_str())
-            .await?;
-        conn.execute(format!("REVOKE ALL ON DATABASE {db_q} FROM PUBLIC").as_str())
-            .await?;
+        for stmt in &ddl.database {
+            conn.execute(stmt.as_str()).await?;
+        }
         sql_times.push(t.elapsed());
         if (i + 1) % 50 == 0 {
             eprintln!("bench: {} of {n}", i + 1);

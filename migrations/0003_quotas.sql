@@ -14,3 +14,12 @@ COMMENT ON COLUMN databases.quota_state IS
 ALTER TABLE databases ADD COLUMN size_bytes bigint;
 COMMENT ON COLUMN databases.size_bytes IS
     'pg_database_size() as the stats collector last measured it; NULL before the first measurement.';
+
+-- The collector's size measurements are not changes to the tenant: updated_at moves only when
+-- one of these columns is set.
+DROP TRIGGER databases_set_updated_at ON databases;
+CREATE TRIGGER databases_set_updated_at
+    BEFORE UPDATE OF database_name, username, password_hash, owner_email, friendly_name,
+                     max_connections, status, max_size_mb, quota_state
+    ON databases
+    FOR EACH ROW EXECUTE FUNCTION set_updated_at();

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cli;
 pub mod control_db;
 pub mod dev;
+pub mod files;
 pub mod hba;
 pub mod host;
 pub mod install;
@@ -16,6 +17,7 @@ pub mod model;
 pub mod pg;
 pub mod render;
 pub mod settings;
+pub mod system;
 pub mod tenant;
 
 /// An error and each of its causes, `: `-separated, the way the CLI prints them.

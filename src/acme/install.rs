@@ -19,12 +19,12 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{AcmeError, order::Issued};
 use crate::{
+    files::write_if_changed,
     pg::{
         cluster::OsUser,
         pgbouncer::{self, LocalPgBouncer},
         tls::CertInfo,
     },
-    render::write_if_changed,
     settings::Settings,
 };
 
@@ -236,7 +236,7 @@ pub(crate) async fn reload_pgbouncer(settings: &Settings) -> ReloadOutcome {
     }
     match tokio::task::spawn_blocking(move || bouncer.signal_reload()).await {
         Ok(Ok(())) => ReloadOutcome::Reloaded,
-        Ok(Err(e)) => ReloadOutcome::Failed(e),
+        Ok(Err(e)) => ReloadOutcome::Failed(crate::error_chain(&e)),
         Err(e) => ReloadOutcome::Failed(e.to_string()),
     }
 }

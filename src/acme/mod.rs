@@ -138,9 +138,9 @@ pub enum AcmeError {
     #[error("the CA returned a certificate that {0}; nothing was changed")]
     BadCertificate(String),
     #[error("writing the new key and certificate failed; the previous ones are back in place")]
-    Install(#[source] crate::render::RenderError),
+    Install(#[source] crate::files::FileError),
     #[error(transparent)]
-    Write(#[from] crate::render::RenderError),
+    Write(#[from] crate::files::FileError),
 }
 
 impl AcmeError {

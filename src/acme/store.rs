@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use super::{AcmeError, ChallengeKind};
-use crate::{render::write_if_changed, settings::Settings};
+use crate::{files::write_if_changed, settings::Settings};
 
 /// What `renew` needs to repeat an issue. Nothing secret: the EAB key is only needed once, to
 /// create the account.

@@ -114,7 +114,10 @@ impl From<TenantError> for ApiError {
             TenantError::Busy(m) => ApiError::Busy(m),
             TenantError::Unavailable(m) => ApiError::Unavailable(m),
             TenantError::Db(e) => ApiError::Internal(e.into()),
-            e @ TenantError::Apply(_) => ApiError::Internal(e.into()),
+            e @ (TenantError::Apply(_)
+            | TenantError::Quote(_)
+            | TenantError::Row(_)
+            | TenantError::Hash(_)) => ApiError::Internal(e.into()),
             TenantError::Internal(m) => ApiError::Internal(anyhow::anyhow!(m)),
         }
     }

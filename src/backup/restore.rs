@@ -132,30 +132,44 @@ impl Backups {
                     "--single-transaction",
                     "--exit-on-error",
                 ];
-                self.pg_restore(&target.database, &args, &file.path)
+                self.pg_restore_async(&target.database, &args, &file.path)
+                    .await
             }
             RestoreMode::Into(new) => {
                 let (new_q, owner_q) = (ident(new)?, ident(&target.owner)?);
+                // Made closed, like a tenant database: nobody connects before CONNECT is
+                // revoked from PUBLIC; then only its owner (and the superuser) may.
                 conn.execute(
-                    format!("CREATE DATABASE {new_q} OWNER {owner_q} TEMPLATE template0").as_str(),
+                    format!(
+                        "CREATE DATABASE {new_q} OWNER {owner_q} TEMPLATE template0 ALLOW_CONNECTIONS false"
+                    )
+                    .as_str(),
                 )
                 .await?;
-                // As closed as a tenant database: only its owner (and the superuser) may connect.
-                let made = conn
-                    .execute(format!("REVOKE ALL ON DATABASE {new_q} FROM PUBLIC").as_str())
-                    .await;
+                let mut made = Ok(());
+                for stmt in [
+                    format!("REVOKE ALL ON DATABASE {new_q} FROM PUBLIC"),
+                    format!("ALTER DATABASE {new_q} ALLOW_CONNECTIONS true"),
+                ] {
+                    if made.is_ok() {
+                        made = conn.execute(stmt.as_str()).await.map(|_| ());
+                    }
+                }
                 let role = format!("--role={}", target.owner);
                 let result = match made {
-                    Ok(_) => self.pg_restore(
-                        new,
-                        &[
-                            "--no-owner",
-                            &role,
-                            "--single-transaction",
-                            "--exit-on-error",
-                        ],
-                        &file.path,
-                    ),
+                    Ok(()) => {
+                        self.pg_restore_async(
+                            new,
+                            &[
+                                "--no-owner",
+                                &role,
+                                "--single-transaction",
+                                "--exit-on-error",
+                            ],
+                            &file.path,
+                        )
+                        .await
+                    }
                     Err(e) => Err(e.into()),
                 };
                 if result.is_err() {
@@ -169,6 +183,26 @@ impl Backups {
                 result
             }
         }
+    }
+
+    /// [`Backups::pg_restore`] on a blocking thread: it waits for a child process.
+    async fn pg_restore_async(
+        &self,
+        database: &str,
+        args: &[&str],
+        file: &Path,
+    ) -> Result<(), BackupError> {
+        let (this, database, file) = (self.clone(), database.to_string(), file.to_path_buf());
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            this.pg_restore(&database, &args, &file)
+        })
+        .await
+        .map_err(|e| BackupError::Restore {
+            database: String::new(),
+            detail: format!("the restore task failed: {e}"),
+        })?
     }
 
     fn pg_restore(&self, database: &str, args: &[&str], file: &Path) -> Result<(), BackupError> {

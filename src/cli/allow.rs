@@ -81,7 +81,7 @@ where
     };
     let rt = super::tokio_runtime()?;
     rt.block_on(async move {
-        let pool = super::db::control_pool(&settings)?;
+        let pool = super::control_pool(&settings)?;
         let svc = super::host_tenants(pool.clone(), Arc::new(settings));
         let result = f(svc).await;
         pool.close().await;

@@ -186,7 +186,7 @@ fn list(settings: &Settings, backups: &Backups, a: &ListArgs) -> Result<ExitCode
         .collect();
     print!(
         "{}",
-        super::key::table(&["DATABASE", "TAKEN", "SIZE", "VERIFIED", "FILE"], &rows)
+        super::table(&["DATABASE", "TAKEN", "SIZE", "VERIFIED", "FILE"], &rows)
     );
     println!("{} backup(s) in {}", rows.len(), backups.root().display());
     Ok(ExitCode::SUCCESS)

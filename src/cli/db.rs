@@ -11,12 +11,9 @@ use std::{
     sync::Arc,
 };
 
-use anyhow::Context;
 use serde_json::json;
-use sqlx::PgPool;
 
 use crate::{
-    control_db,
     model::{FriendlyName, OwnerEmail, TenantId, TenantStatus},
     settings::{LoadOptions, Settings},
     tenant::{AuditContext, ListQuery, NewTenant, Tenant, TenantError, TenantService},
@@ -87,7 +84,7 @@ pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
     };
     let rt = super::tokio_runtime()?;
     rt.block_on(async move {
-        let pool = control_pool(&settings)?;
+        let pool = super::control_pool(&settings)?;
         // With the host's hba applier, so deleting a listed tenant takes its lines out too.
         let service: TenantService = super::host_tenants(pool.clone(), Arc::new(settings));
         let result = match cmd {
@@ -99,17 +96,6 @@ pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
         pool.close().await;
         result.or_else(explain)
     })
-}
-
-/// The control-DB pool the operator commands use: the API role, as `pgaas serve` connects.
-pub(crate) fn control_pool(settings: &Settings) -> anyhow::Result<PgPool> {
-    let password = settings
-        .control_db_password()
-        .context("reading the control DB password file")?;
-    Ok(control_db::pool(
-        control_db::connect_options(settings, password.as_ref()),
-        2,
-    ))
 }
 
 /// Turn service errors into messages that say what to do, and the exit code scripts can test:
@@ -176,7 +162,7 @@ async fn list(service: &TenantService, a: ListArgs) -> Result<ExitCode, TenantEr
         "MAX CONN",
         "CREATED",
     ];
-    print!("{}", super::key::table(&header, &rows));
+    print!("{}", super::table(&header, &rows));
     println!(
         "{} of {} database(s){}",
         rows.len(),

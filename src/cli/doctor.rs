@@ -81,7 +81,7 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
 
 async fn diagnose(settings: Settings) -> anyhow::Result<Report> {
     let mut report = Report::default();
-    let pool = super::db::control_pool(&settings)?;
+    let pool = super::control_pool(&settings)?;
     let target = format!(
         "{} on {}:{}",
         settings.control_db.name,

@@ -14,8 +14,9 @@ use anyhow::{Context, bail};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::{
-    install::{self, Cx, TlsMode, host, system::RealSystem},
+    install::{self, Cx, TlsMode, host},
     settings::{LoadOptions, Settings},
+    system::RealSystem,
 };
 
 #[derive(Debug, clap::Args)]

@@ -61,7 +61,7 @@ pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
     };
     let rt = super::tokio_runtime()?;
     rt.block_on(async move {
-        let pool = super::db::control_pool(&settings)?;
+        let pool = super::control_pool(&settings)?;
         let result = match cmd {
             Command::Create(a) => create(&pool, a).await,
             Command::List(a) => list(&pool, a).await,
@@ -152,7 +152,7 @@ async fn list(pool: &sqlx::PgPool, a: ListArgs) -> anyhow::Result<ExitCode> {
         "EXPIRES",
         "LAST USED",
     ];
-    print!("{}", table(&header, &rows));
+    print!("{}", super::table(&header, &rows));
     println!("{} key(s)", rows.len());
     Ok(ExitCode::SUCCESS)
 }
@@ -242,37 +242,9 @@ fn time(t: Option<DateTime<Utc>>) -> String {
     )
 }
 
-/// Columns padded to their widest cell (in characters, so names with accents line up).
-pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
-    let mut widths = header.map(|h| h.chars().count());
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut text = String::new();
-        for (i, cell) in cells.enumerate() {
-            if i > 0 {
-                text.push_str("  ");
-            }
-            text.push_str(cell);
-            text.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count()));
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(&mut header.iter().copied());
-    for row in rows {
-        line(&mut row.iter().map(String::as_str));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::table;
+    use crate::cli::table;
 
     #[test]
     fn table_columns_line_up_with_wide_characters() {

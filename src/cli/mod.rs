@@ -181,3 +181,42 @@ pub(crate) async fn shutdown_signal() {
         _ = term => {},
     }
 }
+
+/// The control-DB pool the operator commands use: the API role, as `pgaas serve` connects.
+pub(crate) fn control_pool(settings: &crate::settings::Settings) -> anyhow::Result<sqlx::PgPool> {
+    let password = settings
+        .control_db_password()
+        .map_err(|e| anyhow::Error::new(e).context("reading the control DB password file"))?;
+    Ok(crate::control_db::pool(
+        crate::control_db::connect_options(settings, password.as_ref()),
+        2,
+    ))
+}
+
+/// Columns padded to their widest cell (in characters, so names with accents line up).
+pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            text.push_str(cell);
+            text.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count()));
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}

@@ -7,9 +7,10 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context;
 
 use crate::{
+    files::WriteOutcome,
     hba::HbaPolicy,
     pg::binaries::PgBinaries,
-    render::{self, HostFacts, RenderInputs, WriteOutcome},
+    render::{self, HostFacts, RenderInputs},
     settings::LoadOptions,
 };
 
@@ -66,6 +67,7 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
             (0, true)
         }
     };
+    let rules = crate::hba::compile_all(&policy)?;
     let files = render::managed_files(&RenderInputs {
         settings: &settings,
         facts: HostFacts {
@@ -73,6 +75,7 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
             memory_mb,
         },
         hba: &policy,
+        rules: &rules,
         generation,
         pg_config_dir: settings.postgres.config_dir_for(pg_version),
         include_systemd: true,
@@ -135,7 +138,7 @@ fn sync_access_files(settings: &crate::settings::Settings, pg_version: u32) -> a
     let applier = crate::hba::apply::HbaApplier::for_host(settings, pg_version);
     let rt = super::tokio_runtime()?;
     rt.block_on(async {
-        let pool = super::db::control_pool(settings)?;
+        let pool = super::control_pool(settings)?;
         applier
             .sync(&pool)
             .await

@@ -5,10 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use sqlx::postgres::PgConnectOptions;
 
-use crate::{
-    install::{status, system::RealSystem},
-    settings::LoadOptions,
-};
+use crate::{install::status, settings::LoadOptions, system::RealSystem};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -12,8 +12,9 @@ use std::{
 use anyhow::bail;
 
 use crate::{
-    install::{self, Cx, TlsMode, manifest::Manifest, system::RealSystem, uninstall},
+    install::{self, Cx, TlsMode, manifest::Manifest, uninstall},
     settings::LoadOptions,
+    system::RealSystem,
 };
 
 #[derive(Debug, clap::Args)]

@@ -15,9 +15,7 @@ use crate::{
     settings::{Secret, Settings},
 };
 
-/// The group every tenant role joins; pg_hba admits tenants over TLS by membership in it, each
-/// to the database of its own name.
-pub const TENANT_GROUP: &str = "pgaas_tenants";
+use crate::model::TENANT_GROUP;
 
 /// A group that earlier releases admitted from any address by membership; a tenant could lift a
 /// neighbour's allow-list by granting it its own role, so it is dropped at bootstrap.
@@ -31,8 +29,10 @@ pub enum ControlDbError {
     Sql(#[from] sqlx::Error),
     #[error("control database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("a name could not be quoted for SQL")]
+    Quote(#[from] crate::pg::quote::QuoteError),
+    #[error("computing the API role's SCRAM verifier")]
+    Scram(#[from] crate::pg::scram::ScramError),
 }
 
 /// Connection options for the API role, from settings (socket directory or host, optional TLS).
@@ -123,11 +123,10 @@ pub async fn bootstrap(
     let admin = &mut admin;
     let api = &settings.control_db.user;
     let control = &settings.control_db.name;
-    let api_q = quote_ident(api).map_err(|e| ControlDbError::Invalid(e.to_string()))?;
-    let control_q = quote_ident(control).map_err(|e| ControlDbError::Invalid(e.to_string()))?;
-    let group_q = quote_ident(TENANT_GROUP).map_err(|e| ControlDbError::Invalid(e.to_string()))?;
-    let verifier = scram::scram_sha256_verifier(api_password.expose())
-        .map_err(|e| ControlDbError::Invalid(e.to_string()))?;
+    let api_q = quote_ident(api)?;
+    let control_q = quote_ident(control)?;
+    let group_q = quote_ident(TENANT_GROUP)?;
+    let verifier = scram::scram_sha256_verifier(api_password.expose())?;
     // The verifier is not a secret in the sense the password is, but it still never goes to
     // the log: statement logging is off for this session.
     admin.execute("SET log_statement = 'none'").await?;
@@ -138,17 +137,12 @@ pub async fn bootstrap(
             .await?;
     }
     if role_exists(admin, RETIRED_OPEN_GROUP).await? {
-        let open_q =
-            quote_ident(RETIRED_OPEN_GROUP).map_err(|e| ControlDbError::Invalid(e.to_string()))?;
+        let open_q = quote_ident(RETIRED_OPEN_GROUP)?;
         admin
             .execute(format!("DROP ROLE {open_q}").as_str())
             .await?;
     }
-    let password_sql = format!(
-        "PASSWORD {}",
-        crate::pg::quote::quote_literal(&verifier)
-            .map_err(|e| ControlDbError::Invalid(e.to_string()))?
-    );
+    let password_sql = format!("PASSWORD {}", crate::pg::quote::quote_literal(&verifier)?);
     if role_exists(admin, api).await? {
         admin
             .execute(
@@ -212,8 +206,7 @@ pub async fn bootstrap(
     // superuser-owned SECURITY DEFINER function in a schema the API role cannot change hands
     // exactly those to the API role alone: tenant-named login roles of the tenant group with
     // no privilege beyond a tenant's (never the API role, which is a member of the group too).
-    let group_lit = crate::pg::quote::quote_literal(TENANT_GROUP)
-        .map_err(|e| ControlDbError::Invalid(e.to_string()))?;
+    let group_lit = crate::pg::quote::quote_literal(TENANT_GROUP)?;
     for stmt in [
         // Catalog objects are per database: the API reloads and validates from the control DB.
         format!("GRANT EXECUTE ON FUNCTION pg_catalog.pg_reload_conf() TO {api_q}"),
@@ -257,7 +250,7 @@ pub fn ensure_password_file(path: &Path) -> std::io::Result<Secret> {
         }
     }
     let password = crate::model::TenantPassword::generate();
-    crate::render::write_if_changed(path, password.expose(), 0o600)
+    crate::files::write_if_changed(path, password.expose(), 0o600)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(Secret::new(password.expose()))
 }

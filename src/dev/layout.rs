@@ -187,7 +187,7 @@ impl DevLayout {
                 escape(password.expose())
             ));
         }
-        crate::render::write_if_changed(&self.pgpass_file(), &text, 0o600)?;
+        crate::files::write_if_changed(&self.pgpass_file(), &text, 0o600)?;
         Ok(())
     }
 }

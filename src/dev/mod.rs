@@ -21,9 +21,10 @@ pub use layout::DevLayout;
 
 use crate::{
     control_db,
+    files::WriteOutcome,
     hba::{
         HbaPolicy,
-        apply::{HbaApplier, PoolerFiles, PoolerReload},
+        apply::{HbaApplier, PoolerReload},
     },
     pg::{
         binaries::PgBinaries,
@@ -31,7 +32,7 @@ use crate::{
         pgbouncer::LocalPgBouncer,
         tls::{LocalCa, ServerCertTarget, server_names},
     },
-    render::{self, HostFacts, RenderInputs, WriteOutcome},
+    render::{self, HostFacts, RenderInputs},
     settings::{Secret, Settings},
     tenant::TenantService,
 };
@@ -125,7 +126,7 @@ impl DevPlatform {
         layout.write_pgpass(&settings, &password)?;
         // The effective settings, so every other command can reach this platform with
         // `pgaas --config <state>/pgaas.yaml ...`.
-        render::write_if_changed(
+        crate::files::write_if_changed(
             &layout.settings_file(),
             &settings.to_yaml_without_secrets(),
             0o644,
@@ -138,18 +139,19 @@ impl DevPlatform {
             port: settings.pgbouncer.port,
             owner: owner.clone(),
         });
-        let hba = HbaApplier {
-            base: HbaPolicy::base(&settings),
-            pg_hba_file: cluster.config_dir().join("pg_hba.conf"),
-            pgbouncer: pgbouncer
-                .as_ref()
-                .map(|_| PoolerFiles::for_settings(&settings, None)),
-            pooler: pgbouncer
+        let mut hba = HbaApplier::new(
+            &settings,
+            cluster.bin.version,
+            None,
+            pgbouncer
                 .clone()
                 .map(|p| Arc::new(p) as Arc<dyn PoolerReload>),
-            file_owner: Some((owner.uid, owner.gid)),
-            reader: Some(owner.name.clone()),
-        };
+            Some((owner.uid, owner.gid)),
+        );
+        if pgbouncer.is_none() {
+            // Not installed: no files of its own to keep.
+            hba.pgbouncer = None;
+        }
         progress("access rules: pg_hba.conf from the control DB");
         hba.sync(&pool).await?;
         if let Some(p) = &pgbouncer {
@@ -273,6 +275,7 @@ fn write_managed_files(
     let memory_mb = settings.postgres.memory_mb.unwrap_or(1024);
     // Units go under the state dir (paths.systemd_dir): nothing runs them, but `pgaas render
     // --check` with dev's settings then finds the whole set in place.
+    let rules = crate::hba::compile_all(&policy)?;
     let files = render::managed_files(&RenderInputs {
         settings,
         facts: HostFacts {
@@ -280,6 +283,7 @@ fn write_managed_files(
             memory_mb,
         },
         hba: &policy,
+        rules: &rules,
         generation: 0,
         pg_config_dir: cluster.config_dir().to_path_buf(),
         include_systemd: true,

@@ -13,8 +13,9 @@ use sqlx::PgPool;
 
 use super::{
     apply::{ApplyError, HbaApplier, current_generation, tenant_secrets},
-    compile, compile_pgbouncer, render_pg_hba, render_pgbouncer_hba,
+    compile, compile_pgbouncer,
 };
+use crate::render::hba::{render_pg_hba, render_pgbouncer_hba};
 
 /// One thing wrong with one access file, and what fixes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -14,8 +14,7 @@ use super::{
     check_network,
 };
 
-/// The pg_ident map that lets named OS users in as the superuser.
-pub const PEER_MAP: &str = "pgaas_admin";
+pub use crate::render::hba::PEER_MAP;
 
 fn rule(
     kind: ConnKind,
@@ -317,4 +316,12 @@ pub fn compile_pgbouncer(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
         ),
     ]);
     Ok(rules)
+}
+
+/// Both rule lists of one policy.
+pub fn compile_all(policy: &HbaPolicy) -> Result<crate::model::hba::CompiledRules, HbaError> {
+    Ok(crate::model::hba::CompiledRules {
+        postgres: compile(policy)?,
+        pgbouncer: compile_pgbouncer(policy)?,
+    })
 }

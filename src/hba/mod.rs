@@ -1,47 +1,25 @@
 //! The pg_hba rule compiler: turns pgaas's access policy (who is the superuser, which tenants
 //! exist and which addresses they allow) into an ordered, first-match rule list for PostgreSQL
-//! and for PgBouncer, renders both files, and models how the servers evaluate them.
+//! and for PgBouncer, applies it (writes the files through `render::hba`, has the servers
+//! validate and reload them), and models how the servers evaluate them.
 //!
 //! The order is the policy: pg_hba.conf is first-match, so an allow line placed after a broad
-//! accept does nothing (the original's allow-list defect). Rules are typed here; names are only
-//! turned into text, quoted for the target dialect, when a file is rendered (`file`), and any name
-//! or construct a dialect cannot express is refused there rather than written approximately.
+//! accept does nothing (the original's allow-list defect). The rule types are `model::hba`'s;
+//! names are only turned into text, quoted for the target dialect, when a file is rendered, and
+//! any name or construct a dialect cannot express is refused there rather than written
+//! approximately.
 
 pub mod apply;
 pub mod check;
 mod compile;
 mod eval;
-mod file;
 
-use std::fmt;
-
-use ipnetwork::IpNetwork;
-use serde::Serialize;
-
-pub use compile::{PEER_MAP, compile, compile_pgbouncer};
+pub use crate::model::hba::{
+    CompiledRules, ConnKind, HbaAddress, HbaError, HbaMethod, HbaName, HbaPolicy, HbaRule,
+    TenantAccess, check_network,
+};
+pub use compile::{PEER_MAP, compile, compile_all, compile_pgbouncer};
 pub use eval::{Client, Decision, decide};
-pub use file::{Dialect, format_rules, render_pg_hba, render_pg_ident, render_pgbouncer_hba};
-
-/// What pgaas's access policy depends on. Built from settings and control-DB rows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HbaPolicy {
-    /// The cluster superuser; it logs in only over the local socket, by peer.
-    pub superuser: String,
-    /// The API's database role; it reaches only the control DB, from this host.
-    pub api_role: String,
-    pub control_db: String,
-    /// Every tenant role is a member of this group (e.g. `pgaas_tenants`).
-    pub tenant_group: String,
-    /// OS users mapped to the superuser by peer authentication (pg_ident map [`PEER_MAP`]).
-    pub admin_os_users: Vec<String>,
-    /// OS users let into PgBouncer's admin console by peer, under their own name: the
-    /// superuser's, and the API's system user (which reloads PgBouncer through the console).
-    pub pooler_admins: Vec<String>,
-    /// The tenants that need lines of their own: those with an allow-list, and those whose role
-    /// is not named after their database (made before that rule; `sameuser` cannot cover them).
-    /// Every other tenant is admitted by the one `sameuser` rule.
-    pub tenants: Vec<TenantAccess>,
-}
 
 impl HbaPolicy {
     /// The policy without tenants, from settings: the superuser reachable by peer from the
@@ -59,148 +37,12 @@ impl HbaPolicy {
             superuser: settings.postgres.superuser.clone(),
             api_role: settings.control_db.user.clone(),
             control_db: settings.control_db.name.clone(),
-            tenant_group: crate::control_db::TENANT_GROUP.to_string(),
+            tenant_group: crate::model::TENANT_GROUP.to_string(),
             admin_os_users,
             pooler_admins,
             tenants: Vec::new(),
         }
     }
-}
-
-/// One tenant's network access. An empty `allow` means any address (still TLS + SCRAM only).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TenantAccess {
-    pub database: String,
-    pub role: String,
-    /// Networks allowed to reach the tenant; host bits must be zero (`10.0.0.0/8`, not `10.1.2.3/8`).
-    pub allow: Vec<IpNetwork>,
-}
-
-/// The connection type column.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum ConnKind {
-    Local,
-    Host,
-    HostSsl,
-    HostNoSsl,
-}
-
-impl ConnKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnKind::Local => "local",
-            ConnKind::Host => "host",
-            ConnKind::HostSsl => "hostssl",
-            ConnKind::HostNoSsl => "hostnossl",
-        }
-    }
-}
-
-/// A database or user column entry. Typed rather than a string with a `+` convention so a role
-/// literally named `all` or `+x` can never be mistaken for the keyword or a group.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HbaName {
-    /// The `all` keyword.
-    All,
-    /// The `sameuser` keyword: the database whose name is the connecting role's (database
-    /// column only; PostgreSQL and PgBouncer both have it).
-    SameUser,
-    /// Exactly this database or role.
-    Name(String),
-    /// Members of this role (`+group`); users column only.
-    Group(String),
-}
-
-impl HbaName {
-    pub fn name(n: impl Into<String>) -> Self {
-        HbaName::Name(n.into())
-    }
-
-    pub fn group(n: impl Into<String>) -> Self {
-        HbaName::Group(n.into())
-    }
-}
-
-/// The address column (TCP rules only).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HbaAddress {
-    /// The `all` keyword: any IPv4 or IPv6 address.
-    All,
-    Net(IpNetwork),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HbaMethod {
-    /// OS user from the socket peer, optionally through a pg_ident map.
-    Peer {
-        map: Option<String>,
-    },
-    ScramSha256,
-    Reject,
-}
-
-impl fmt::Display for HbaMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HbaMethod::Peer { map: None } => f.write_str("peer"),
-            HbaMethod::Peer { map: Some(m) } => write!(f, "peer map={m}"),
-            HbaMethod::ScramSha256 => f.write_str("scram-sha-256"),
-            HbaMethod::Reject => f.write_str("reject"),
-        }
-    }
-}
-
-/// One pg_hba line. `address` is `None` exactly for [`ConnKind::Local`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HbaRule {
-    pub kind: ConnKind,
-    pub databases: Vec<HbaName>,
-    pub users: Vec<HbaName>,
-    pub address: Option<HbaAddress>,
-    pub method: HbaMethod,
-    /// Why the rule is there; rendered as a comment above it.
-    pub comment: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HbaError {
-    #[error("{what} {value:?} cannot be written to {dialect}: {reason}")]
-    Name {
-        what: &'static str,
-        value: String,
-        dialect: &'static str,
-        reason: &'static str,
-    },
-    #[error(
-        "{network} has host bits set; write the network address ({normalised}) or a /32 or /128 for one host"
-    )]
-    HostBits {
-        network: IpNetwork,
-        normalised: IpNetwork,
-    },
-    #[error("{construct} cannot be expressed in {dialect}")]
-    Unsupported {
-        construct: String,
-        dialect: &'static str,
-    },
-    #[error("rule {index}: {reason}")]
-    Malformed { index: usize, reason: &'static str },
-    #[error("rendering the rules")]
-    Render(#[source] Box<crate::render::RenderError>),
-}
-
-/// Refuse a CIDR with host bits set: PostgreSQL would accept `10.1.2.3/8` and silently mean
-/// `10.0.0.0/8`, a much wider grant than the operator probably intended.
-pub fn check_network(network: IpNetwork) -> Result<IpNetwork, HbaError> {
-    let normalised = IpNetwork::new(network.network(), network.prefix())
-        .expect("a prefix taken from a valid network stays valid");
-    if normalised.ip() != network.ip() {
-        return Err(HbaError::HostBits {
-            network,
-            normalised,
-        });
-    }
-    Ok(network)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use ipnetwork::IpNetwork;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 
 use super::*;
+use crate::render::hba::render_pg_hba;
 
 const SU: &str = "postgres";
 const API: &str = "pgaas_api";

@@ -3,6 +3,9 @@
 use std::net::IpAddr;
 
 use super::*;
+use crate::render::hba::{
+    Dialect, format_rules, render_pg_hba, render_pg_ident, render_pgbouncer_hba,
+};
 
 fn policy() -> HbaPolicy {
     HbaPolicy {
@@ -393,7 +396,10 @@ fn names_are_quoted_when_needed_and_refused_when_inexpressible() {
         let mut p = policy();
         p.tenants[2].database = bad.to_string();
         let err = render_pg_hba(&compile(&p).unwrap(), 1).unwrap_err();
-        assert!(matches!(err, HbaError::Name { .. }), "{bad:?}: {err}");
+        assert!(
+            matches!(err, crate::render::RenderError::Hba(HbaError::Name { .. })),
+            "{bad:?}: {err}"
+        );
     }
     let mut p = policy();
     p.tenant_group = "odd group".into();

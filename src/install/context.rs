@@ -14,9 +14,10 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use sqlx::postgres::PgConnectOptions;
 
-use super::{playbook::Vars, system::System};
+use super::playbook::Vars;
+use crate::system::System;
 use crate::{
-    render::reroot,
+    files::reroot,
     settings::{Secret, Settings},
 };
 

@@ -1,17 +1,10 @@
 //! Facts and wiring for an installed host: which PostgreSQL the distribution ships, and the hba
-//! applier the API (and the installer) use there, with the hba family in its API-writable
-//! directories and PgBouncer reloaded through its admin console (the API may not signal a
-//! process of another user).
+//! applier the installer uses there (the API uses `HbaApplier::for_host`).
 
 use std::{path::Path, sync::Arc};
 
 use crate::{
-    hba::{
-        HbaPolicy,
-        apply::{HbaApplier, PoolerFiles, PoolerReload},
-    },
-    pg::console::ConsoleReload,
-    render::reroot,
+    hba::apply::{HbaApplier, PoolerReload},
     settings::Settings,
 };
 
@@ -37,35 +30,11 @@ pub fn distribution_pg_version(os_release: &str) -> Option<u32> {
 /// after its files change; the installer passes `None` and reloads it with systemctl instead.
 pub fn hba_applier(
     settings: &Settings,
+    pg_version: u32,
     root: Option<&Path>,
     pooler: Option<Arc<dyn PoolerReload>>,
 ) -> HbaApplier {
-    let version = settings.postgres.version.unwrap_or(15);
-    let hba_dir = settings.postgres.hba_dir_for(version);
-    HbaApplier {
-        base: HbaPolicy::base(settings),
-        pg_hba_file: reroot(&hba_dir.join("pg_hba.conf"), root),
-        pgbouncer: settings
-            .pgbouncer
-            .enabled
-            .then(|| PoolerFiles::for_settings(settings, root)),
-        pooler,
-        file_owner: None,
-        reader: Some(settings.postgres.os_user.clone()),
-    }
-}
-
-/// What `pgaas serve` on an installed host needs to apply allow-lists: the files in the
-/// API-writable directories and PgBouncer reloaded over its admin console as the API's user.
-pub fn api_hba_applier(settings: &Settings) -> HbaApplier {
-    let pooler = settings.pgbouncer.enabled.then(|| {
-        Arc::new(ConsoleReload {
-            socket_dir: settings.postgres.socket_dir.clone(),
-            port: settings.pgbouncer.port,
-            user: settings.api.system_user.clone(),
-        }) as Arc<dyn PoolerReload>
-    });
-    hba_applier(settings, None, pooler)
+    HbaApplier::new(settings, pg_version, root, pooler, None)
 }
 
 #[cfg(test)]
@@ -93,7 +62,7 @@ mod tests {
         s.postgres.version = Some(17);
         s.postgres.hba_dir = Some("/etc/pgaas/postgresql".into());
         s.pgbouncer.auth_dir = Some("/etc/pgaas/pgbouncer".into());
-        let a = api_hba_applier(&s);
+        let a = crate::hba::apply::HbaApplier::for_host(&s, 17);
         assert_eq!(
             a.pg_hba_file,
             Path::new("/etc/pgaas/postgresql/pg_hba.conf")
@@ -104,6 +73,5 @@ mod tests {
             Path::new("/etc/pgaas/pgbouncer/userlist.txt")
         );
         assert_eq!(a.base.pooler_admins, ["postgres", "pgaas"]);
-        assert!(a.pooler.is_some());
     }
 }

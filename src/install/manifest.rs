@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::render::reroot;
+use crate::files::reroot;
 
 pub const MANIFEST_NAME: &str = "install-manifest.json";
 
@@ -79,7 +79,7 @@ impl Manifest {
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(self)? + "\n";
-        crate::render::write_if_changed(path, &text, 0o600)?;
+        crate::files::write_if_changed(path, &text, 0o600)?;
         Ok(())
     }
 

@@ -19,7 +19,7 @@ pub mod playbook;
 pub mod runner;
 pub mod status;
 mod steps;
-pub mod system;
+
 pub mod uninstall;
 
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@ use std::{path::Path, time::Duration};
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 
-use super::system::System;
+use crate::system::System;
 use crate::{pg::tls::CertInfo, settings::Settings};
 
 #[derive(Debug, Default, Serialize)]

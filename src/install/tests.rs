@@ -8,9 +8,8 @@ use super::{
     context::{Cx, TlsMode},
     manifest::{Manifest, Record},
     playbook::{self, Step},
-    system::FakeSystem,
 };
-use crate::settings::Settings;
+use crate::{settings::Settings, system::fake::FakeSystem};
 
 pub(crate) const PACKAGES: &[&str] = &[
     "postgresql-15",

@@ -2,8 +2,6 @@
 //! email), and the error that tells them what a valid value looks like. Validation lives here, in
 //! the types, so the API, the CLI and the control DB all see the same rules.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 /// One invalid field: which one, and what would have been accepted.
@@ -57,10 +55,6 @@ impl FriendlyName {
             ));
         }
         Ok(Self(name.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 
@@ -139,52 +133,10 @@ impl OwnerEmail {
         }
         Ok(Self(format!("{local}@{}", domain.to_ascii_lowercase())))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-macro_rules! string_newtype_impls {
-    ($ty:ident) => {
-        impl TryFrom<String> for $ty {
-            type Error = ValidationError;
-
-            fn try_from(value: String) -> Result<Self, Self::Error> {
-                Self::parse(&value)
-            }
-        }
-
-        impl TryFrom<&str> for $ty {
-            type Error = ValidationError;
-
-            fn try_from(value: &str) -> Result<Self, Self::Error> {
-                Self::parse(value)
-            }
-        }
-
-        impl From<$ty> for String {
-            fn from(value: $ty) -> Self {
-                value.0
-            }
-        }
-
-        impl AsRef<str> for $ty {
-            fn as_ref(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
-
-string_newtype_impls!(FriendlyName);
-string_newtype_impls!(OwnerEmail);
+super::string_newtype!(FriendlyName);
+super::string_newtype!(OwnerEmail);
 
 #[cfg(test)]
 mod tests {

@@ -11,14 +11,15 @@
 //! tenants made before this rule are `user_<hex>`; they still parse, and the access rules give
 //! each such pair a line of its own.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 
 use super::ValidationError;
 
 pub const TENANT_DB_PREFIX: &str = "tenant_";
+
+/// The group every tenant role joins; pg_hba admits tenants over TLS by membership in it, each
+/// to the database of its own name.
+pub const TENANT_GROUP: &str = "pgaas_tenants";
 /// The prefix of roles made before a tenant's role was named after its database.
 pub const LEGACY_ROLE_PREFIX: &str = "user_";
 
@@ -60,25 +61,10 @@ fn suffix_of<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
 macro_rules! tenant_name {
     ($ty:ident, $prefixes:expr, $field:literal) => {
         impl $ty {
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-
-            /// The random hex part after the prefix.
-            pub fn suffix(&self) -> &str {
-                $prefixes
-                    .iter()
-                    .find_map(|p| suffix_of(&self.0, p))
-                    .expect("a parsed name has a known prefix")
-            }
-        }
-
-        impl TryFrom<String> for $ty {
-            type Error = ValidationError;
-
-            fn try_from(value: String) -> Result<Self, Self::Error> {
-                if $prefixes.iter().any(|p| suffix_of(&value, p).is_some()) {
-                    Ok(Self(value))
+            /// A name with one of the prefixes and 8 to 32 lowercase hex digits.
+            pub fn parse(value: &str) -> Result<Self, ValidationError> {
+                if $prefixes.iter().any(|p| suffix_of(value, p).is_some()) {
+                    Ok(Self(value.to_string()))
                 } else {
                     Err(ValidationError::new(
                         $field,
@@ -90,41 +76,17 @@ macro_rules! tenant_name {
                     ))
                 }
             }
-        }
 
-        impl TryFrom<&str> for $ty {
-            type Error = ValidationError;
-
-            fn try_from(value: &str) -> Result<Self, Self::Error> {
-                Self::try_from(value.to_owned())
+            /// The random hex part after the prefix.
+            pub fn suffix(&self) -> &str {
+                $prefixes
+                    .iter()
+                    .find_map(|p| suffix_of(&self.0, p))
+                    .expect("a parsed name has a known prefix")
             }
         }
 
-        impl FromStr for $ty {
-            type Err = ValidationError;
-
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Self::try_from(s)
-            }
-        }
-
-        impl From<$ty> for String {
-            fn from(name: $ty) -> Self {
-                name.0
-            }
-        }
-
-        impl AsRef<str> for $ty {
-            fn as_ref(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
+        super::string_newtype!($ty);
     };
 }
 

@@ -1,6 +1,7 @@
-//! The tenant's login password. pgaas generates it, shows it once in the create response and
-//! otherwise keeps only a SCRAM verifier (in the cluster) and a bcrypt hash (in the control DB).
-//! The type exists so the plaintext cannot slip into a log line through `Debug`.
+//! Secrets: tenant passwords (generated here, shown once in the create response, otherwise kept
+//! only as a SCRAM verifier in the cluster and a bcrypt hash in the control DB), the API role's
+//! password, API keys in settings. One type, so no plaintext slips into a log line through
+//! `Debug` or `Display`, or into a settings file written back (it serialises masked).
 
 use std::fmt;
 
@@ -11,10 +12,20 @@ use rand::distr::Alphanumeric;
 /// Characters in a generated password: 32 draws from 62 symbols, about 190 bits.
 pub const TENANT_PASSWORD_LEN: usize = 32;
 
-#[derive(Clone, PartialEq, Eq)]
-pub struct TenantPassword(String);
+/// A secret value: deserialises like a string, never shows itself in `Debug`, `Display` or when
+/// serialised.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
 
-impl TenantPassword {
+/// A tenant's login password.
+pub type TenantPassword = Secret;
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
     /// A fresh password from the OS CSPRNG. `Alphanumeric` samples by rejection, so every one of
     /// the 62 symbols is equally likely (no modulo bias). The result is ASCII alphanumeric, which
     /// is also what `pg::scram` requires (SASLprep is the identity on it) and safe inside a
@@ -31,15 +42,28 @@ impl TenantPassword {
         Self(password)
     }
 
-    /// The plaintext, for the one place it is needed: the create response (and hashing).
+    /// The plaintext. Call sites are the places a secret is used; keep them few.
     pub fn expose(&self) -> &str {
         &self.0
     }
 }
 
-impl fmt::Debug for TenantPassword {
+/// Serialises masked: settings written back to a file never carry a secret (use `*_file`).
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TenantPassword(***)")
+        f.write_str("\"***\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
     }
 }
 

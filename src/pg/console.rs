@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use crate::hba::apply::PoolerReload;
+use super::pgbouncer::{PoolerReload, ReloadError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -139,14 +139,14 @@ fn error_message(body: &[u8]) -> String {
 }
 
 impl PoolerReload for ConsoleReload {
-    fn reload(&self) -> Result<(), String> {
+    fn reload(&self) -> Result<(), ReloadError> {
         // Not running: nothing holds old rules; it reads the files when it starts.
         if !self.socket_path().exists() {
             return Ok(());
         }
         self.command("RELOAD;")
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(ReloadError::Console)
     }
 }
 

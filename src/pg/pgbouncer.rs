@@ -11,7 +11,24 @@ use std::{
 use nix::{sys::signal::Signal, unistd::Pid};
 
 use super::cluster::OsUser;
-use crate::hba::apply::PoolerReload;
+
+/// Why PgBouncer could not be told to re-read its files.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("PgBouncer is not running")]
+    NotRunning,
+    #[error("signalling PgBouncer")]
+    Signal(#[source] nix::Error),
+    #[error("PgBouncer did not answer after the reload")]
+    NoAnswer,
+    #[error("PgBouncer's admin console")]
+    Console(#[source] super::console::ConsoleError),
+}
+
+/// Reloads PgBouncer after its files changed. Blocking: callers run it on a blocking thread.
+pub trait PoolerReload: Send + Sync {
+    fn reload(&self) -> Result<(), ReloadError>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgBouncerError {
@@ -142,12 +159,9 @@ impl LocalPgBouncer {
 
     /// Re-read the config, hba and auth files (SIGHUP), then wait until the console answers so
     /// the next connection sees the new rules.
-    pub fn signal_reload(&self) -> Result<(), String> {
-        let pid = self
-            .pid()
-            .ok_or_else(|| "pgbouncer is not running".to_string())?;
-        nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGHUP)
-            .map_err(|e| format!("SIGHUP to pgbouncer: {e}"))?;
+    pub fn signal_reload(&self) -> Result<(), ReloadError> {
+        let pid = self.pid().ok_or(ReloadError::NotRunning)?;
+        nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(ReloadError::Signal)?;
         // PgBouncer handles SIGHUP in its event loop. An answer to an SSLRequest on a new
         // connection comes from that loop, after the signal (already pending) was handled.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -157,7 +171,7 @@ impl LocalPgBouncer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err("pgbouncer did not answer after the reload".into())
+        Err(ReloadError::NoAnswer)
     }
 }
 
@@ -175,7 +189,7 @@ fn ssl_request_answered(port: u16) -> bool {
 }
 
 impl PoolerReload for LocalPgBouncer {
-    fn reload(&self) -> Result<(), String> {
+    fn reload(&self) -> Result<(), ReloadError> {
         // Not running: nothing holds old rules; it reads the files when it starts.
         if !self.is_running() {
             return Ok(());

@@ -1,36 +1,14 @@
 //! A Debian cluster managed by systemd (`postgresql@<ver>-<name>.service`, created by
 //! `pg_createcluster`), behind the same [`Cluster`] trait as the local one: started and stopped
-//! with systemctl, reached by the superuser over the local socket by peer. Commands go through a
-//! [`CommandRunner`] so the installer's tests can record them instead of running them.
+//! with systemctl, reached by the superuser over the local socket by peer. Commands go through
+//! [`System`], so tests can record them instead of running them.
 
-use std::{io, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use sqlx::postgres::PgConnectOptions;
 
 use super::cluster::{Cluster, ClusterError};
-
-/// Runs a program; `Ok(true)` when it exited 0.
-pub trait CommandRunner: Send + Sync {
-    fn run(&self, argv: &[&str]) -> io::Result<(bool, String)>;
-}
-
-/// The real machine.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HostRunner;
-
-impl CommandRunner for HostRunner {
-    fn run(&self, argv: &[&str]) -> io::Result<(bool, String)> {
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| io::Error::other("empty command"))?;
-        let out = std::process::Command::new(program).args(args).output()?;
-        let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
-        if text.trim().is_empty() {
-            text = String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        Ok((out.status.success(), text))
-    }
-}
+use crate::system::{RealSystem, System};
 
 #[derive(Clone)]
 pub struct SystemdCluster {
@@ -40,7 +18,7 @@ pub struct SystemdCluster {
     pub socket_dir: PathBuf,
     pub port: u16,
     pub superuser: String,
-    pub runner: Arc<dyn CommandRunner>,
+    pub runner: Arc<dyn System>,
 }
 
 impl SystemdCluster {
@@ -51,7 +29,7 @@ impl SystemdCluster {
             socket_dir: settings.postgres.socket_dir.clone(),
             port: settings.postgres.port,
             superuser: settings.postgres.superuser.clone(),
-            runner: Arc::new(HostRunner),
+            runner: Arc::new(RealSystem),
         }
     }
 
@@ -60,15 +38,22 @@ impl SystemdCluster {
         format!("postgresql@{}-{}", self.version, self.name)
     }
 
+    /// Run a program: whether it exited 0, and what it said (for an error message).
+    fn run(&self, argv: &[&str]) -> Result<(bool, String), ClusterError> {
+        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        let out = self
+            .runner
+            .run(&argv, &[])
+            .map_err(|e| ClusterError::Command {
+                command: argv.join(" "),
+                detail: e.to_string(),
+            })?;
+        Ok((out.success, out.detail()))
+    }
+
     fn systemctl(&self, verb: &str) -> Result<(), ClusterError> {
         let unit = self.unit();
-        let (ok, detail) =
-            self.runner
-                .run(&["systemctl", verb, &unit])
-                .map_err(|e| ClusterError::Command {
-                    command: format!("systemctl {verb} {unit}"),
-                    detail: e.to_string(),
-                })?;
+        let (ok, detail) = self.run(&["systemctl", verb, &unit])?;
         if ok {
             Ok(())
         } else {
@@ -83,13 +68,7 @@ impl SystemdCluster {
     /// `--purge-data` only).
     pub fn drop_cluster(&self) -> Result<(), ClusterError> {
         let v = self.version.to_string();
-        let (ok, detail) = self
-            .runner
-            .run(&["pg_dropcluster", "--stop", &v, &self.name])
-            .map_err(|e| ClusterError::Command {
-                command: "pg_dropcluster".into(),
-                detail: e.to_string(),
-            })?;
+        let (ok, detail) = self.run(&["pg_dropcluster", "--stop", &v, &self.name])?;
         if ok {
             Ok(())
         } else {
@@ -112,8 +91,7 @@ impl Cluster for SystemdCluster {
 
     fn is_running(&self) -> bool {
         let unit = self.unit();
-        self.runner
-            .run(&["systemctl", "is-active", "--quiet", &unit])
+        self.run(&["systemctl", "is-active", "--quiet", &unit])
             .is_ok_and(|(ok, _)| ok)
     }
 
@@ -128,44 +106,47 @@ impl Cluster for SystemdCluster {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<String>>);
-
-    impl CommandRunner for Recorder {
-        fn run(&self, argv: &[&str]) -> io::Result<(bool, String)> {
-            self.0.lock().unwrap().push(argv.join(" "));
-            Ok((argv.get(1) != Some(&"stop"), "simulated".into()))
-        }
-    }
+    use crate::system::fake::FakeSystem;
 
     #[test]
     fn drives_the_versioned_unit_and_reports_failures_with_the_journal_hint() {
-        let rec = Arc::new(Recorder::default());
+        let host = Arc::new(FakeSystem::new(&[]));
         let c = SystemdCluster {
             version: 17,
             name: "main".into(),
             socket_dir: "/var/run/postgresql".into(),
             port: 5432,
             superuser: "postgres".into(),
-            runner: rec.clone(),
+            runner: host.clone(),
         };
         c.start().unwrap();
         assert!(c.is_running());
-        let err = c.stop().unwrap_err().to_string();
-        assert!(err.contains("journalctl -u postgresql@17-main"), "{err}");
-        c.drop_cluster().unwrap();
+        host.state
+            .lock()
+            .unwrap()
+            .failing
+            .insert("pg_dropcluster".into());
+        let err = c.drop_cluster().unwrap_err().to_string();
+        assert!(err.contains("pg_dropcluster"), "{err}");
+        c.stop().unwrap();
+        assert!(!c.is_running());
         assert_eq!(
-            *rec.0.lock().unwrap(),
+            host.calls(),
             vec![
                 "systemctl start postgresql@17-main",
                 "systemctl is-active --quiet postgresql@17-main",
-                "systemctl stop postgresql@17-main",
                 "pg_dropcluster --stop 17 main",
+                "systemctl stop postgresql@17-main",
+                "systemctl is-active --quiet postgresql@17-main",
             ]
         );
+        host.state
+            .lock()
+            .unwrap()
+            .failing
+            .insert("systemctl".into());
+        let err = c.start().unwrap_err().to_string();
+        assert!(err.contains("journalctl -u postgresql@17-main"), "{err}");
     }
 }

@@ -15,7 +15,7 @@ use rcgen::{
 };
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::render::{WriteOutcome, write_if_changed};
+use crate::files::{WriteOutcome, write_if_changed};
 
 /// Reissue when fewer days than this are left.
 const RENEW_BEFORE_DAYS: i64 = 30;
@@ -29,7 +29,7 @@ pub enum TlsError {
     #[error("{path}: not a usable PEM certificate or key: {reason}")]
     Parse { path: PathBuf, reason: String },
     #[error(transparent)]
-    Write(#[from] crate::render::RenderError),
+    Write(#[from] crate::files::FileError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {

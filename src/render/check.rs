@@ -44,16 +44,7 @@ pub fn listen_address<'a>(what: &str, addr: &'a str) -> Result<&'a str, RenderEr
 
 /// A system user or group name as useradd accepts it, which also needs no quoting anywhere.
 pub fn system_user<'a>(what: &str, name: &'a str) -> Result<&'a str, RenderError> {
-    let ok = !name.is_empty()
-        && name.len() <= 32
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
-    if ok {
+    if crate::settings::is_system_user(name) {
         Ok(name)
     } else {
         Err(RenderError::invalid(
@@ -66,20 +57,13 @@ pub fn system_user<'a>(what: &str, name: &'a str) -> Result<&'a str, RenderError
 
 /// A role name usable unquoted in comma-separated lists (PgBouncer's admin_users).
 pub fn plain_role<'a>(what: &str, name: &'a str) -> Result<&'a str, RenderError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
+    if crate::settings::is_plain_identifier(name) {
         Ok(name)
     } else {
         Err(RenderError::invalid(
             what,
             name,
-            "use letters, digits and _, starting with a letter or _",
+            "use a-z, 0-9 and _, starting with a letter or _",
         ))
     }
 }

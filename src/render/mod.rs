@@ -7,6 +7,7 @@
 //! error rather than an empty string.
 
 mod check;
+pub mod hba;
 mod memory;
 mod pgbouncer;
 mod postgres;
@@ -16,34 +17,27 @@ mod write;
 #[cfg(test)]
 mod tests;
 
-use std::{
-    path::{Path, PathBuf},
-    sync::LazyLock,
-};
+use std::{path::PathBuf, sync::LazyLock};
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Serialize;
 
 use crate::{
-    hba::{self, HbaError, HbaPolicy},
+    model::hba::{CompiledRules, HbaError, HbaPolicy},
     settings::Settings,
 };
 
 pub use memory::{HostFacts, MemorySizing, SUPPORTED_VERSIONS, size_memory};
 pub use pgbouncer::{PoolerLimits, PoolerTenant, TENANTS_FILE, render_tenants};
-pub use write::{Drift, WriteOutcome, check_all, reroot, write_all, write_if_changed};
+pub use write::{Drift, check_all, write_all};
 
 /// Every file under `templates/`, as `(path relative to templates/, contents)`.
 pub static TEMPLATES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/templates.rs"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("cannot access {}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     #[error("rendering template {name}")]
     Template {
         name: String,
@@ -66,13 +60,6 @@ impl RenderError {
             what: what.into(),
             value: value.as_ref().into(),
             reason: reason.into(),
-        }
-    }
-
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        RenderError::Io {
-            path: path.to_path_buf(),
-            source,
         }
     }
 }
@@ -133,7 +120,9 @@ pub struct ManagedFile {
 pub struct RenderInputs<'a> {
     pub settings: &'a Settings,
     pub facts: HostFacts,
+    /// The policy (for pg_ident.conf) and the rules compiled from it (`hba::compile_all`).
     pub hba: &'a HbaPolicy,
+    pub rules: &'a CompiledRules,
     /// Written into every header, so an operator can tell which render produced a file.
     pub generation: u64,
     /// The cluster's configuration directory (Debian: `/etc/postgresql/<ver>/main`).
@@ -162,7 +151,7 @@ pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderEr
             "must be absolute",
         ));
     }
-    let rules = hba::compile(inputs.hba)?;
+    let rules = &inputs.rules.postgres;
     let hba_dir = s.postgres.hba_dir.clone().unwrap_or_else(|| dir.clone());
     let mut files = vec![
         ManagedFile {
@@ -172,7 +161,7 @@ pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderEr
         },
         ManagedFile {
             path: hba_dir.join("pg_hba.conf"),
-            contents: hba::render_pg_hba(&rules, g)?,
+            contents: hba::render_pg_hba(rules, g)?,
             mode: HBA_MODE,
         },
         ManagedFile {
@@ -183,7 +172,7 @@ pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderEr
     ];
     if inputs.include_pgbouncer {
         let pgb_dir = &s.pgbouncer.config_dir;
-        let pgb_rules = hba::compile_pgbouncer(inputs.hba)?;
+        let pgb_rules = &inputs.rules.pgbouncer;
         files.push(ManagedFile {
             path: pgb_dir.join("pgbouncer.ini"),
             contents: pgbouncer::render_ini(s, 0)?,
@@ -191,7 +180,7 @@ pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderEr
         });
         files.push(ManagedFile {
             path: s.pgbouncer.auth_dir().join("pgbouncer_hba.conf"),
-            contents: hba::render_pgbouncer_hba(&pgb_rules, g)?,
+            contents: hba::render_pgbouncer_hba(pgb_rules, g)?,
             mode: HBA_MODE,
         });
     }

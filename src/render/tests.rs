@@ -62,8 +62,11 @@ fn policy() -> HbaPolicy {
 }
 
 fn inputs<'a>(s: &'a Settings, p: &'a HbaPolicy, version: u32) -> RenderInputs<'a> {
+    // Compiled as the callers of `managed_files` compile them (tests may name the compiler).
+    let rules: &'static CompiledRules = Box::leak(Box::new(crate::hba::compile_all(p).unwrap()));
     RenderInputs {
         settings: s,
+        rules,
         facts: HostFacts {
             pg_version: version,
             memory_mb: 4096,

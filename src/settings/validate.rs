@@ -361,7 +361,9 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
     }
 }
 
-fn is_system_user(name: &str) -> bool {
+/// A system user or group name as useradd accepts it (a-z, 0-9, _ and -, starting with a letter
+/// or _, at most 32), which also needs no quoting anywhere.
+pub fn is_system_user(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')

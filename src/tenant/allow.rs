@@ -140,26 +140,23 @@ impl TenantService {
             )
             .into());
         }
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1 AND ip_address = $2::cidr)")
-                .bind(id.as_uuid())
-                .bind(entry.to_string())
-                .fetch_one(&mut *tx)
-                .await?;
-        if exists {
-            return Err(TenantError::Conflict(format!(
-                "{entry} is already on the allow-list of database {id}"
-            )));
-        }
         let row: AllowRow = sqlx::query_as(
-            "INSERT INTO ip_whitelist (database_id, ip_address, description) VALUES ($1, $2::cidr, $3)
+            "INSERT INTO ip_whitelist (database_id, ip_address, description) VALUES ($1, $2, $3)
              RETURNING id, database_id, ip_address::text AS ip_address, description, added_at",
         )
         .bind(id.as_uuid())
-        .bind(entry.to_string())
+        .bind(entry.network())
         .bind(&description)
         .fetch_one(&mut *tx)
-        .await?;
+        .await
+        .map_err(
+            |e| match e.as_database_error().and_then(|d| d.constraint()) {
+                Some("ip_whitelist_database_id_ip_address_key") => TenantError::Conflict(format!(
+                    "{entry} is already on the allow-list of database {id}"
+                )),
+                _ => e.into(),
+            },
+        )?;
         self.apply_audit_commit(tx, ctx, "whitelist.add", &tenant, &row)
             .await?;
         Ok(row)

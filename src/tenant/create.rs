@@ -74,8 +74,8 @@ impl TenantService {
         };
         let verifier = verifier_task
             .await
-            .map_err(TenantError::internal)?
-            .map_err(TenantError::internal)?;
+            .map_err(TenantError::hash)?
+            .map_err(TenantError::hash)?;
 
         let plan = Plan {
             id,
@@ -88,8 +88,8 @@ impl TenantService {
         let result = match result {
             Ok(()) => match bcrypt_task.await {
                 Ok(Ok(hash)) => self.activate(conn, &plan, &hash, ctx).await,
-                Ok(Err(e)) => Err(TenantError::internal(e)),
-                Err(e) => Err(TenantError::internal(e)),
+                Ok(Err(e)) => Err(TenantError::hash(e)),
+                Err(e) => Err(TenantError::hash(e)),
             },
             Err(e) => Err(e),
         };
@@ -167,50 +167,28 @@ impl TenantService {
         created: &mut Created,
     ) -> Result<(), TenantError> {
         let Plan { id, db, role, max } = *plan;
-        let role_q = ident(role.as_str())?;
-        let db_q = ident(db.as_str())?;
-        let group_q = ident(crate::control_db::TENANT_GROUP)?;
-        let verifier_q =
-            crate::pg::quote::quote_literal(verifier).map_err(TenantError::internal)?;
-        let comment = ownership_comment(id);
+        let ddl = ProvisionDdl::new(id, db, role, max, verifier)?;
         // Role, its ownership mark, and our membership (needed to create a database it owns)
         // in one transaction: either all exist or none.
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        tx.execute(
-            format!(
-                "CREATE ROLE {role_q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION CONNECTION LIMIT {max} PASSWORD {verifier_q} IN ROLE {group_q}"
-            )
-            .as_str(),
-        )
-        .await?;
-        tx.execute(format!("COMMENT ON ROLE {role_q} IS '{comment}'").as_str())
-            .await?;
-        tx.execute(format!("GRANT {role_q} TO CURRENT_USER").as_str())
-            .await?;
+        for stmt in &ddl.role {
+            tx.execute(stmt.as_str()).await?;
+        }
         tx.commit().await?;
         created.role = true;
         if self.hba.as_ref().is_some_and(|h| h.pgbouncer.is_some()) {
             let svc = self.clone();
             created.pooler_refresh = Some(tokio::spawn(async move { svc.refresh_pooler().await }));
         }
-
-        // Created closed: until CONNECT is revoked from PUBLIC nobody may open a session in it
-        // (a session opened in that window would outlive the REVOKE). A create interrupted by
-        // a crash leaves it closed until the reconciler undoes it.
-        conn.execute(
-            format!(
-                "CREATE DATABASE {db_q} OWNER {role_q} CONNECTION LIMIT {max} ALLOW_CONNECTIONS false"
-            )
-            .as_str(),
-        )
-        .await?;
+        let (first, rest) = ddl
+            .database
+            .split_first()
+            .expect("CREATE DATABASE comes first");
+        conn.execute(first.as_str()).await?;
         created.database = true;
-        conn.execute(format!("COMMENT ON DATABASE {db_q} IS '{comment}'").as_str())
-            .await?;
-        conn.execute(format!("REVOKE ALL ON DATABASE {db_q} FROM PUBLIC").as_str())
-            .await?;
-        conn.execute(format!("ALTER DATABASE {db_q} ALLOW_CONNECTIONS true").as_str())
-            .await?;
+        for stmt in rest {
+            conn.execute(stmt.as_str()).await?;
+        }
         Ok(())
     }
 
@@ -300,4 +278,51 @@ struct Created {
     database: bool,
     /// The PgBouncer auth-file refresh started once the role existed.
     pooler_refresh: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The statements that make a tenant's role and database, in order (the provisioning bench runs
+/// the same ones as its baseline).
+pub struct ProvisionDdl {
+    /// In one transaction: the role with its SCRAM verifier and limit, its ownership mark, and
+    /// the API role's membership (needed to create a database it owns).
+    pub role: Vec<String>,
+    /// Each on its own (`CREATE DATABASE` cannot run in a transaction): the database is created
+    /// closed, so that until CONNECT is revoked from PUBLIC nobody may open a session in it (a
+    /// session opened in that window would outlive the REVOKE), then opened. A create
+    /// interrupted by a crash leaves it closed until the reconciler undoes it.
+    pub database: Vec<String>,
+}
+
+impl ProvisionDdl {
+    pub fn new(
+        id: TenantId,
+        db: &DbName,
+        role: &RoleName,
+        max: i32,
+        verifier: &str,
+    ) -> Result<Self, TenantError> {
+        let role_q = ident(role.as_str())?;
+        let db_q = ident(db.as_str())?;
+        let group_q = ident(crate::model::TENANT_GROUP)?;
+        let verifier_q = crate::pg::quote::quote_literal(verifier)?;
+        let comment = crate::pg::quote::quote_literal(&ownership_comment(id))?;
+        Ok(Self {
+            role: vec![
+                format!(
+                    "CREATE ROLE {role_q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
+                     CONNECTION LIMIT {max} PASSWORD {verifier_q} IN ROLE {group_q}"
+                ),
+                format!("COMMENT ON ROLE {role_q} IS {comment}"),
+                format!("GRANT {role_q} TO CURRENT_USER"),
+            ],
+            database: vec![
+                format!(
+                    "CREATE DATABASE {db_q} OWNER {role_q} CONNECTION LIMIT {max} ALLOW_CONNECTIONS false"
+                ),
+                format!("COMMENT ON DATABASE {db_q} IS {comment}"),
+                format!("REVOKE ALL ON DATABASE {db_q} FROM PUBLIC"),
+                format!("ALTER DATABASE {db_q} ALLOW_CONNECTIONS true"),
+            ],
+        })
+    }
 }

@@ -27,6 +27,7 @@ mod update;
 pub use allow::{AllowRow, parse_description};
 pub use audit::{AuditContext, AuditEntry, AuditFilter};
 pub use budget::Budget;
+pub use create::ProvisionDdl;
 pub use guard::GuardReport;
 pub use quota::QuotaChange;
 pub use reconcile::ReconcileReport;

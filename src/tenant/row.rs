@@ -39,15 +39,15 @@ impl TryFrom<TenantRow> for Tenant {
     fn try_from(r: TenantRow) -> Result<Self, TenantError> {
         Ok(Tenant {
             id: TenantId::from_uuid(r.id),
-            database_name: DbName::try_from(r.database_name).map_err(TenantError::internal)?,
-            username: RoleName::try_from(r.username).map_err(TenantError::internal)?,
+            database_name: DbName::try_from(r.database_name).map_err(TenantError::Row)?,
+            username: RoleName::try_from(r.username).map_err(TenantError::Row)?,
             owner_email: r.owner_email,
             friendly_name: r.friendly_name,
             max_connections: r.max_connections,
             max_size_mb: r.max_size_mb,
-            quota_state: r.quota_state.parse().map_err(TenantError::internal)?,
+            quota_state: r.quota_state.parse().map_err(TenantError::Row)?,
             size_bytes: r.size_bytes,
-            status: r.status.parse().map_err(TenantError::internal)?,
+            status: r.status.parse().map_err(TenantError::Row)?,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -55,7 +55,7 @@ impl TryFrom<TenantRow> for Tenant {
 }
 
 pub(super) fn ident(name: &str) -> Result<String, TenantError> {
-    quote_ident(name).map_err(TenantError::internal)
+    Ok(quote_ident(name)?)
 }
 
 /// The comment that marks a role or database as made by pgaas for this tenant; nothing without

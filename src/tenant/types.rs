@@ -111,6 +111,13 @@ pub enum TenantError {
     Db(#[source] sqlx::Error),
     #[error("the access rules could not be applied")]
     Apply(#[source] crate::hba::apply::ApplyError),
+    #[error("a name or value could not be quoted for SQL")]
+    Quote(#[from] crate::pg::quote::QuoteError),
+    /// A row the control DB holds that pgaas would not have written (edited around it).
+    #[error("the control DB holds a row pgaas cannot read")]
+    Row(#[source] ValidationError),
+    #[error("hashing the password")]
+    Hash(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{0}")]
     Internal(String),
 }
@@ -161,9 +168,14 @@ impl TenantError {
             TenantError::Busy(_) => "busy",
             TenantError::Unavailable(_) => "unavailable",
             TenantError::Apply(_) => "access_rules_failed",
+            TenantError::Quote(_) | TenantError::Row(_) | TenantError::Hash(_) => "internal",
             TenantError::Db(_) => "database_error",
             TenantError::Internal(_) => "internal",
         }
+    }
+
+    pub(crate) fn hash(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        TenantError::Hash(Box::new(e))
     }
 
     pub(crate) fn internal(e: impl std::fmt::Display) -> Self {

@@ -95,7 +95,7 @@ impl TenantService {
         };
         if let Err(e) = tx.commit().await {
             if let Some(p) = pooler {
-                p.undo();
+                p.undo().await;
             }
             return Err(e.into());
         }
@@ -116,14 +116,13 @@ impl TenantService {
         let password = TenantPassword::generate();
         let pw = password.expose().to_string();
         let (verifier, hash) = tokio::task::spawn_blocking(move || {
-            Ok::<_, String>((
-                scram::scram_sha256_verifier(&pw).map_err(|e| e.to_string())?,
-                bcrypt::hash(&pw, BCRYPT_COST).map_err(|e| e.to_string())?,
+            Ok::<_, TenantError>((
+                scram::scram_sha256_verifier(&pw).map_err(TenantError::hash)?,
+                bcrypt::hash(&pw, BCRYPT_COST).map_err(TenantError::hash)?,
             ))
         })
         .await
-        .map_err(TenantError::internal)?
-        .map_err(TenantError::Internal)?;
+        .map_err(TenantError::hash)??;
         let _gate = self.gate(id).await?;
         let mut tx = self.pool.begin().await?;
         let tenant = self.lock_active(&mut tx, id).await?;
@@ -131,7 +130,7 @@ impl TenantService {
             format!(
                 "ALTER ROLE {} PASSWORD {}",
                 ident(tenant.username.as_str())?,
-                crate::pg::quote::quote_literal(&verifier).map_err(TenantError::internal)?
+                crate::pg::quote::quote_literal(&verifier)?
             )
             .as_str(),
         )

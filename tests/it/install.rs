@@ -5,13 +5,14 @@
 use std::{path::Path, sync::Arc};
 
 use pgaas::{
-    install::{self, Cx, TlsMode, system::FakeSystem},
+    install::{self, Cx, TlsMode},
     pg::{
         cluster::OsUser,
         console::ConsoleReload,
         pgbouncer::{LocalPgBouncer, find_binary},
     },
     settings::Settings,
+    system::fake::FakeSystem,
 };
 
 fn golden(name: &str, actual: &str) {

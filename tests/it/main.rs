@@ -10,6 +10,7 @@ mod cli;
 mod harness;
 mod install;
 mod isolation;
+mod layers;
 mod noisy;
 mod pebble;
 mod platform;

@@ -11,7 +11,7 @@ use sqlx::{Connection, Executor, PgConnection, postgres::PgConnectOptions};
 use super::{Effects, Plan};
 use crate::{
     control_db,
-    hba::{compile, compile_pgbouncer, render_pg_hba, render_pgbouncer_hba},
+    hba::{compile, compile_pgbouncer},
     install::{
         context::{Attrs, Cx, TlsMode, read_opt},
         host,
@@ -20,6 +20,7 @@ use crate::{
         steps::render::PGBOUNCER_UNIT,
     },
     pg::tls::{CertInfo, LocalCa, ServerCertTarget, server_names},
+    render::hba::{render_pg_hba, render_pgbouncer_hba},
     settings::{Secret, read_secret_file},
 };
 
@@ -121,7 +122,7 @@ pub fn control_db_check(cx: &mut Cx) -> Result<Plan> {
         ));
         return Ok(plan);
     };
-    let applier = host::hba_applier(&settings, cx.root.as_deref(), None);
+    let applier = host::hba_applier(&settings, cx.vars.pg_version, cx.root.as_deref(), None);
     let findings = cx.block_on(async move {
         let opts = control_db::connect_options(&settings, Some(&password));
         let Ok(mut conn) = connect(&opts, Duration::from_secs(10)).await else {
@@ -211,7 +212,7 @@ pub fn control_db_apply(cx: &mut Cx, plan: &Plan) -> Result<Effects> {
     })?;
     let admin = cx.admin()?;
     let bootstrap = plan.changes.iter().any(|c| c.starts_with(BOOTSTRAP));
-    let applier = host::hba_applier(&settings, cx.root.as_deref(), None);
+    let applier = host::hba_applier(&settings, cx.vars.pg_version, cx.root.as_deref(), None);
     let before = hba_family(cx)
         .into_iter()
         .map(|p| (p.clone(), std::fs::read(&p).ok()))

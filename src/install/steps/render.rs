@@ -162,6 +162,7 @@ fn files(cx: &mut Cx) -> Result<Vec<(ManagedFile, Attrs)>> {
         }
         None => 0,
     };
+    let rules = crate::hba::compile_all(&policy)?;
     let files = render::managed_files(&RenderInputs {
         settings: &cx.settings,
         facts: HostFacts {
@@ -169,6 +170,7 @@ fn files(cx: &mut Cx) -> Result<Vec<(ManagedFile, Attrs)>> {
             memory_mb: cx.memory_mb,
         },
         hba: &policy,
+        rules: &rules,
         generation,
         pg_config_dir: PathBuf::from(&cx.vars.pg_config_dir),
         include_systemd: true,

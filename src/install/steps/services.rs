@@ -10,8 +10,8 @@ use crate::install::{
     context::Cx,
     manifest::Record,
     playbook::{AptStep, CommandStep, SystemdStep, UnitState, UserStep},
-    system::CmdOutput,
 };
+use crate::system::CmdOutput;
 
 const APT_ENV: &[(&str, &str)] = &[("DEBIAN_FRONTEND", "noninteractive")];
 

@@ -42,12 +42,17 @@ async fn fake_row(control: &Client, id: uuid::Uuid, suffix: &str, status: &str, 
         .unwrap();
 }
 
+/// The two tests here run the reconciler on the shared platform (directly, and through
+/// `pgaas doctor`); one would finish the other's staged crash before it looks.
+static RECONCILER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..16].to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reconciler_finishes_crashed_work_and_reports_orphans() {
+    let _one_at_a_time = RECONCILER.lock().await;
     let svc = service();
     let su = superuser("postgres").await;
     let control = superuser(&platform().settings.control_db.name).await;
@@ -187,6 +192,7 @@ async fn reconciler_finishes_crashed_work_and_reports_orphans() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn doctor_reports_an_orphan_and_leaves_it() {
+    let _one_at_a_time = RECONCILER.lock().await;
     let su = superuser("postgres").await;
     let orphan = format!("tenant_{}", suffix());
     su.batch_execute(&format!("CREATE DATABASE {orphan}"))

@@ -5,8 +5,12 @@
 
 use serde::Serialize;
 
-use super::{ConnKind, HbaAddress, HbaError, HbaMethod, HbaName, HbaPolicy, HbaRule, PEER_MAP};
-use crate::render;
+use super::RenderError;
+use crate::model::hba::{ConnKind, HbaAddress, HbaError, HbaMethod, HbaName, HbaPolicy, HbaRule};
+
+/// The pg_ident map that lets named OS users in as the superuser (`hba::compile` names it in
+/// the superuser's rule).
+pub const PEER_MAP: &str = "pgaas_admin";
 
 /// Which program reads the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,7 +196,9 @@ pub fn format_rules(rules: &[HbaRule], dialect: Dialect) -> Result<Vec<HbaLine>,
                     reason: "a host rule needs an address",
                 });
             }
-            (_, Some(HbaAddress::Net(net))) => vec![super::check_network(net)?.to_string()],
+            (_, Some(HbaAddress::Net(net))) => {
+                vec![crate::model::hba::check_network(net)?.to_string()]
+            }
             (_, Some(HbaAddress::All)) => match dialect {
                 Dialect::Postgres => vec!["all".into()],
                 Dialect::PgBouncer => vec!["0.0.0.0/0".into(), "::/0".into()],
@@ -253,7 +259,7 @@ fn render_hba(
     generation: u64,
     dialect: Dialect,
     template: &str,
-) -> Result<String, HbaError> {
+) -> Result<String, RenderError> {
     let lines = pad(format_rules(rules, dialect)?);
     let mut body = String::with_capacity(lines.len() * 96);
     for l in &lines {
@@ -280,11 +286,11 @@ fn render_hba(
         file: dialect.label(),
         body,
     };
-    render::render_template(template, &ctx).map_err(|e| HbaError::Render(Box::new(e)))
+    super::render_template(template, &ctx)
 }
 
 /// pg_hba.conf for the rules from [`super::compile`].
-pub fn render_pg_hba(rules: &[HbaRule], generation: u64) -> Result<String, HbaError> {
+pub fn render_pg_hba(rules: &[HbaRule], generation: u64) -> Result<String, RenderError> {
     render_hba(
         rules,
         generation,
@@ -294,7 +300,7 @@ pub fn render_pg_hba(rules: &[HbaRule], generation: u64) -> Result<String, HbaEr
 }
 
 /// pgbouncer_hba.conf for the rules from [`super::compile_pgbouncer`].
-pub fn render_pgbouncer_hba(rules: &[HbaRule], generation: u64) -> Result<String, HbaError> {
+pub fn render_pgbouncer_hba(rules: &[HbaRule], generation: u64) -> Result<String, RenderError> {
     render_hba(
         rules,
         generation,
@@ -305,16 +311,7 @@ pub fn render_pgbouncer_hba(rules: &[HbaRule], generation: u64) -> Result<String
 
 /// An OS user name as pg_ident's system-user column takes it; a leading `/` would make it a regex.
 fn os_user_token(user: &str) -> Result<String, HbaError> {
-    let ok = !user.is_empty()
-        && user.len() <= 32
-        && user
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && user
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
-    if !ok {
+    if !crate::settings::is_system_user(user) {
         return Err(name_error(
             "OS user",
             user,
@@ -326,7 +323,7 @@ fn os_user_token(user: &str) -> Result<String, HbaError> {
 }
 
 /// pg_ident.conf: each admin OS user maps to the superuser under [`PEER_MAP`].
-pub fn render_pg_ident(policy: &HbaPolicy, generation: u64) -> Result<String, HbaError> {
+pub fn render_pg_ident(policy: &HbaPolicy, generation: u64) -> Result<String, RenderError> {
     let superuser = name_token("superuser", &policy.superuser, Dialect::Postgres)?;
     let mut users = policy.admin_os_users.clone();
     users.sort();
@@ -339,6 +336,5 @@ pub fn render_pg_ident(policy: &HbaPolicy, generation: u64) -> Result<String, Hb
         generation,
         mappings,
     };
-    render::render_template("postgresql/pg_ident.conf.j2", &ctx)
-        .map_err(|e| HbaError::Render(Box::new(e)))
+    super::render_template("postgresql/pg_ident.conf.j2", &ctx)
 }
