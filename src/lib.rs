@@ -1,7 +1,9 @@
 //! pgaas: self-hosted PostgreSQL-as-a-service in one binary.
 //!
-//! Dependencies point down: `cli` -> `api`/`dev` -> `hba`/`control_db`/`render`/`pg` -> `model`.
-//! Nothing below `cli` parses arguments; nothing but `api` knows HTTP.
+//! Dependencies point down, layer by layer (`tests/it/layers.rs` fails on a new back-edge):
+//! `cli` -> `api`/`dev`/`install` -> `acme` -> `tenant`/`backup` -> `hba` -> `control_db` ->
+//! `render` -> `pg` -> `files`/`system`/`settings` -> `model`/`host`. Nothing below `cli`
+//! parses arguments; nothing but `api` knows HTTP.
 
 pub mod acme;
 pub mod api;

@@ -370,10 +370,10 @@ pub fn endpoints() -> Vec<Endpoint> {
             Doc {
                 operation_id: "updateDatabase",
                 tag,
-                summary: "Change the name, owner or connection limit (applied to the role and the database).",
+                summary: "Change the name, owner, connection limit (applied to the role, the database and the pooler; 409 past the host's connection budget) or storage quota.",
                 path_id: ID,
                 body: Some("UpdateDatabaseRequest"),
-                ok: (200, "DatabaseEnvelope"),
+                ok: (200, "DatabaseUpdated"),
                 errors: &[409],
                 ..Doc::DEFAULT
             },

@@ -212,6 +212,7 @@ pub fn schemas() -> Value {
         "DatabaseWithPassword": { "allOf": [r("Database"), with_password] },
         "DatabaseCreated": envelope(r("DatabaseWithPassword"), true),
         "DatabaseEnvelope": envelope(r("Database"), false),
+        "DatabaseUpdated": envelope(r("Database"), true),
         "DatabaseList": list("Database", json!({
             "next_cursor": { "type": "string", "description": "Pass as cursor for the next page; absent on the last." },
         })),

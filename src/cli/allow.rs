@@ -2,11 +2,10 @@
 //! the same service as the API, so the change is in force (pg_hba.conf and PgBouncer's written,
 //! validated, reloaded) when the command returns.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
     model::AllowEntry,
-    settings::LoadOptions,
     tenant::{AuditContext, TenantError, parse_description},
 };
 
@@ -75,25 +74,10 @@ where
     F: FnOnce(crate::tenant::TenantService) -> Fut,
     Fut: std::future::Future<Output = Result<(), TenantError>>,
 {
-    let settings = match super::load_settings(LoadOptions::from_process(config)) {
-        Ok(s) => s,
-        Err(code) => return Ok(code),
-    };
-    let rt = super::tokio_runtime()?;
-    rt.block_on(async move {
-        let pool = super::control_pool(&settings)?;
-        let svc = super::host_tenants(pool.clone(), Arc::new(settings));
-        let result = f(svc).await;
-        pool.close().await;
-        match result {
+    super::with_control_db(config, |settings, pool| async move {
+        match f(super::host_tenants(pool, settings)).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
-            Err(e) => {
-                eprintln!("error: {e}");
-                Ok(ExitCode::from(match e {
-                    TenantError::Validation(_) => 2,
-                    _ => 1,
-                }))
-            }
+            Err(e) => super::explain(e),
         }
     })
 }

@@ -8,14 +8,13 @@ use std::{
     io::{BufRead, IsTerminal, Write},
     path::PathBuf,
     process::ExitCode,
-    sync::Arc,
 };
 
 use serde_json::json;
 
 use crate::{
     model::{FriendlyName, OwnerEmail, TenantId, TenantStatus},
-    settings::{LoadOptions, Settings},
+    settings::Settings,
     tenant::{AuditContext, ListQuery, NewTenant, Tenant, TenantError, TenantService},
 };
 
@@ -78,49 +77,17 @@ pub struct DeleteArgs {
 }
 
 pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
-    let settings = match super::load_settings(LoadOptions::from_process(config)) {
-        Ok(s) => s,
-        Err(code) => return Ok(code),
-    };
-    let rt = super::tokio_runtime()?;
-    rt.block_on(async move {
-        let pool = super::control_pool(&settings)?;
+    super::with_control_db(config, |settings, pool| async move {
         // With the host's hba applier, so deleting a listed tenant takes its lines out too.
-        let service: TenantService = super::host_tenants(pool.clone(), Arc::new(settings));
+        let service: TenantService = super::host_tenants(pool, settings);
         let result = match cmd {
             Command::List(a) => list(&service, a).await,
             Command::Show(a) => show(&service, a).await,
             Command::Create(a) => create(&service, a).await,
             Command::Delete(a) => delete(&service, a).await,
         };
-        pool.close().await;
-        result.or_else(explain)
+        result.or_else(super::explain)
     })
-}
-
-/// Turn service errors into messages that say what to do, and the exit code scripts can test:
-/// 2 for a value the operator must change, 1 for everything else.
-fn explain(e: TenantError) -> anyhow::Result<ExitCode> {
-    let (hint, code) = match &e {
-        TenantError::Validation(_) => (None, 2),
-        TenantError::NotFound(_) => (Some("`pgaas db list` shows the ids"), 1),
-        TenantError::Db(_) => (
-            Some("is PostgreSQL running and the settings file right? `pgaas doctor` checks"),
-            1,
-        ),
-        TenantError::Busy(_) | TenantError::Unavailable(_) => (
-            Some("nothing was changed; run the same command again in a moment"),
-            1,
-        ),
-        _ => (None, 1),
-    };
-    // The whole chain: the cause of a database or access-rule failure is what the operator needs.
-    let msg = format!("{:#}", anyhow::Error::new(e));
-    eprintln!("error: {msg}");
-    if let Some(h) = hint {
-        eprintln!("  {h}");
-    }
-    Ok(ExitCode::from(code))
 }
 
 async fn list(service: &TenantService, a: ListArgs) -> Result<ExitCode, TenantError> {

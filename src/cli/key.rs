@@ -12,7 +12,6 @@ use serde_json::json;
 use crate::{
     control_db::api_keys::{self, ApiKeyRow, KeySelector},
     model::Scope,
-    settings::LoadOptions,
     tenant::{AuditContext, audit},
 };
 
@@ -55,19 +54,12 @@ pub struct RevokeArgs {
 }
 
 pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
-    let settings = match super::load_settings(LoadOptions::from_process(config)) {
-        Ok(s) => s,
-        Err(code) => return Ok(code),
-    };
-    let rt = super::tokio_runtime()?;
-    rt.block_on(async move {
-        let pool = super::control_pool(&settings)?;
+    super::with_control_db(config, |_settings, pool| async move {
         let result = match cmd {
             Command::Create(a) => create(&pool, a).await,
             Command::List(a) => list(&pool, a).await,
             Command::Revoke(a) => revoke(&pool, a).await,
         };
-        pool.close().await;
         result.context("is PostgreSQL running and the settings file right? `pgaas doctor` checks")
     })
 }

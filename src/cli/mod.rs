@@ -220,3 +220,51 @@ pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) ->
     }
     out
 }
+
+/// What every control-DB command does around its work: load the settings (their problems are
+/// the exit code), start a runtime, open the pool as the API role, run `f`, close the pool.
+pub(crate) fn with_control_db<F, Fut>(
+    config: Option<std::path::PathBuf>,
+    f: F,
+) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(std::sync::Arc<crate::settings::Settings>, sqlx::PgPool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let settings = match load_settings(crate::settings::LoadOptions::from_process(config)) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let rt = tokio_runtime()?;
+    rt.block_on(async move {
+        let pool = control_pool(&settings)?;
+        let result = f(std::sync::Arc::new(settings), pool.clone()).await;
+        pool.close().await;
+        result
+    })
+}
+
+/// Turn tenant-service errors into messages that say what to do, with the whole chain of
+/// causes, and the exit code scripts can test: 2 for a value the operator must change, 1 for
+/// everything else.
+pub(crate) fn explain(e: crate::tenant::TenantError) -> anyhow::Result<ExitCode> {
+    use crate::tenant::TenantError;
+    let (hint, code) = match &e {
+        TenantError::Validation(_) => (None, 2),
+        TenantError::NotFound(_) => (Some("`pgaas db list` shows the ids"), 1),
+        TenantError::Db(_) => (
+            Some("is PostgreSQL running and the settings file right? `pgaas doctor` checks"),
+            1,
+        ),
+        TenantError::Busy(_) | TenantError::Unavailable(_) => (
+            Some("nothing was changed; run the same command again in a moment"),
+            1,
+        ),
+        _ => (None, 1),
+    };
+    eprintln!("error: {}", crate::error_chain(&e));
+    if let Some(h) = hint {
+        eprintln!("  {h}");
+    }
+    Ok(ExitCode::from(code))
+}

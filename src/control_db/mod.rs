@@ -1,5 +1,7 @@
 //! The control database (`postgres_control`): creating it and the API's least-privilege role,
-//! running migrations, and connecting. All SQL lives in this module, one file per table.
+//! running migrations, connecting, and the API keys table. The SQL of the other tables lives
+//! with the module that owns what they mean: `tenant` (databases, ip_whitelist, audit_logs,
+//! database_stats), `hba` (hba_state); each query beside the code that decides what it does.
 
 pub mod api_keys;
 

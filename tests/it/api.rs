@@ -12,6 +12,7 @@ use crate::harness::{platform, psql};
 
 mod access;
 mod errors;
+mod schemas;
 mod whitelist;
 
 struct Api {
