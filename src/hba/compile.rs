@@ -66,6 +66,18 @@ fn normalised_tenants(policy: &HbaPolicy) -> Result<Vec<TenantAccess>, HbaError>
     Ok(tenants)
 }
 
+/// Plaintext TCP is refused for everyone, on both servers.
+fn no_plaintext() -> HbaRule {
+    rule(
+        ConnKind::HostNoSsl,
+        all(),
+        all(),
+        Some(HbaAddress::All),
+        HbaMethod::Reject,
+        "no plaintext TCP for anyone",
+    )
+}
+
 /// Lines of the tenants that need their own: each listed tenant's allow lines then the reject
 /// that closes its database to every other address (and to every other role), each tenant
 /// whose role is not named after its database admitted on its own pair. They come before the
@@ -186,14 +198,7 @@ pub fn compile(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
             HbaMethod::Reject,
             "the superuser and the API never over TCP otherwise",
         ),
-        rule(
-            ConnKind::HostNoSsl,
-            all(),
-            all(),
-            Some(HbaAddress::All),
-            HbaMethod::Reject,
-            "no plaintext TCP for anyone",
-        ),
+        no_plaintext(),
         rule(
             ConnKind::Local,
             vec![HbaName::SameUser],
@@ -286,14 +291,7 @@ pub fn compile_pgbouncer(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
             HbaMethod::Reject,
             "the superuser, the API and the console's users never through the pooler over TCP",
         ),
-        rule(
-            ConnKind::HostNoSsl,
-            all(),
-            all(),
-            Some(HbaAddress::All),
-            HbaMethod::Reject,
-            "no plaintext TCP for anyone",
-        ),
+        no_plaintext(),
     ];
     tenant_rules(&tenants, &mut rules);
     rules.extend([

@@ -5,7 +5,7 @@
 use serde_json::json;
 use sqlx::{Executor, PgConnection};
 
-use super::row::{SELECT_TENANT, TenantRow, ident, ownership_comment};
+use super::row::{ident, ownership_comment};
 use super::{AuditContext, Tenant, TenantError, TenantService, audit};
 use crate::model::{RoleName, TenantId, TenantStatus};
 
@@ -27,12 +27,7 @@ impl TenantService {
         ctx: &AuditContext,
     ) -> Result<(), TenantError> {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let row: Option<TenantRow> =
-            sqlx::query_as(&format!("{SELECT_TENANT} WHERE id = $1 FOR UPDATE"))
-                .bind(id.as_uuid())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let tenant: Tenant = row.ok_or(TenantError::NotFound(id))?.try_into()?;
+        let tenant = Self::lock_row(&mut tx, id).await?;
         // A delete that failed halfway left the row `deleting`: asking again finishes it.
         if tenant.status == TenantStatus::Provisioning {
             return Err(TenantError::State(format!(

@@ -94,8 +94,8 @@ impl TenantService {
     }
 
     /// Lock a tenant's row for the rest of `tx`, refusing tenants mid-provisioning or deleting.
-    pub(super) async fn lock_active(
-        &self,
+    /// Lock a tenant's row for the rest of `tx`, whatever its state.
+    pub(super) async fn lock_row(
         tx: &mut PgConnection,
         id: TenantId,
     ) -> Result<Tenant, TenantError> {
@@ -104,7 +104,15 @@ impl TenantService {
                 .bind(id.as_uuid())
                 .fetch_optional(&mut *tx)
                 .await?;
-        let tenant: Tenant = row.ok_or(TenantError::NotFound(id))?.try_into()?;
+        row.ok_or(TenantError::NotFound(id))?.try_into()
+    }
+
+    pub(super) async fn lock_active(
+        &self,
+        tx: &mut PgConnection,
+        id: TenantId,
+    ) -> Result<Tenant, TenantError> {
+        let tenant = Self::lock_row(tx, id).await?;
         match tenant.status {
             TenantStatus::Active | TenantStatus::Suspended => Ok(tenant),
             s => Err(TenantError::State(format!(
