@@ -118,6 +118,11 @@ pub fn write_if_changed(path: &Path, contents: &str, mode: u32) -> Result<WriteO
         fs::write(&prev, old).map_err(|e| FileError::new(&prev, e))?;
         fs::set_permissions(&prev, fs::Permissions::from_mode(mode))
             .map_err(|e| FileError::new(&prev, e))?;
+        // The copy belongs to whoever owned the original: a root-owned copy inside a data
+        // directory would stop the cluster's own user (pgBackRest, pg_basebackup) reading it.
+        if let Some(m) = &old_meta {
+            let _ = std::os::unix::fs::chown(&prev, Some(m.uid()), Some(m.gid()));
+        }
     }
     tmp.persist(path)
         .map_err(|e| FileError::new(path, e.error))?;

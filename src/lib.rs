@@ -7,6 +7,7 @@
 
 pub mod acme;
 pub mod api;
+pub mod archive;
 pub mod backup;
 pub mod cli;
 pub mod control_db;

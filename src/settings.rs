@@ -7,6 +7,7 @@
 //! problem it finds instead of stopping at the first, so `pgaas config check` can list them all with
 //! the file and line they come from.
 
+mod archive;
 mod layers;
 mod limits;
 mod servers;
@@ -20,6 +21,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use archive::{ArchiveSettings, S3Repository};
 pub use layers::{Layer, Source};
 pub use limits::{LimitsSettings, TenantSettings};
 pub use servers::{PgBouncerSettings, PoolMode, PostgresSettings};
@@ -50,6 +52,7 @@ pub struct Settings {
     pub tenants: TenantSettings,
     pub limits: LimitsSettings,
     pub backups: BackupSettings,
+    pub archive: ArchiveSettings,
 }
 
 impl Default for Settings {
@@ -67,6 +70,7 @@ impl Default for Settings {
             tenants: TenantSettings::default(),
             limits: LimitsSettings::default(),
             backups: BackupSettings::default(),
+            archive: ArchiveSettings::default(),
         }
     }
 }

@@ -18,22 +18,26 @@ pub struct Target {
     pub owner: String,
 }
 
+/// How the superuser reaches `database`: the local socket, by peer.
+pub fn superuser_options(settings: &Settings, database: &str) -> PgConnectOptions {
+    let pg = &settings.postgres;
+    PgConnectOptions::new()
+        .socket(&pg.socket_dir)
+        .port(pg.port)
+        .username(&pg.superuser)
+        .database(database)
+        .application_name("pgaas-backup")
+}
+
 /// A superuser connection over the local socket, by peer.
 pub async fn superuser_connect(
     settings: &Settings,
     database: &str,
 ) -> Result<PgConnection, BackupError> {
-    let pg = &settings.postgres;
-    let opts = PgConnectOptions::new()
-        .socket(&pg.socket_dir)
-        .port(pg.port)
-        .username(&pg.superuser)
-        .database(database)
-        .application_name("pgaas-backup");
-    PgConnection::connect_with(&opts)
+    PgConnection::connect_with(&superuser_options(settings, database))
         .await
         .map_err(|source| BackupError::Connect {
-            socket: pg.socket_dir.clone(),
+            socket: settings.postgres.socket_dir.clone(),
             source,
         })
 }

@@ -24,6 +24,29 @@ pub enum Command {
     List(ListArgs),
     /// Delete backups older than backups.retention_days, keeping each database's newest verified one.
     Prune(PruneArgs),
+    /// A physical backup with pgBackRest now, into every repository (what the timers run).
+    Base(BaseArgs),
+    /// Continuous archiving: each repository's backups and recoverable window, the WAL
+    /// archiver, the last drill; exits 1 when something needs attention.
+    Status(JsonArgs),
+    /// Restore the newest backup into a scratch cluster and check it; exits 1 when it fails.
+    Drill(JsonArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BaseArgs {
+    /// full (weekly), diff (daily: changes since the last full) or incr.
+    #[arg(long = "type", value_enum, default_value = "full")]
+    pub kind: crate::archive::BackupKind,
+    /// Only this repository (1: local, 2: S3).
+    #[arg(long)]
+    pub repo: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JsonArgs {
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,11 +87,27 @@ pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    let archived = match &cmd {
+        Command::Base(a) => {
+            Some(super::tokio_runtime()?.block_on(super::archive::base(&settings, a.kind, a.repo)))
+        }
+        Command::Status(a) => {
+            Some(super::tokio_runtime()?.block_on(super::archive::status(&settings, a.json)))
+        }
+        Command::Drill(a) => {
+            Some(super::tokio_runtime()?.block_on(super::archive::drill(&settings, a.json)))
+        }
+        _ => None,
+    };
+    if let Some(result) = archived {
+        return Ok(result.unwrap_or_else(|e| super::archive::explain(&e)));
+    }
     let backups = Backups::new(&settings)?;
     let result = match cmd {
         Command::Run(a) => run_backups(&settings, &backups, &a),
         Command::List(a) => list(&settings, &backups, &a),
         Command::Prune(a) => prune(&backups, &a),
+        Command::Base(_) | Command::Status(_) | Command::Drill(_) => unreachable!("handled above"),
     };
     result.or_else(|e| Ok(explain(&e)))
 }

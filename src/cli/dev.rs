@@ -69,8 +69,19 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
             drop(listener);
         } else {
             let (state, stats) = super::start_background(state).await;
+            // The restore worker runs in this process: dev runs as the cluster's OS user.
+            let worker = platform.archive.clone().map(|host| {
+                tokio::spawn(async move {
+                    if let Err(e) = crate::archive::jobs::work(host, std::time::Duration::from_secs(5)).await {
+                        tracing::error!(error = %crate::error_chain(&e), "the restore worker stopped");
+                    }
+                })
+            });
             api::serve(listener, state, super::shutdown_signal()).await.context("serving the API")?;
             stats.abort();
+            if let Some(w) = worker {
+                w.abort();
+            }
         }
         eprintln!("==> stopping PostgreSQL");
         platform.pool.close().await;

@@ -2,6 +2,7 @@
 //! library code. Only this module knows clap.
 
 mod allow;
+mod archive;
 mod backup;
 mod cert;
 mod config;
@@ -68,6 +69,9 @@ pub enum Command {
     Status(status::Args),
     /// Remove what `pgaas install` created (keeps data and backups unless --purge-data).
     Uninstall(uninstall::Args),
+    /// Run the restore jobs the API queues, and keep the backup status fresh (a service, as
+    /// root or the cluster's OS user).
+    Worker,
     /// Backups: run (pg_dump, verified, checksummed), list, prune.
     #[command(subcommand)]
     Backup(backup::Command),
@@ -92,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Install(args) => install::run(cli.config, args),
         Command::Status(args) => status::run(cli.config, args),
         Command::Uninstall(args) => uninstall::run(cli.config, args),
+        Command::Worker => archive::run_worker(cli.config),
         Command::Backup(cmd) => backup::run(cli.config, cmd),
         Command::Restore(args) => restore::run(cli.config, args),
     };

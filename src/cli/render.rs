@@ -78,6 +78,7 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         rules: &rules,
         generation,
         pg_config_dir: settings.postgres.config_dir_for(pg_version),
+        data_dir: settings.postgres.data_dir_for(pg_version),
         include_systemd: true,
         include_pgbouncer: settings.pgbouncer.enabled,
     })?;

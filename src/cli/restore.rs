@@ -17,17 +17,28 @@ use crate::{
 };
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["db", "cluster"])))]
 pub struct Args {
     /// A tenant id, a tenant database name, or the control database name.
     #[arg(value_name = "DB")]
-    pub db: String,
+    pub db: Option<String>,
     /// The dump to restore (its `.sha256` sidecar must match); default: DB's newest verified backup.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["time", "cluster"])]
     pub from: Option<PathBuf>,
-    /// Restore into a new database of this name, owned by DB's owner; DB is not touched.
-    #[arg(long, value_name = "NEW_NAME")]
+    /// Point-in-time recovery with pgBackRest to this instant, with its offset
+    /// ('2026-11-29 14:32:00+00'); without --into, DB is replaced (its old data kept under a
+    /// dated name) and its sessions are ended.
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<String>,
+    /// Restore into a new database: a dump restore names it freely; a point-in-time restore
+    /// takes a suffix (DB_SUFFIX), so the tenant reaches it like its own.
+    #[arg(long, value_name = "NEW_NAME", conflicts_with = "cluster")]
     pub into: Option<String>,
-    /// Restore in place without asking; required when stdin is not a terminal.
+    /// The whole cluster to --time: every tenant, the control DB and the roles (prints the
+    /// steps and risks; --yes to go ahead).
+    #[arg(long, requires = "time", conflicts_with = "db")]
+    pub cluster: bool,
+    /// Go ahead without asking; required when stdin is not a terminal.
     #[arg(long)]
     pub yes: bool,
 }
@@ -37,11 +48,36 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    if let Some(time) = &args.time {
+        let rt = super::tokio_runtime()?;
+        let result = match &args.db {
+            _ if args.cluster => {
+                rt.block_on(super::archive::restore_cluster(&settings, time, args.yes))
+            }
+            Some(db) => rt.block_on(super::archive::restore_tenant(
+                &settings,
+                db,
+                time,
+                args.into.as_deref(),
+            )),
+            None => unreachable!("clap requires DB or --cluster"),
+        };
+        return Ok(result.unwrap_or_else(|e| super::archive::explain(&e)));
+    }
+    let Some(db) = args.db.clone() else {
+        eprintln!("error: --cluster needs --time");
+        return Ok(ExitCode::from(2));
+    };
+    let args = Args {
+        db: Some(db),
+        ..args
+    };
     let backups = Backups::new(&settings)?;
     let rt = super::tokio_runtime()?;
     let result: Result<ExitCode, BackupError> = rt.block_on(async {
         let mut conn = superuser_connect(&settings, &settings.control_db.name).await?;
-        let target = targets::resolve(&mut conn, &settings, &args.db).await?;
+        let target =
+            targets::resolve(&mut conn, &settings, args.db.as_deref().unwrap_or_default()).await?;
         let mode = match &args.into {
             Some(name) => RestoreMode::Into(name.clone()),
             None => RestoreMode::InPlace,

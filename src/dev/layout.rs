@@ -167,6 +167,18 @@ impl DevLayout {
         s.paths.backup_dir = self.root.join("backups");
         s.paths.config_dir = self.root.clone();
         s.paths.systemd_dir = self.root.join("systemd");
+        let archive = self.root.join("archive");
+        s.archive.config_dir = archive.join("conf");
+        s.archive.repo_path = archive.join("repo");
+        s.archive.spool_path = archive.join("spool");
+        s.archive.log_path = archive.join("log");
+        s.archive.lock_path = archive.join("lock");
+        s.archive.scratch_dir = self.root.join("scratch");
+        match crate::archive::find_binary(&s.archive.binary) {
+            Some(b) => s.archive.binary = b,
+            // Without pgBackRest, dev runs with the nightly dumps only (and says so).
+            None => s.archive.enabled = false,
+        }
         if let Ok(exe) = std::env::current_exe() {
             s.paths.binary = exe;
         }

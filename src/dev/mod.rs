@@ -60,6 +60,8 @@ pub struct DevPlatform {
     pub pgbouncer: Option<LocalPgBouncer>,
     /// Writes pg_hba.conf and PgBouncer's files from the control DB.
     pub hba: HbaApplier,
+    /// Continuous archiving, when pgBackRest is installed and `archive.enabled`.
+    pub archive: Option<crate::archive::restore::ArchiveHost>,
     _lock: nix::fcntl::Flock<File>,
 }
 
@@ -164,6 +166,23 @@ impl DevPlatform {
             }
         }
 
+        let archive = if settings.archive.enabled {
+            match setup_archive(&settings, &cluster, &owner, &hba).await {
+                Ok(host) => Some(host),
+                Err(e) => {
+                    if let Some(p) = &pgbouncer {
+                        p.stop();
+                    }
+                    cluster.stop().ok();
+                    return Err(e.context(
+                        "continuous archiving could not be set up (archive.enabled: false turns it off)",
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+
         let first_api_key = if control_db::api_keys::count_active(&pool).await? == 0 {
             let key = control_db::api_keys::create_admin_key(&pool, "pgaas dev").await?;
             Some(key)
@@ -180,6 +199,7 @@ impl DevPlatform {
             created,
             pgbouncer,
             hba,
+            archive,
             _lock: lock,
         })
     }
@@ -219,6 +239,15 @@ impl DevPlatform {
             self.cluster.port,
             self.cluster.data_dir.display()
         ));
+        match &self.archive {
+            Some(_) => out.push_str(&format!(
+                "  Backups:      pgBackRest, point-in-time (repository {})\n",
+                s.archive.repo_path.display()
+            )),
+            None => out.push_str(
+                "  Backups:      nightly dumps only (apt-get install pgbackrest for point-in-time recovery)\n",
+            ),
+        }
         match &self.pgbouncer {
             Some(p) => out.push_str(&format!("  PgBouncer:    port {} (TLS required)\n", p.port)),
             None => out.push_str(
@@ -258,6 +287,46 @@ impl DevPlatform {
     }
 }
 
+/// pgBackRest for the dev cluster: its directories and secrets, `archive_mode` in force (a
+/// cluster made before archiving was on is restarted once), the stanza and a first backup.
+async fn setup_archive(
+    settings: &Settings,
+    cluster: &LocalCluster,
+    owner: &OsUser,
+    hba: &HbaApplier,
+) -> anyhow::Result<crate::archive::restore::ArchiveHost> {
+    use crate::archive;
+    archive::prepare_dirs(settings, owner)?;
+    if let Some(pass) = archive::write_secrets(settings, (owner.uid, owner.gid))? {
+        eprintln!(
+            "\n  The off-host backups are encrypted with this passphrase (shown once; it is in {}).\n  Keep a copy somewhere else: without it they cannot be read.\n\n    {}\n",
+            settings
+                .archive
+                .s3
+                .as_ref()
+                .map(|s| s.cipher_pass_file.display().to_string())
+                .unwrap_or_default(),
+            pass.expose()
+        );
+    }
+    let mut conn = cluster.admin_connect("postgres").await?;
+    let mode: String = sqlx::query_scalar("SELECT current_setting('archive_mode')")
+        .fetch_one(&mut conn)
+        .await?;
+    drop(conn);
+    if mode != "on" {
+        progress("restarting PostgreSQL to turn archiving on");
+        cluster.stop()?;
+        cluster.start()?;
+    }
+    let host = archive::restore::ArchiveHost::new(
+        Arc::new(settings.clone()),
+        Some(Arc::new(hba.clone())),
+    )?;
+    archive::bootstrap(&host, &archive::terminal_progress()).await?;
+    Ok(host)
+}
+
 fn progress(msg: &str) {
     eprintln!("==> {msg}");
 }
@@ -286,6 +355,7 @@ fn write_managed_files(
         rules: &rules,
         generation: 0,
         pg_config_dir: cluster.config_dir().to_path_buf(),
+        data_dir: cluster.data_dir.clone(),
         include_systemd: true,
         include_pgbouncer,
     })?;

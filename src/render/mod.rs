@@ -9,6 +9,7 @@
 mod check;
 pub mod hba;
 mod memory;
+pub mod pgbackrest;
 mod pgbouncer;
 mod postgres;
 mod systemd;
@@ -127,6 +128,8 @@ pub struct RenderInputs<'a> {
     pub generation: u64,
     /// The cluster's configuration directory (Debian: `/etc/postgresql/<ver>/main`).
     pub pg_config_dir: PathBuf,
+    /// The cluster's data directory (pgBackRest backs it up).
+    pub data_dir: PathBuf,
     pub include_systemd: bool,
     pub include_pgbouncer: bool,
 }
@@ -170,6 +173,13 @@ pub fn managed_files(inputs: &RenderInputs) -> Result<Vec<ManagedFile>, RenderEr
             mode: HBA_MODE,
         },
     ];
+    if s.archive.enabled {
+        files.push(ManagedFile {
+            path: s.archive.config_file(),
+            contents: pgbackrest::render_conf(s, &inputs.data_dir, 0)?,
+            mode: CONFIG_MODE,
+        });
+    }
     if inputs.include_pgbouncer {
         let pgb_dir = &s.pgbouncer.config_dir;
         let pgb_rules = &inputs.rules.pgbouncer;

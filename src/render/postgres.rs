@@ -42,6 +42,9 @@ struct PgConf {
     /// PostgreSQL 17+: pgaas owns the configuration, so `ALTER SYSTEM` (which would silently
     /// override it from postgresql.auto.conf) is switched off.
     allow_alter_system: bool,
+    /// `archive_command`, quoted, when continuous archiving is on.
+    archive_command: Option<String>,
+    archive_timeout: u32,
 }
 
 fn mb(v: u64) -> String {
@@ -142,6 +145,13 @@ pub fn render_conf(
         temp_file_limit: mb(s.limits.temp_file_limit_mb),
         vacuum_buffer_usage_limit: version >= 16,
         allow_alter_system: version >= 17,
+        archive_command: if s.archive.enabled {
+            let cmd = super::pgbackrest::archive_command(s)?;
+            Some(conf("archive.binary", &cmd)?)
+        } else {
+            None
+        },
+        archive_timeout: s.archive.archive_timeout_secs,
     };
     render_template("postgresql/pgaas.conf.j2", &ctx)
 }

@@ -100,6 +100,164 @@ struct TimerUnit {
     generation: u64,
 }
 
+#[derive(Serialize, Debug)]
+struct ArchiveJob {
+    generation: u64,
+    description: String,
+    user: String,
+    binary: String,
+    command: String,
+    config_file: String,
+    read_write_paths: Vec<String>,
+}
+
+#[derive(Serialize, Debug)]
+struct ArchiveTimer {
+    generation: u64,
+    description: String,
+    schedule: String,
+    unit: String,
+}
+
+#[derive(Serialize, Debug)]
+struct WorkerUnit {
+    generation: u64,
+    pg_user: String,
+    binary: String,
+    config_file: String,
+    read_write_paths: Vec<String>,
+}
+
+/// A systemd calendar expression: one line, no control characters.
+fn calendar(what: &str, v: &str) -> Result<String, RenderError> {
+    if v.trim().is_empty() || v.chars().any(char::is_control) {
+        return Err(RenderError::invalid(
+            what,
+            v,
+            "must be a systemd calendar expression on one line",
+        ));
+    }
+    Ok(v.trim().to_string())
+}
+
+/// The units of continuous archiving: base backups (a template unit, one timer per kind), the
+/// drill, and the worker.
+fn archive_units(
+    s: &Settings,
+    pg_config_dir: &Path,
+    generation: u64,
+    binary: &str,
+    config_file: &str,
+) -> Result<Vec<(&'static str, String)>, RenderError> {
+    let a = &s.archive;
+    let pg_user = system_user("postgres.os_user", &s.postgres.os_user)?.to_string();
+    let pgbackrest_paths = vec![
+        path_list_item("archive.repo_path", &a.repo_path)?,
+        path_list_item("archive.spool_path", &a.spool_path)?,
+        path_list_item("archive.log_path", &a.log_path)?,
+        path_list_item("archive.lock_path", &a.lock_path)?,
+    ];
+    let job = |description: &str, command: &str, extra: Vec<String>| ArchiveJob {
+        generation,
+        description: description.into(),
+        user: pg_user.clone(),
+        binary: binary.into(),
+        command: command.into(),
+        config_file: config_file.into(),
+        read_write_paths: pgbackrest_paths.iter().cloned().chain(extra).collect(),
+    };
+    let base = job(
+        "pgaas physical backup (%i) with pgBackRest",
+        "backup base --type %i",
+        vec![],
+    );
+    let drill = job(
+        "pgaas restore drill: the newest backup restored into a scratch cluster and checked",
+        "backup drill",
+        vec![path_list_item("archive.scratch_dir", &a.scratch_dir)?],
+    );
+    let timer = |description: &str, schedule: &str, key: &str, unit: &str| {
+        Ok::<_, RenderError>(ArchiveTimer {
+            generation,
+            description: description.into(),
+            schedule: calendar(key, schedule)?,
+            unit: unit.into(),
+        })
+    };
+    let mut worker_paths = pgbackrest_paths.clone();
+    worker_paths.extend([
+        path_list_item("archive.scratch_dir", &a.scratch_dir)?,
+        path_list_item(
+            "postgres.hba_dir",
+            &s.postgres
+                .hba_dir
+                .clone()
+                .unwrap_or_else(|| pg_config_dir.to_path_buf()),
+        )?,
+        optional_path_list_item("pgbouncer.auth_dir", &s.pgbouncer.auth_dir())?,
+        optional_path_list_item("pgbouncer.config_dir", &s.pgbouncer.config_dir)?,
+    ]);
+    let mut seen = std::collections::HashSet::new();
+    worker_paths.retain(|p| seen.insert(p.trim_start_matches('-').to_string()));
+    let worker = WorkerUnit {
+        generation,
+        pg_user: pg_user.clone(),
+        binary: binary.into(),
+        config_file: config_file.into(),
+        read_write_paths: worker_paths,
+    };
+    Ok(vec![
+        (
+            "pgaas-base-backup@.service",
+            render_template("systemd/pgaas-archive-job.service.j2", &base)?,
+        ),
+        (
+            "pgaas-base-backup-full.timer",
+            render_template(
+                "systemd/pgaas-archive.timer.j2",
+                &timer(
+                    "Weekly full backup with pgBackRest",
+                    &a.full_schedule,
+                    "archive.full_schedule",
+                    "pgaas-base-backup@full.service",
+                )?,
+            )?,
+        ),
+        (
+            "pgaas-base-backup-diff.timer",
+            render_template(
+                "systemd/pgaas-archive.timer.j2",
+                &timer(
+                    "Daily differential backup with pgBackRest",
+                    &a.diff_schedule,
+                    "archive.diff_schedule",
+                    "pgaas-base-backup@diff.service",
+                )?,
+            )?,
+        ),
+        (
+            "pgaas-drill.service",
+            render_template("systemd/pgaas-archive-job.service.j2", &drill)?,
+        ),
+        (
+            "pgaas-drill.timer",
+            render_template(
+                "systemd/pgaas-archive.timer.j2",
+                &timer(
+                    "Weekly restore drill",
+                    &a.drill_schedule,
+                    "archive.drill_schedule",
+                    "pgaas-drill.service",
+                )?,
+            )?,
+        ),
+        (
+            "pgaas-worker.service",
+            render_template("systemd/pgaas-worker.service.j2", &worker)?,
+        ),
+    ])
+}
+
 /// `(file name, contents)` for every unit, in a stable order.
 pub fn render_units(
     s: &Settings,
@@ -140,6 +298,11 @@ pub fn render_units(
             path_list_item("paths.state_dir", &s.paths.state_dir)?,
         ],
     };
+    let archive = if s.archive.enabled {
+        archive_units(s, pg_config_dir, generation, &binary, &config_file)?
+    } else {
+        Vec::new()
+    };
     // Renewal runs as root: it binds the challenge port, swaps key files readable by two services
     // and reloads them.
     let cert = JobUnit {
@@ -159,7 +322,7 @@ pub fn render_units(
             + u64::from(s.postgres.max_connections)
             + 1024,
     };
-    Ok(vec![
+    let mut units = vec![
         (
             PGBOUNCER_DROP_IN,
             render_template("systemd/pgbouncer-limits.conf.j2", &bouncer)?,
@@ -184,7 +347,9 @@ pub fn render_units(
             "pgaas-cert-renew.timer",
             render_template("systemd/pgaas-cert-renew.timer.j2", &timer)?,
         ),
-    ])
+    ];
+    units.extend(archive);
+    Ok(units)
 }
 
 #[cfg(test)]

@@ -74,6 +74,7 @@ fn inputs<'a>(s: &'a Settings, p: &'a HbaPolicy, version: u32) -> RenderInputs<'
         hba: p,
         generation: 7,
         pg_config_dir: PathBuf::from(format!("/etc/postgresql/{version}/main")),
+        data_dir: PathBuf::from(format!("/var/lib/postgresql/{version}/main")),
         include_systemd: true,
         include_pgbouncer: true,
     }
@@ -104,6 +105,7 @@ fn every_template_matches_its_golden_file() {
             "/etc/postgresql/15/main/conf.d/pgaas.conf",
             "/etc/postgresql/15/main/pg_hba.conf",
             "/etc/postgresql/15/main/pg_ident.conf",
+            "/etc/pgaas/pgbackrest/pgbackrest.conf",
             "/etc/pgbouncer/pgbouncer.ini",
             "/etc/pgbouncer/pgbouncer_hba.conf",
             "/etc/systemd/system/pgbouncer.service.d/pgaas-limits.conf",
@@ -112,6 +114,12 @@ fn every_template_matches_its_golden_file() {
             "/etc/systemd/system/pgaas-backup.timer",
             "/etc/systemd/system/pgaas-cert-renew.service",
             "/etc/systemd/system/pgaas-cert-renew.timer",
+            "/etc/systemd/system/pgaas-base-backup@.service",
+            "/etc/systemd/system/pgaas-base-backup-full.timer",
+            "/etc/systemd/system/pgaas-base-backup-diff.timer",
+            "/etc/systemd/system/pgaas-drill.service",
+            "/etc/systemd/system/pgaas-drill.timer",
+            "/etc/systemd/system/pgaas-worker.service",
         ]
     );
     for f in &files {
@@ -123,6 +131,20 @@ fn every_template_matches_its_golden_file() {
         };
         golden(name, &f.contents);
     }
+    // With the off-host repository: its options, and no secret (those are in conf.d).
+    let mut with_s3 = settings();
+    with_s3.archive.s3 = Some(crate::settings::S3Repository {
+        endpoint: "s3.eu-central-1.example.com".into(),
+        bucket: "pgaas-backups".into(),
+        region: "eu-central-1".into(),
+        ca_file: Some("/etc/pgaas/tls/s3-ca.crt".into()),
+        ..Default::default()
+    });
+    let files = managed_files(&inputs(&with_s3, &p, 15)).unwrap();
+    golden(
+        "pgbackrest-s3.conf",
+        &file(&files, "/etc/pgaas/pgbackrest/pgbackrest.conf").contents,
+    );
     for version in [16, 17] {
         let files = managed_files(&inputs(&s, &p, version)).unwrap();
         golden(
@@ -150,6 +172,10 @@ fn every_embedded_template_is_used_or_included() {
         "systemd/pgaas-backup.timer.j2",
         "systemd/pgaas-cert-renew.service.j2",
         "systemd/pgaas-cert-renew.timer.j2",
+        "systemd/pgaas-archive-job.service.j2",
+        "systemd/pgaas-archive.timer.j2",
+        "systemd/pgaas-worker.service.j2",
+        "pgbackrest/pgbackrest.conf.j2",
         "common/header.j2",
     ];
     for (name, _) in TEMPLATES {

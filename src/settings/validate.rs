@@ -359,6 +359,114 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
             "must be between 1 and 3650 (days)",
         );
     }
+    check_archive(&mut c, &s.archive);
+}
+
+fn check_archive(c: &mut Checker<'_>, a: &crate::settings::ArchiveSettings) {
+    if !is_plain_identifier(&a.stanza) {
+        c.fail(
+            "archive.stanza",
+            "must be 1-63 characters from a-z, 0-9 and _, starting with a letter or _",
+        );
+    }
+    for (key, p) in [
+        ("archive.binary", &a.binary),
+        ("archive.config_dir", &a.config_dir),
+        ("archive.repo_path", &a.repo_path),
+        ("archive.spool_path", &a.spool_path),
+        ("archive.log_path", &a.log_path),
+        ("archive.lock_path", &a.lock_path),
+        ("archive.scratch_dir", &a.scratch_dir),
+    ] {
+        c.abs_path(key, p);
+        if p.to_string_lossy().contains(['\'', '"', ' ', '%', '\n']) {
+            c.fail(key, "must not contain blanks, quotes, % or newlines (it is written into archive_command)");
+        }
+    }
+    if !(1..=3600).contains(&a.archive_timeout_secs) {
+        c.fail(
+            "archive.archive_timeout_secs",
+            "must be between 1 and 3600 (seconds)",
+        );
+    }
+    for (key, v) in [
+        ("archive.retention_full", a.retention_full),
+        ("archive.retention_diff", a.retention_diff),
+    ] {
+        if !(1..=9_999_999).contains(&v) {
+            c.fail(key, "must be at least 1");
+        }
+    }
+    if !(1..=64).contains(&a.process_max) {
+        c.fail("archive.process_max", "must be between 1 and 64");
+    }
+    for (key, v) in [
+        ("archive.full_schedule", &a.full_schedule),
+        ("archive.diff_schedule", &a.diff_schedule),
+        ("archive.drill_schedule", &a.drill_schedule),
+    ] {
+        if v.trim().is_empty() || v.chars().any(|ch| ch.is_control()) {
+            c.fail(
+                key,
+                "must be a systemd calendar expression such as \"Sun *-*-* 01:30:00\"",
+            );
+        }
+    }
+    if a.max_backup_age_hours == 0 {
+        c.fail("archive.max_backup_age_hours", "must be at least 1");
+    }
+    let Some(s3) = &a.s3 else { return };
+    if s3.endpoint.is_empty() || !is_host_name(&s3.endpoint) {
+        c.fail(
+            "archive.s3.endpoint",
+            "must be the object store's host name, without scheme or port (e.g. s3.eu-central-1.amazonaws.com)",
+        );
+    } else if s3.endpoint.parse::<std::net::IpAddr>().is_ok() {
+        c.fail(
+            "archive.s3.endpoint",
+            "must be a DNS name: pgBackRest before 2.53 cannot check a certificate against an IP address",
+        );
+    }
+    c.port("archive.s3.port", s3.port);
+    let bucket_ok = (3..=63).contains(&s3.bucket.len())
+        && s3
+            .bucket
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '.');
+    if !bucket_ok {
+        c.fail(
+            "archive.s3.bucket",
+            "must be an S3 bucket name: 3-63 characters from a-z, 0-9, - and .",
+        );
+    }
+    if s3.region.is_empty()
+        || !s3
+            .region
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+    {
+        c.fail(
+            "archive.s3.region",
+            "must be a region name such as us-east-1",
+        );
+    }
+    if !s3.path.starts_with('/') || s3.path.chars().any(|ch| ch.is_control() || ch == ' ') {
+        c.fail(
+            "archive.s3.path",
+            "must be an absolute prefix such as /pgaas",
+        );
+    }
+    if !matches!(s3.uri_style.as_str(), "path" | "host") {
+        c.fail("archive.s3.uri_style", "must be path or host");
+    }
+    if let Some(p) = &s3.ca_file {
+        c.abs_path("archive.s3.ca_file", p);
+    }
+    c.abs_path("archive.s3.credentials_file", &s3.credentials_file);
+    c.abs_path("archive.s3.cipher_pass_file", &s3.cipher_pass_file);
+    if s3.retention_full == 0 {
+        c.fail("archive.s3.retention_full", "must be at least 1");
+    }
 }
 
 /// A system user or group name as useradd accepts it (a-z, 0-9, _ and -, starting with a letter

@@ -18,6 +18,7 @@ pub struct CmdOutput {
 }
 
 impl CmdOutput {
+    #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn ok(stdout: impl Into<String>) -> Self {
         Self {
             success: true,
@@ -26,6 +27,7 @@ impl CmdOutput {
         }
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn fail(stderr: impl Into<String>) -> Self {
         Self {
             success: false,

@@ -63,45 +63,33 @@ impl TenantService {
         tenant: &Tenant,
         ctx: &AuditContext,
     ) -> Result<(), TenantError> {
-        let db_q = ident(tenant.database_name.as_str())?;
-        let db_exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(tenant.database_name.as_str())
-                .fetch_one(&mut *conn)
-                .await?;
-        if db_exists {
-            // The owner may have made its database a template, which cannot be dropped; then
-            // no new sessions, then end the ones still open with the drop itself.
-            for stmt in [
-                format!("ALTER DATABASE {db_q} IS_TEMPLATE false"),
-                format!("ALTER DATABASE {db_q} ALLOW_CONNECTIONS false"),
-            ] {
-                conn.execute(stmt.as_str()).await?;
-            }
-            // FORCE ends the sessions, but waits only 5 s for them to go: on a loaded host a
-            // session may take longer, which is worth a few more tries before answering "busy".
-            let drop = format!("DROP DATABASE IF EXISTS {db_q} WITH (FORCE)");
-            for attempt in 1.. {
-                match conn.execute(drop.as_str()).await {
-                    Ok(_) => break,
-                    Err(sqlx::Error::Database(e))
-                        if e.code().as_deref() == Some("55006") && attempt < 3 =>
-                    {
-                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+        // Its own database and every other it owns (restores, shadow databases).
+        let mut names = vec![tenant.database_name.as_str().to_string()];
+        names.extend(
+            sqlx::query_scalar::<_, String>(
+                "SELECT name FROM tenant_databases WHERE database_id = $1",
+            )
+            .bind(tenant.id.as_uuid())
+            .fetch_all(&mut *conn)
+            .await?,
+        );
+        for name in &names {
+            self.drop_database(conn, name).await?;
         }
         self.release_role_elsewhere(conn, tenant).await?;
         self.drop_role_if_ours(conn, tenant.id, &tenant.username)
             .await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let had_rules: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1)")
-                .bind(tenant.id.as_uuid())
-                .fetch_one(&mut *tx)
-                .await?;
+        // Lines of its own in the access files: an allow-list, other databases, or a role not
+        // named after its database.
+        let had_rules: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM ip_whitelist WHERE database_id = $1)
+                 OR EXISTS (SELECT 1 FROM tenant_databases WHERE database_id = $1)",
+        )
+        .bind(tenant.id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?
+            || !tenant.username.is_named_after(&tenant.database_name);
         sqlx::query("DELETE FROM databases WHERE id = $1")
             .bind(tenant.id.as_uuid())
             .execute(&mut *tx)
@@ -139,6 +127,45 @@ impl TenantService {
                 tracing::error!(error = %e, "PgBouncer's auth file could not be refreshed; run `pgaas render`");
             }
         }
+    }
+
+    /// Drop one database of a tenant being deleted, with its sessions.
+    pub(super) async fn drop_database(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+    ) -> Result<(), TenantError> {
+        let db_q = ident(name)?;
+        let db_exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await?;
+        if db_exists {
+            // The owner may have made its database a template, which cannot be dropped; then
+            // no new sessions, then end the ones still open with the drop itself.
+            for stmt in [
+                format!("ALTER DATABASE {db_q} IS_TEMPLATE false"),
+                format!("ALTER DATABASE {db_q} ALLOW_CONNECTIONS false"),
+            ] {
+                conn.execute(stmt.as_str()).await?;
+            }
+            // FORCE ends the sessions, but waits only 5 s for them to go: on a loaded host a
+            // session may take longer, which is worth a few more tries before answering "busy".
+            let drop = format!("DROP DATABASE IF EXISTS {db_q} WITH (FORCE)");
+            for attempt in 1.. {
+                match conn.execute(drop.as_str()).await {
+                    Ok(_) => break,
+                    Err(sqlx::Error::Database(e))
+                        if e.code().as_deref() == Some("55006") && attempt < 3 =>
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whatever the role still has outside its own (dropped) database: privileges other tenants

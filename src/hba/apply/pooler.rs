@@ -148,7 +148,12 @@ impl HbaApplier {
     ) -> Result<Vec<PoolerTenant>, ApplyError> {
         let rows: Vec<(String, String, i32)> = sqlx::query_as(
             "SELECT database_name, username, max_connections FROM databases
-             WHERE status <> 'deleting' ORDER BY database_name",
+             WHERE status <> 'deleting'
+             UNION ALL
+             SELECT x.name, d.username, d.max_connections
+             FROM tenant_databases x JOIN databases d ON d.id = x.database_id
+             WHERE d.status <> 'deleting'
+             ORDER BY 1",
         )
         .fetch_all(&mut *tx)
         .await?;

@@ -4,14 +4,19 @@ use sqlx::PgConnection;
 
 use super::super::TenantAccess;
 
-/// The tenants that need lines of their own (an allow-list, or a role not named after its
-/// database), as the connection's transaction sees the rows.
+/// The tenants that need lines of their own (an allow-list, a role not named after its
+/// database, a database of its own besides its main one, with the same allow-list), as the
+/// connection's transaction sees the rows.
 pub async fn load_tenants(conn: &mut PgConnection) -> Result<Vec<TenantAccess>, sqlx::Error> {
     let rows: Vec<(String, String, Option<ipnetwork::IpNetwork>)> = sqlx::query_as(
         "SELECT d.database_name, d.username, w.ip_address
          FROM databases d LEFT JOIN ip_whitelist w ON w.database_id = d.id
          WHERE w.id IS NOT NULL OR d.database_name <> d.username
-         ORDER BY d.database_name, w.ip_address",
+         UNION ALL
+         SELECT x.name, d.username, w.ip_address
+         FROM tenant_databases x JOIN databases d ON d.id = x.database_id
+         LEFT JOIN ip_whitelist w ON w.database_id = d.id
+         ORDER BY 1, 3",
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -173,6 +173,7 @@ fn files(cx: &mut Cx) -> Result<Vec<(ManagedFile, Attrs)>> {
         rules: &rules,
         generation,
         pg_config_dir: PathBuf::from(&cx.vars.pg_config_dir),
+        data_dir: PathBuf::from(&cx.vars.pg_data_dir),
         include_systemd: true,
         include_pgbouncer: cx.settings.pgbouncer.enabled,
     })?;

@@ -1,0 +1,425 @@
+//! A scratch cluster: a backup restored by pgBackRest into a directory of its own, recovered on
+//! a free port with no TCP listener, then dumped or checked and removed. It must never touch the
+//! live cluster: tablespaces are mapped into the scratch directory (never `--delta`, never
+//! `--link-all`), its own configuration replaces whatever came with the backup, archiving is
+//! off (its new timeline must not reach the stanza), and pgBackRest's lock and log paths are its
+//! own, with synchronous archive-get, so it shares no queue with the live cluster's archiver.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
+
+use super::{
+    ArchiveError,
+    engine::{Engine, as_owner, run_command},
+};
+use crate::pg::{binaries::PgBinaries, cluster::OsUser};
+
+/// Settings of the live cluster that a recovering server must not go below.
+#[derive(Clone, Debug, Default)]
+pub struct HotStandbyFloor(pub Vec<(String, String)>);
+
+impl HotStandbyFloor {
+    pub const NAMES: [&'static str; 5] = [
+        "max_connections",
+        "max_worker_processes",
+        "max_wal_senders",
+        "max_prepared_transactions",
+        "max_locks_per_transaction",
+    ];
+
+    /// Read them from the live cluster.
+    pub async fn read(conn: &mut PgConnection) -> Result<Self, sqlx::Error> {
+        let mut out = Vec::new();
+        for name in Self::NAMES {
+            let v: String = sqlx::query_scalar("SELECT current_setting($1)")
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await?;
+            out.push((name.to_string(), v));
+        }
+        Ok(Self(out))
+    }
+}
+
+/// Where the backup is restored to.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A point in time (PostgreSQL stops before the first commit after it).
+    Time(DateTime<Utc>),
+    /// The end of the archive.
+    Latest,
+    /// Just the newest backup, consistent (a drill).
+    Immediate,
+}
+
+#[derive(Debug)]
+pub struct Scratch {
+    pub dir: PathBuf,
+    pub port: u16,
+    owner: OsUser,
+    bin: PgBinaries,
+    superuser: String,
+    started: bool,
+}
+
+impl Scratch {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    /// A fresh directory `<base>/<name>` owned by the cluster's OS user, 0700. A directory of
+    /// the same name left by a killed run is removed first (it is ours: nothing else writes
+    /// under `archive.scratch_dir`).
+    pub fn create(
+        base: &Path,
+        name: &str,
+        owner: &OsUser,
+        bin: &PgBinaries,
+        superuser: &str,
+    ) -> Result<Scratch, ArchiveError> {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| ArchiveError::Io { path: p, source }
+        };
+        std::fs::create_dir_all(base).map_err(io(base))?;
+        let dir = base.join(name);
+        if dir.exists() {
+            remove_tree(&dir)?;
+        }
+        let scratch = Scratch {
+            dir: dir.clone(),
+            port: free_port(),
+            owner: owner.clone(),
+            bin: bin.clone(),
+            superuser: superuser.to_string(),
+            started: false,
+        };
+        for d in [
+            dir.clone(),
+            scratch.socket_dir(),
+            dir.join("ts"),
+            dir.join("log"),
+            dir.join("lock"),
+        ] {
+            std::fs::create_dir_all(&d).map_err(io(&d))?;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).map_err(io(&d))?;
+            owner.chown(&d)?;
+        }
+        Ok(scratch)
+    }
+
+    /// `pgbackrest restore` of `databases` (all when empty) to `target`.
+    pub fn restore(
+        &self,
+        engine: &Engine,
+        databases: &[&str],
+        target: &Target,
+        repo: Option<u32>,
+    ) -> Result<String, ArchiveError> {
+        let mut args = vec![
+            "restore".to_string(),
+            format!("--pg1-path={}", self.data_dir().display()),
+            format!("--tablespace-map-all={}", self.dir.join("ts").display()),
+            format!("--lock-path={}", self.dir.join("lock").display()),
+            format!("--log-path={}", self.dir.join("log").display()),
+            "--archive-mode=off".to_string(),
+        ];
+        if let Some(r) = repo {
+            args.push(format!("--repo={r}"));
+        }
+        for db in databases {
+            args.push(format!("--db-include={db}"));
+        }
+        match target {
+            Target::Time(t) => {
+                args.push("--type=time".into());
+                args.push(format!("--target={}", t.format("%Y-%m-%d %H:%M:%S%.6f+00")));
+                args.push("--target-action=promote".into());
+            }
+            Target::Latest => args.push("--type=default".into()),
+            Target::Immediate => {
+                args.push("--type=immediate".into());
+                args.push("--target-action=promote".into());
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = engine.run(&args)?;
+        self.write_config()?;
+        Ok(out)
+    }
+
+    /// Its own postgresql.conf, pg_hba.conf and pg_ident.conf: whatever came with the backup
+    /// names the live cluster's port, sockets, certificates and access files.
+    fn write_config(&self) -> Result<(), ArchiveError> {
+        let data = self.data_dir();
+        let conf = format!(
+            "# scratch cluster of a pgaas restore or drill; removed when it is done\n\
+             listen_addresses = ''\n\
+             port = {port}\n\
+             unix_socket_directories = '{sock}'\n\
+             ssl = off\n\
+             archive_mode = off\n\
+             hot_standby = on\n\
+             shared_buffers = 128MB\n\
+             shared_preload_libraries = ''\n\
+             logging_collector = off\n\
+             log_min_messages = warning\n",
+            port = self.port,
+            sock = self.socket_dir().display(),
+        );
+        let hba = "local all all peer map=scratch\n";
+        let ident = format!(
+            "scratch {owner} {su}\nscratch root {su}\n",
+            owner = self.owner.name,
+            su = self.superuser
+        );
+        for (name, text) in [
+            ("postgresql.conf", conf),
+            ("pg_hba.conf", hba.to_string()),
+            ("pg_ident.conf", ident),
+        ] {
+            let path = data.join(name);
+            std::fs::write(&path, text).map_err(|source| ArchiveError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            self.owner.chown(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Start it with the live cluster's hot-standby floor, and wait until recovery has ended
+    /// and the server is promoted (pg_ctl's own wait returns as soon as read-only connections
+    /// are accepted, and even when recovery fails right after).
+    pub async fn start_and_recover(
+        &mut self,
+        floor: &HotStandbyFloor,
+        timeout: Duration,
+    ) -> Result<(), ArchiveError> {
+        let mut opts = format!(
+            "-c port={} -c listen_addresses='' -c unix_socket_directories={}",
+            self.port,
+            self.socket_dir().display()
+        );
+        for (name, value) in &floor.0 {
+            opts.push_str(&format!(" -c {name}={value}"));
+        }
+        let mut cmd = Command::new(self.bin.tool("pg_ctl"));
+        cmd.arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.log_file())
+            .args(["-W", "-o", &opts, "start"])
+            .env("PGBACKREST_ARCHIVE_ASYNC", "n")
+            .env("PGBACKREST_LOCK_PATH", self.dir.join("lock"))
+            .env("PGBACKREST_LOG_PATH", self.dir.join("log"));
+        as_owner(&mut cmd, &self.owner)?;
+        let log = self.log_file();
+        std::fs::write(&log, "").map_err(|source| ArchiveError::Io {
+            path: log.clone(),
+            source,
+        })?;
+        self.owner.chown(&log)?;
+        run_command(&mut cmd, "pg_ctl start (scratch cluster)")?;
+        self.started = true;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(done) = self.recovered().await {
+                return done;
+            }
+            if !self.postmaster_alive() {
+                return Err(self.recovery_failed("the scratch server stopped during recovery"));
+            }
+            if Instant::now() > deadline {
+                return Err(self.recovery_failed(&format!(
+                    "recovery did not finish within {}s",
+                    timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// `Some(Ok)` once promoted; `None` while it recovers or does not accept connections yet.
+    async fn recovered(&self) -> Option<Result<(), ArchiveError>> {
+        let mut conn = self.connect("postgres").await.ok()?;
+        let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut conn)
+            .await
+            .ok()?;
+        (!in_recovery).then_some(Ok(()))
+    }
+
+    fn postmaster_alive(&self) -> bool {
+        let pid = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        match pid {
+            Some(pid) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(),
+            // Not written yet right after the start.
+            None => true,
+        }
+    }
+
+    fn recovery_failed(&self, what: &str) -> ArchiveError {
+        let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                l.contains("FATAL")
+                    || l.contains("PANIC")
+                    || l.contains("ERROR")
+                    || l.contains("recovery")
+                    || l.contains("unable to find")
+            })
+            .collect();
+        ArchiveError::Recovery(format!(
+            "{what}; from the scratch server's log:\n{}",
+            lines[lines.len().saturating_sub(8)..].join("\n")
+        ))
+    }
+
+    pub fn connect_options(&self, database: &str) -> PgConnectOptions {
+        PgConnectOptions::new()
+            .socket(self.socket_dir())
+            .port(self.port)
+            .username(&self.superuser)
+            .database(database)
+            .application_name("pgaas-scratch")
+    }
+
+    pub async fn connect(&self, database: &str) -> Result<PgConnection, sqlx::Error> {
+        PgConnection::connect_with(&self.connect_options(database)).await
+    }
+
+    /// `pg_dump -Fc` of `database` into `file`.
+    pub fn dump(&self, database: &str, file: &Path) -> Result<(), ArchiveError> {
+        let mut cmd = Command::new(self.bin.tool("pg_dump"));
+        cmd.arg("-Fc")
+            .arg("-h")
+            .arg(self.socket_dir())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-U")
+            .arg(&self.superuser)
+            .arg("-d")
+            .arg(database)
+            .arg("-f")
+            .arg(file)
+            .env_remove("PGPASSWORD")
+            .env_remove("PGSERVICE");
+        as_owner(&mut cmd, &self.owner)?;
+        run_command(
+            &mut cmd,
+            &format!("pg_dump of {database} (scratch cluster)"),
+        )?;
+        Ok(())
+    }
+
+    /// Run a program from the server's bin directory against the scratch server (a check such
+    /// as pg_amcheck); its output, or why it failed.
+    pub fn run_tool(&self, tool: &str, args: &[&str]) -> Result<String, ArchiveError> {
+        let mut cmd = Command::new(self.bin.tool(tool));
+        cmd.arg("-h")
+            .arg(self.socket_dir())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-U")
+            .arg(&self.superuser)
+            .args(args);
+        as_owner(&mut cmd, &self.owner)?;
+        run_command(&mut cmd, tool)
+    }
+
+    pub fn has_tool(&self, tool: &str) -> bool {
+        self.bin.tool(tool).is_file()
+    }
+
+    /// Stop the server (immediately: nothing in it is kept) and remove the directory.
+    pub fn discard(mut self) -> Result<(), ArchiveError> {
+        self.stop();
+        remove_tree(&self.dir)
+    }
+
+    fn stop(&mut self) {
+        if !self.started {
+            return;
+        }
+        let mut cmd = Command::new(self.bin.tool("pg_ctl"));
+        cmd.arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "immediate", "-w", "-t", "30", "stop"]);
+        if as_owner(&mut cmd, &self.owner).is_ok() {
+            let _ = cmd.output();
+        }
+        self.started = false;
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // An error path: never leave a server running on the host.
+        self.stop();
+        if self.dir.exists() {
+            let _ = remove_tree(&self.dir);
+        }
+    }
+}
+
+/// Remove a scratch tree; its files belong to the cluster's OS user, which root may remove.
+fn remove_tree(dir: &Path) -> Result<(), ArchiveError> {
+    std::fs::remove_dir_all(dir).map_err(|source| ArchiveError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(54329)
+}
+
+/// Stop every scratch server left under `base` by a killed run and remove its directory.
+pub fn clean_leftovers(base: &Path, bin: &PgBinaries, owner: &OsUser) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if dir.is_dir() && clean_leftovers_at(&dir, bin, owner) {
+            removed.push(dir);
+        }
+    }
+    removed
+}
+
+/// Stop the scratch server in `dir`, if one runs, and remove the directory; whether it is gone.
+pub fn clean_leftovers_at(dir: &Path, bin: &PgBinaries, owner: &OsUser) -> bool {
+    let data = dir.join("data");
+    if data.join("postmaster.pid").exists() {
+        let mut cmd = Command::new(bin.tool("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-m", "immediate", "-w", "-t", "30", "stop"]);
+        if as_owner(&mut cmd, owner).is_ok() {
+            let _ = cmd.output();
+        }
+    }
+    !dir.exists() || std::fs::remove_dir_all(dir).is_ok()
+}
