@@ -114,10 +114,36 @@ async fn list(State(state): State<AppState>, TenantPath(id): TenantPath) -> Answ
             .await
             .map_err(|e| ApiError::Internal(e.into()))?
             .map_err(backup_error)?;
-    Ok((
-        StatusCode::OK,
-        Json(json!({ "success": true, "count": files.len(), "data": files })),
-    ))
+    let mut body = json!({ "success": true, "count": files.len(), "data": files });
+    if state.settings.archive.enabled {
+        body["point_in_time"] = point_in_time(&state, &tenant).await?;
+    }
+    Ok((StatusCode::OK, Json(body)))
+}
+
+/// This database's recoverable window, as pgBackRest last reported it and the archiver says now.
+async fn point_in_time(state: &AppState, tenant: &Tenant) -> Result<Value, ApiError> {
+    use crate::archive::status;
+    let mut conn = state.pool.acquire().await?;
+    let st = status::read(&mut conn, &state.settings).await?;
+    let info = status::cached_info(&mut conn).await?;
+    let earliest = info.as_ref().and_then(|i| {
+        st.repositories
+            .iter()
+            .filter(|r| r.ok)
+            .filter_map(|r| i.earliest_for(r.repo, tenant.created_at))
+            .min()
+    });
+    let archiver = st.archiver.as_ref();
+    Ok(json!({
+        "enabled": true,
+        "earliest": earliest,
+        "latest": archiver.and_then(|a| a.last_archived_time),
+        "archive_lag_seconds": archiver.and_then(|a| a.lag_seconds),
+        "archiving_failing": archiver.is_some_and(|a| a.failing),
+        "last_backup": st.last_backup(),
+        "repositories": st.repositories,
+    }))
 }
 
 const ID: Option<&str> = Some("The database's id (a UUID).");
@@ -146,7 +172,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             Doc {
                 operation_id: "listBackups",
                 tag,
-                summary: "The database's backups on this host, newest first.",
+                summary: "The database's dumps on this host, newest first, and (point_in_time) the window it can be restored to with POST .../restore.",
                 path_id: ID,
                 ok: (200, "BackupList"),
                 errors: &[503],

@@ -242,6 +242,13 @@ pub async fn handler(State(state): State<AppState>) -> impl IntoResponse {
             );
         }
     }
+    if state.settings.archive.enabled {
+        if let Ok(mut conn) = state.pool.acquire().await {
+            if let Ok(st) = crate::archive::status::read(&mut conn, &state.settings).await {
+                archive_metrics(&mut out, &st);
+            }
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -249,6 +256,67 @@ pub async fn handler(State(state): State<AppState>) -> impl IntoResponse {
         )],
         out,
     )
+}
+
+/// Continuous archiving: the archiver's lag and health, each repository's newest backup, the
+/// last drill.
+fn archive_metrics(out: &mut String, st: &crate::archive::status::BackupStatus) {
+    let now = chrono::Utc::now();
+    let gauge = |out: &mut String, name: &str, help: &str, v: String| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    };
+    if let Some(a) = &st.archiver {
+        gauge(
+            out,
+            "pgaas_archive_lag_seconds",
+            "Seconds since the last WAL segment was archived (what a dead host would lose).",
+            a.lag_seconds.map_or("NaN".into(), |l| format!("{l:.0}")),
+        );
+        gauge(
+            out,
+            "pgaas_archive_failing",
+            "1 when the last attempt to archive a WAL segment failed.",
+            u8::from(a.failing).to_string(),
+        );
+        gauge(
+            out,
+            "pgaas_archive_failed_count",
+            "WAL archiving failures since the statistics were reset.",
+            a.failed_count.to_string(),
+        );
+    }
+    out.push_str("# HELP pgaas_backup_last_age_seconds Age of the newest physical backup in each repository.\n");
+    out.push_str("# TYPE pgaas_backup_last_age_seconds gauge\n");
+    for r in &st.repositories {
+        let age = r
+            .last_backup
+            .map_or("NaN".into(), |t| (now - t).num_seconds().to_string());
+        let _ = writeln!(
+            out,
+            "pgaas_backup_last_age_seconds{{repository=\"{}\"}} {age}",
+            r.repo
+        );
+    }
+    if let Some(d) = &st.last_drill {
+        gauge(
+            out,
+            "pgaas_backup_drill_success",
+            "1 when the last restore drill passed, 0 when it failed.",
+            u8::from(d.succeeded == Some(true)).to_string(),
+        );
+        gauge(
+            out,
+            "pgaas_backup_drill_timestamp_seconds",
+            "When the last restore drill started (Unix time).",
+            d.started_at.timestamp().to_string(),
+        );
+    }
+    gauge(
+        out,
+        "pgaas_backup_problems",
+        "Problems `pgaas backup status` reports (0 when all is well).",
+        st.problems.len().to_string(),
+    );
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ mod keys;
 mod metrics;
 mod openapi;
 mod openapi_schemas;
+mod restores;
 mod urls;
 mod whitelist;
 
@@ -95,6 +96,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     all.extend(keys::endpoints());
     all.extend(whitelist::endpoints());
     all.extend(backups::endpoints());
+    all.extend(restores::endpoints());
     all.push(endpoint::keyed(
         Method::GET,
         "/metrics",

@@ -191,7 +191,7 @@ pub fn schemas() -> Value {
     key_created["properties"]["key"] =
         json!({ "type": "string", "description": "The key; shown only in this response." });
 
-    json!({
+    let mut all = json!({
         "Error": object(&["success", "error", "message", "code"], json!({
             "success": { "const": false },
             "error": { "type": "string", "examples": ["Unauthorized"] },
@@ -261,14 +261,18 @@ pub fn schemas() -> Value {
         // Backups (api/backups.rs).
         "Backup": backup_schema(),
         "BackupCreated": envelope(r("Backup"), true),
-        "BackupList": list("Backup", json!({})),
+        "BackupList": list("Backup", json!({ "point_in_time": point_in_time_schema() })),
         "CreateApiKeyRequest": closed(&["name"], json!({
             "name": { "type": "string", "minLength": 1, "maxLength": 100 },
             "scopes": { "type": "array", "items": { "enum": ["read", "write", "admin"] }, "minItems": 1,
                 "description": "Default [\"read\"]." },
             "expiresAt": fmt("date-time"),
         })),
-    })
+    });
+    if let (Some(a), Value::Object(more)) = (all.as_object_mut(), restore_schemas()) {
+        a.extend(more);
+    }
+    all
 }
 
 /// One backup file, as `api/backups.rs` serialises `backup::BackupFile`.
@@ -292,4 +296,66 @@ fn backup_schema() -> Value {
                 "description": "verified: recomputed and matching; unchecked: sidecar present, not re-read; missing: no sidecar." },
         }),
     )
+}
+
+/// One restore job, as `archive::jobs::RestoreJob` serialises.
+fn restore_job_schema() -> Value {
+    object(
+        &[
+            "id",
+            "database_id",
+            "database_name",
+            "target_time",
+            "status",
+            "created_at",
+        ],
+        json!({
+            "id": fmt("uuid"),
+            "database_id": nullable("uuid"),
+            "database_name": string(),
+            "target_time": fmt("date-time"),
+            "into_name": { "type": ["string", "null"], "description": "The new database; null when restored in place." },
+            "status": { "enum": ["queued", "running", "succeeded", "failed"] },
+            "step": { "type": ["string", "null"], "description": "What it is doing, or did last." },
+            "error": { "type": ["string", "null"] },
+            "kept_as": { "type": ["string", "null"], "description": "In place: the name the replaced data is kept under." },
+            "created_at": fmt("date-time"),
+            "finished_at": nullable("date-time"),
+        }),
+    )
+}
+
+/// Continuous archiving as `GET .../backups` reports it for one database.
+fn point_in_time_schema() -> Value {
+    let mut o = object(
+        &["enabled", "repositories"],
+        json!({
+            "enabled": { "type": "boolean" },
+            "earliest": nullable("date-time"),
+            "latest": nullable("date-time"),
+            "archive_lag_seconds": { "type": ["number", "null"], "description": "Seconds since the last WAL segment was archived." },
+            "archiving_failing": { "type": "boolean" },
+            "last_backup": nullable("date-time"),
+            "repositories": { "type": "array", "items": { "type": "object" } },
+        }),
+    );
+    o["description"] =
+        json!("Continuous archiving for this database (absent when it is off on the host).");
+    o
+}
+
+/// Point-in-time restores (api/restores.rs).
+fn restore_schemas() -> Value {
+    json!({
+        "RestoreRequest": closed(&["targetTime"], json!({
+            "targetTime": { "type": "string", "format": "date-time", "examples": ["2026-11-29T14:32:00Z"],
+                "description": "The instant to restore to, with its offset (RFC 3339, or '2026-11-29 14:32:00+00'); within the recoverable window (GET .../backups, point_in_time)." },
+            "into": { "type": "string", "maxLength": 63, "examples": ["before_drop"],
+                "description": "Restore into a new database: a suffix (giving <database>_<suffix>) or that full name. Absent: restore in place." },
+        })),
+        "RestoreJob": restore_job_schema(),
+        "RestoreJobAccepted": envelope(r("RestoreJob"), true),
+        "RestoreJobEnvelope": envelope(r("RestoreJob"), false),
+        "RestoreJobList": list("RestoreJob", json!({})),
+    })
 }

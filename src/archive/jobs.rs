@@ -17,7 +17,6 @@ pub const CHANNEL: &str = "pgaas_restore_jobs";
 const LOCK_CLASS: i32 = 0x7067_6172; // "pgar"
 
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
 pub struct RestoreJob {
     pub id: Uuid,
     /// The tenant; null once it is deleted.

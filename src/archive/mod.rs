@@ -150,45 +150,41 @@ pub fn write_secrets(
             _ => return Ok(None),
         }
     };
-    let (key, secret) = read_credentials(&s3.credentials_file)?;
-    let mut generated = None;
-    let pass = match crate::settings::read_secret_file(&s3.cipher_pass_file)
-        .map_err(io(&s3.cipher_pass_file))?
-    {
-        Some(p) if !p.expose().is_empty() => p,
-        _ => {
-            let p = crate::model::secret::Secret::generate();
-            crate::files::write_if_changed(&s3.cipher_pass_file, p.expose(), 0o600)
-                .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
-            generated = Some(p.clone());
-            p
-        }
-    };
-    for v in [key.as_str(), secret.expose(), pass.expose()] {
-        if v.contains(['\n', '\r']) {
-            return Err(ArchiveError::Invalid(
-                "S3 credentials and the passphrase must be single lines".into(),
-            ));
-        }
-    }
+    let generated = ensure_passphrase(&s3.cipher_pass_file)?;
+    let text = secrets_text(settings, |p| p.to_path_buf())?.unwrap_or_default();
     let dir = path.parent().unwrap_or(std::path::Path::new("/"));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let text = format!(
-        "# pgaas managed file: written by `pgaas install` from {} and {}\n[global]\nrepo2-s3-key={key}\nrepo2-s3-key-secret={}\nrepo2-cipher-pass={}\n",
-        s3.credentials_file.display(),
-        s3.cipher_pass_file.display(),
-        secret.expose(),
-        pass.expose()
-    );
     crate::files::write_if_changed(&path, &text, 0o640)
         .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
     let (uid, gid) = owner;
-    let euid = nix::unistd::Uid::effective();
-    let file_uid = if euid.is_root() { 0 } else { uid };
+    let file_uid = if nix::unistd::Uid::effective().is_root() {
+        0
+    } else {
+        uid
+    };
     for p in [dir, path.as_path()] {
         std::os::unix::fs::chown(p, Some(file_uid), Some(gid)).map_err(io(p))?;
     }
     Ok(generated)
+}
+
+/// The repository passphrase file (0600), generated when missing; the new passphrase is
+/// returned to be shown once.
+pub fn ensure_passphrase(
+    file: &std::path::Path,
+) -> Result<Option<crate::settings::Secret>, ArchiveError> {
+    match crate::settings::read_secret_file(file).map_err(|source| ArchiveError::Io {
+        path: file.to_path_buf(),
+        source,
+    })? {
+        Some(p) if !p.expose().is_empty() => Ok(None),
+        _ => {
+            let p = crate::model::secret::Secret::generate();
+            crate::files::write_if_changed(file, p.expose(), 0o600)
+                .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
+            Ok(Some(p))
+        }
+    }
 }
 
 /// The directories pgBackRest and the scratch clusters use, owned by the cluster's OS user
@@ -270,6 +266,41 @@ pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, ArchiveEr
                 "{text:?} is not a time with its offset: write it like 2026-11-29T14:32:00Z or '2026-11-29 14:32:00+00'"
             ))
         })
+}
+
+/// The text of `conf.d/secrets.conf` for the S3 repository, with the files it comes from read
+/// through `path` (the installer reroots them); `None` without an S3 repository. Fails when the
+/// passphrase file is missing: whoever calls this generates it first.
+pub fn secrets_text(
+    settings: &crate::settings::Settings,
+    path: impl Fn(&std::path::Path) -> std::path::PathBuf,
+) -> Result<Option<String>, ArchiveError> {
+    let Some(s3) = &settings.archive.s3 else {
+        return Ok(None);
+    };
+    let (key, secret) = read_credentials(&path(&s3.credentials_file))?;
+    let pass_file = path(&s3.cipher_pass_file);
+    let pass = crate::settings::read_secret_file(&pass_file)
+        .map_err(|source| ArchiveError::Io {
+            path: pass_file.clone(),
+            source,
+        })?
+        .filter(|p| !p.expose().is_empty())
+        .ok_or_else(|| ArchiveError::Invalid(format!("{} is missing", pass_file.display())))?;
+    for v in [key.as_str(), secret.expose(), pass.expose()] {
+        if v.contains(['\n', '\r']) {
+            return Err(ArchiveError::Invalid(
+                "S3 credentials and the passphrase must be single lines".into(),
+            ));
+        }
+    }
+    Ok(Some(format!(
+        "# pgaas managed file: written by `pgaas install` from {} and {}\n[global]\nrepo2-s3-key={key}\nrepo2-s3-key-secret={}\nrepo2-cipher-pass={}\n",
+        s3.credentials_file.display(),
+        s3.cipher_pass_file.display(),
+        secret.expose(),
+        pass.expose()
+    )))
 }
 
 #[cfg(test)]

@@ -170,6 +170,7 @@ pub async fn archive_now(conn: &mut PgConnection, timeout: Duration) -> Result<(
         .fetch_one(&mut *conn)
         .await?;
     let deadline = std::time::Instant::now() + timeout;
+    let mut failing_since: Option<std::time::Instant> = None;
     loop {
         let (archived, failed, failed_at): (Option<String>, Option<String>, Option<DateTime<Utc>>) =
             sqlx::query_as(
@@ -184,7 +185,15 @@ pub async fn archive_now(conn: &mut PgConnection, timeout: Duration) -> Result<(
         {
             return Ok(());
         }
-        if std::time::Instant::now() > deadline {
+        // The archiver says it failed on this very segment: a repository is down. Some moments
+        // for a retry, then the caller decides (the other repositories may have it).
+        let failing_here =
+            failed.as_deref().is_some_and(|f| f >= segment.as_str()) && failed_at.is_some();
+        if failing_here && failing_since.is_none() {
+            failing_since = Some(std::time::Instant::now());
+        }
+        let gave_up = failing_since.is_some_and(|t| t.elapsed() > Duration::from_secs(15));
+        if gave_up || std::time::Instant::now() > deadline {
             return Err(ArchiveError::Archiving(format!(
                 "segment {segment} was not archived within {}s (last archived: {}, last failure: {} at {}); see the PostgreSQL log and `pgaas backup status`",
                 timeout.as_secs(),
@@ -246,6 +255,8 @@ pub async fn check_request(
     repos: u32,
 ) -> Result<Option<String>, ArchiveError> {
     let row = tenant_row(conn, tenant).await?;
+    // The name first: a malformed request is refused before the window is looked at.
+    let name = into.map(|i| into_name(&row.database_name, i)).transpose()?;
     if let Some(info) = super::status::cached_info(conn).await? {
         choose_repo(
             &info,
@@ -261,10 +272,9 @@ pub async fn check_request(
             time.format("%Y-%m-%d %H:%M:%S+00")
         )));
     }
-    let Some(into) = into else {
+    let Some(name) = name else {
         return Ok(None);
     };
-    let name = into_name(&row.database_name, into)?;
     let taken: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)
              OR EXISTS (SELECT 1 FROM tenant_databases WHERE name = $1)
@@ -377,7 +387,14 @@ async fn steps(
 
     step(conn, id, p, "archiving the WAL written until now".into()).await?;
     let timeout = Duration::from_secs(u64::from(host.settings.archive.archive_timeout_secs) + 120);
-    archive_now(conn, timeout).await?;
+    if let Err(e) = archive_now(conn, timeout).await {
+        // A repository that refuses WAL does not stop a restore from the others: recovery
+        // replays what reached them, and says so if the instant is beyond it.
+        p(&format!(
+            "WARNING: {e}; restoring from what the repositories hold"
+        ));
+        tracing::warn!(job = %id, error = %e, "restoring while archiving fails");
+    }
 
     step(
         conn,

@@ -221,7 +221,7 @@ pub(super) async fn restore_tenant(
     let job = archive::jobs::enqueue(&mut conn, *tenant.as_uuid(), time, into.as_deref()).await?;
     let Some(job) = archive::jobs::claim(&mut conn, job.id).await? else {
         return Err(ArchiveError::Busy(format!(
-            "restore job {} was taken by the worker; follow it with GET /api/databases/{}/restores/{}",
+            "restore job {} was taken by the worker; follow it with GET /api/databases/{}/restore/{}",
             job.id, tenant, job.id
         )));
     };

@@ -28,6 +28,15 @@ pub enum Command {
     Create(CreateArgs),
     /// Drop a tenant database and its role (asks first on a terminal).
     Delete(DeleteArgs),
+    /// Drop one of a tenant's other databases: a restore's (--into) or the data a restore in
+    /// place replaced (kept under a dated name).
+    DropExtra(DropExtraArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DropExtraArgs {
+    /// The database's name (`pgaas restore` printed it).
+    pub name: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +94,13 @@ pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
             Command::Show(a) => show(&service, a).await,
             Command::Create(a) => create(&service, a).await,
             Command::Delete(a) => delete(&service, a).await,
+            Command::DropExtra(a) => {
+                service
+                    .drop_extra(&a.name, &crate::tenant::AuditContext::cli())
+                    .await?;
+                println!("dropped {}", a.name);
+                Ok(ExitCode::SUCCESS)
+            }
         };
         result.or_else(super::explain)
     })

@@ -110,6 +110,12 @@ pub fn vars(s: &Settings, pg_version: u32) -> Vars {
             .as_deref()
             .map(text)
             .unwrap_or_default(),
+        archive_config_dir: text(&s.archive.config_dir),
+        archive_repo_path: text(&s.archive.repo_path),
+        archive_spool_path: text(&s.archive.spool_path),
+        archive_log_path: text(&s.archive.log_path),
+        archive_lock_path: text(&s.archive.lock_path),
+        archive_scratch_dir: text(&s.archive.scratch_dir),
         settings_yaml: format!(
             "# pgaas settings, written by `pgaas install` (values you change here are kept by the\n\
              # next install; run `pgaas install` again to apply them).\n{}",

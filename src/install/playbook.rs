@@ -41,6 +41,13 @@ pub struct Vars {
     pub control_db_password_file: String,
     /// The settings file's contents, as `pgaas install` writes it.
     pub settings_yaml: String,
+    /// pgBackRest's directories (`archive.*`).
+    pub archive_config_dir: String,
+    pub archive_repo_path: String,
+    pub archive_spool_path: String,
+    pub archive_log_path: String,
+    pub archive_lock_path: String,
+    pub archive_scratch_dir: String,
 }
 
 /// One step: a name and its action.
@@ -66,6 +73,8 @@ pub struct Step {
     pub tls: Option<Empty>,
     pub control_db: Option<Empty>,
     pub api_key: Option<ApiKeyStep>,
+    /// Continuous archiving: pgBackRest's secrets, stanza, first backups, worker and timers.
+    pub archive: Option<Empty>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -235,6 +244,7 @@ impl Step {
             ("tls", self.tls.is_some()),
             ("control_db", self.control_db.is_some()),
             ("api_key", self.api_key.is_some()),
+            ("archive", self.archive.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, on)| on.then_some(k))

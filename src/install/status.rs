@@ -29,6 +29,8 @@ pub struct Status {
     pub access_files: Option<Vec<crate::hba::check::FileProblem>>,
     /// The tenants' connection budget.
     pub budget: Option<crate::tenant::Budget>,
+    /// Continuous archiving, as the control DB and the archiver report it.
+    pub archive: Option<crate::archive::status::BackupStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,7 +70,19 @@ pub async fn gather(settings: &Settings, system: &dyn System, admin: PgConnectOp
             "pgaas-api.service".into(),
             "pgaas-backup.timer".into(),
             "pgaas-cert-renew.timer".into(),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            [
+                "pgaas-worker.service",
+                "pgaas-base-backup-full.timer",
+                "pgaas-base-backup-diff.timer",
+                "pgaas-drill.timer",
+            ]
+            .into_iter()
+            .filter(|_| settings.archive.enabled)
+            .map(String::from),
+        ) {
             let out = system.run(&["systemctl".into(), "is-active".into(), unit.clone()], &[]);
             let state = out
                 .map(|o| o.stdout.trim().to_string())
@@ -146,6 +160,9 @@ async fn database(
         let opts = admin.database(&settings.control_db.name);
         if let Ok(mut c) = PgConnection::connect_with(&opts).await {
             st.hba_db_generation = crate::hba::apply::current_generation(&mut c).await.ok();
+        }
+        if let Ok(mut c) = PgConnection::connect_with(&opts).await {
+            st.archive = crate::archive::status::read(&mut c, settings).await.ok();
         }
         if let Ok(mut c) = PgConnection::connect_with(&opts).await {
             let committed: Option<i64> = sqlx::query_scalar(
@@ -238,6 +255,31 @@ pub fn render(st: &Status) -> String {
             b.capacity,
             b.available()
         ));
+    }
+    if let Some(a) = &st.archive {
+        if !a.enabled {
+            out.push_str(
+                "Continuous archiving: off (archive.enabled); a host loses up to a day of data\n",
+            );
+        } else {
+            let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            out.push_str(&format!(
+                "Continuous archiving: recoverable from {} (newest backup {}, last WAL archived {})\n",
+                when(a.earliest()),
+                when(a.last_backup()),
+                a.archiver
+                    .as_ref()
+                    .and_then(|x| x.lag_seconds)
+                    .map(|l| format!("{l:.0}s ago"))
+                    .unwrap_or_else(|| "never".into())
+            ));
+            for p in &a.problems {
+                out.push_str(&format!("  WARNING: {p}\n"));
+            }
+        }
     }
     match &st.access_files {
         None => out.push_str("Access files: not checked (control DB not readable)\n"),

@@ -15,6 +15,7 @@ pub(crate) const PACKAGES: &[&str] = &[
     "postgresql-15",
     "postgresql-client-15",
     "pgbouncer",
+    "pgbackrest",
     "ca-certificates",
     "postgresql-15-pgvector",
 ];

@@ -30,6 +30,8 @@ pub struct FakeState {
     /// Programs that exit non-zero (by argv[0]).
     pub failing: BTreeSet<String>,
     pub exe: Option<PathBuf>,
+    /// pgBackRest repositories holding a backup (by `--repo=N`).
+    pub pgbackrest_backups: BTreeSet<u32>,
 }
 
 impl FakeSystem {
@@ -74,6 +76,35 @@ impl System for FakeSystem {
             return Ok(CmdOutput::fail(format!("{prog}: simulated failure")));
         }
         let arg = |i: usize| argv.get(i).map(String::as_str).unwrap_or("");
+        // pgBackRest (run through runuser): its backups per repository, and `info` about them.
+        if let Some(at) = argv.iter().position(|a| a.ends_with("/pgbackrest")) {
+            let rest = &argv[at + 1..];
+            let sub = rest
+                .iter()
+                .find(|a| !a.starts_with("--"))
+                .cloned()
+                .unwrap_or_default();
+            if sub == "backup" {
+                let repo = rest
+                    .iter()
+                    .find_map(|a| a.strip_prefix("--repo="))
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(1);
+                s.pgbackrest_backups.insert(repo);
+            }
+            if sub == "info" {
+                let backups: Vec<String> = s
+                    .pgbackrest_backups
+                    .iter()
+                    .map(|r| format!(r#"{{"label":"F{r}","type":"full","timestamp":{{"start":1,"stop":2}},"database":{{"repo-key":{r}}}}}"#))
+                    .collect();
+                return Ok(CmdOutput::ok(format!(
+                    r#"[{{"name":"pgaas","status":{{"code":0,"message":"ok"}},"repo":[],"archive":[],"backup":[{}]}}]"#,
+                    backups.join(",")
+                )));
+            }
+            return Ok(CmdOutput::ok(""));
+        }
         let last = argv.last().cloned().unwrap_or_default();
         Ok(match (prog, arg(1)) {
             ("dpkg-query", _) if s.installed.contains(&last) => {

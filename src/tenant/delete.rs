@@ -129,6 +129,59 @@ impl TenantService {
         }
     }
 
+    /// Drop one of a tenant's other databases (a restore's, or the data a restore in place
+    /// replaced), its row and its access lines.
+    pub async fn drop_extra(&self, name: &str, ctx: &AuditContext) -> Result<(), TenantError> {
+        let mut conn = self.pool.acquire().await?;
+        let owner: Option<uuid::Uuid> =
+            sqlx::query_scalar("SELECT database_id FROM tenant_databases WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let Some(owner) = owner else {
+            let known: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM tenant_databases ORDER BY name LIMIT 20")
+                    .fetch_all(&mut *conn)
+                    .await?;
+            return Err(TenantError::State(format!(
+                "{name} is not one of the tenants' other databases{}",
+                if known.is_empty() {
+                    " (there are none)".to_string()
+                } else {
+                    format!("; they are: {}", known.join(", "))
+                }
+            )));
+        };
+        self.drop_database(&mut conn, name).await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        sqlx::query("DELETE FROM tenant_databases WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let applied = match &self.hba {
+            Some(applier) => Some(applier.apply(&mut tx).await?),
+            None => None,
+        };
+        audit::record(
+            &mut tx,
+            ctx,
+            "database.drop_extra",
+            "database",
+            Some(&owner.to_string()),
+            true,
+            json!({ "name": name }),
+        )
+        .await?;
+        if let Err(e) = tx.commit().await {
+            if let Some(applied) = applied {
+                applied.undo(&mut conn).await;
+            }
+            return Err(e.into());
+        }
+        self.refresh_pooler().await;
+        Ok(())
+    }
+
     /// Drop one database of a tenant being deleted, with its sessions.
     pub(super) async fn drop_database(
         &self,

@@ -73,7 +73,7 @@ fn render_root_writes_the_whole_file_set() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(!stdout.contains(" changed "), "{stdout}");
-    assert_eq!(stdout.matches("unchanged").count(), 11, "{stdout}");
+    assert_eq!(stdout.matches("unchanged").count(), 18, "{stdout}");
 }
 
 #[test]

@@ -182,7 +182,11 @@ pub fn watch_and_clean(dir: &Path) {
     let script = r#"
         while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
         if [ -f "$2/run/pgbouncer.pid" ]; then kill -TERM "$(cat "$2/run/pgbouncer.pid")" 2>/dev/null; fi
-        for pidfile in "$2"/*/postmaster.pid; do
+        # Helpers a test started (an S3 server, a TLS terminator) leave their pid here.
+        for pidfile in "$2"/*.pid; do
+            [ -f "$pidfile" ] && kill -TERM "$(cat "$pidfile")" 2>/dev/null
+        done
+        for pidfile in "$2"/*/postmaster.pid "$2"/scratch/*/data/postmaster.pid; do
             [ -f "$pidfile" ] || continue
             pid=$(head -n 1 "$pidfile")
             kill -QUIT "$pid" 2>/dev/null

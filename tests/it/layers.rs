@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["control_db"],
     &["hba"],
     &["tenant", "backup"],
-    &["acme"],
+    &["archive", "acme"],
     &["install", "dev", "api"],
     &["cli"],
 ];

@@ -4,6 +4,7 @@ mod acme;
 mod allowlist;
 mod allowlist_faults;
 mod api;
+mod archive;
 mod attack;
 mod backup;
 mod cli;

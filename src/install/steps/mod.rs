@@ -3,6 +3,7 @@
 //! notify and the things it created for the manifest. The runner applies a step only when its
 //! check found something, so a converged host runs no apply at all.
 
+mod archive;
 mod database;
 mod files;
 mod render;
@@ -74,6 +75,8 @@ pub fn check(step: &Step, cx: &mut Cx, manifest: &Manifest) -> Result<Plan> {
         database::control_db_check(cx)
     } else if step.api_key.is_some() {
         database::api_key_check(cx)
+    } else if step.archive.is_some() {
+        archive::check(cx)
     } else {
         anyhow::bail!("step {:?} has no action", step.name)
     }
@@ -104,6 +107,8 @@ pub fn apply(step: &Step, cx: &mut Cx, manifest: &Manifest, plan: &Plan) -> Resu
         database::control_db_apply(cx, plan)?
     } else if let Some(s) = &step.api_key {
         database::api_key_apply(s, cx)?
+    } else if step.archive.is_some() {
+        archive::apply(cx, manifest)?
     } else {
         anyhow::bail!("step {:?} has no action", step.name)
     };

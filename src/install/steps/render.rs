@@ -39,6 +39,8 @@ pub const POSTMASTER_SETTINGS: &[&str] = &[
     "wal_buffers",
     "shared_preload_libraries",
     "autovacuum_max_workers",
+    "wal_level",
+    "archive_mode",
 ];
 
 /// pgbouncer.ini settings a SIGHUP does not apply (sockets and the pid file are set up at start).

@@ -1,0 +1,225 @@
+//! `/api/databases/{id}/restore`: point-in-time recovery of one database, as a job. The API
+//! checks the request (the instant against the recoverable window pgBackRest last reported, the
+//! name `into` makes) and queues it; the worker, which runs as root or as the cluster's OS user,
+//! carries it out (the API's own user can neither read the repository nor run a server). The
+//! answer is 202 with the job; `GET .../restore/{jobId}` follows it to `succeeded` or `failed`.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{FromRequestParts, Path, State},
+    http::{Method, StatusCode, request::Parts},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{
+    ApiError, AppState,
+    endpoint::{Doc, Endpoint, Param, keyed},
+    extract::{ApiJson, Caller, TenantPath},
+};
+use crate::{
+    archive::{self, ArchiveError, jobs},
+    tenant::audit,
+};
+
+type Answer = Result<(StatusCode, Json<Value>), ApiError>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestoreRequest {
+    target_time: Option<String>,
+    into: Option<String>,
+}
+
+/// The `{jobId}` segment; a malformed one names no job, so it is a 404.
+pub struct JobPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let raw = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .ok()
+            .and_then(|Path(p)| p.get("jobId").cloned())
+            .unwrap_or_default();
+        Uuid::try_parse(&raw).map(Self).map_err(|_| {
+            let shown: String = raw.chars().take(64).collect();
+            ApiError::NotFound(format!("Restore job {shown} not found (ids are UUIDs)"))
+        })
+    }
+}
+
+fn archive_error(e: ArchiveError, field: &'static str) -> ApiError {
+    match e {
+        ArchiveError::Disabled | ArchiveError::NotInstalled(_) => {
+            ApiError::Unavailable(e.to_string())
+        }
+        ArchiveError::OutsideWindow(m) => ApiError::invalid("targetTime", m),
+        ArchiveError::Invalid(m) => ApiError::invalid(field, m),
+        ArchiveError::NotFound(m) => ApiError::NotFound(m),
+        ArchiveError::Busy(m) => ApiError::Conflict(m),
+        ArchiveError::Tenant(t) => t.into(),
+        e => ApiError::Internal(e.into()),
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+    ApiJson(body): ApiJson<RestoreRequest>,
+) -> Answer {
+    if !state.settings.archive.enabled {
+        return Err(archive_error(ArchiveError::Disabled, "targetTime"));
+    }
+    state.tenants.get(id).await?;
+    let raw = body
+        .target_time
+        .ok_or_else(|| ApiError::invalid("targetTime", "is required"))?;
+    let time = archive::parse_time(&raw).map_err(|e| archive_error(e, "targetTime"))?;
+    if let Some(into) = &body.into {
+        if into.len() > 63 || into.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "into",
+                "must be at most 63 printable characters",
+            ));
+        }
+    }
+    let repos = if state.settings.archive.s3.is_some() {
+        2
+    } else {
+        1
+    };
+    let mut conn = state.pool.acquire().await?;
+    let into = archive::restore::check_request(
+        &mut conn,
+        *id.as_uuid(),
+        time,
+        body.into.as_deref(),
+        repos,
+    )
+    .await
+    .map_err(|e| archive_error(e, "into"))?;
+    let job = jobs::enqueue(&mut conn, *id.as_uuid(), time, into.as_deref())
+        .await
+        .map_err(|e| archive_error(e, "into"))?;
+    let mut details = json!({ "job": job.id, "target_time": job.target_time, "queued": true });
+    if let Some(n) = &job.into_name {
+        details["into"] = json!(n);
+    }
+    audit::record(
+        &mut conn,
+        &caller.audit(),
+        "database.restore_requested",
+        "database",
+        Some(&id.to_string()),
+        true,
+        details,
+    )
+    .await?;
+    let message = match &job.into_name {
+        Some(n) => format!(
+            "Restore queued: the data as of {} will be in the new database {n}",
+            job.target_time
+        ),
+        None => format!(
+            "Restore queued: the database will be replaced by its data as of {} (sessions are ended; the current data is kept under a dated name)",
+            job.target_time
+        ),
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "success": true, "message": message, "data": job })),
+    ))
+}
+
+async fn list(State(state): State<AppState>, TenantPath(id): TenantPath) -> Answer {
+    state.tenants.get(id).await?;
+    let mut conn = state.pool.acquire().await?;
+    let rows = jobs::list(&mut conn, *id.as_uuid())
+        .await
+        .map_err(|e| archive_error(e, "id"))?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "success": true, "count": rows.len(), "data": rows })),
+    ))
+}
+
+async fn get(
+    State(state): State<AppState>,
+    TenantPath(id): TenantPath,
+    JobPath(job): JobPath,
+) -> Answer {
+    let mut conn = state.pool.acquire().await?;
+    let row = jobs::get(&mut conn, job)
+        .await
+        .map_err(|e| archive_error(e, "jobId"))?;
+    if row.database_id != Some(*id.as_uuid()) {
+        return Err(ApiError::NotFound(format!(
+            "Restore job {job} not found for database {id}"
+        )));
+    }
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "success": true, "data": row })),
+    ))
+}
+
+const ID: Option<&str> = Some("The database's id (a UUID).");
+const JOB: &[Param] = &[Param {
+    name: "jobId",
+    ty: "string:uuid",
+    description: "The restore job's id.",
+}];
+
+pub fn endpoints() -> Vec<Endpoint> {
+    let tag = "backups";
+    vec![
+        keyed(
+            Method::POST,
+            "/api/databases/{id}/restore",
+            create,
+            Doc {
+                operation_id: "restoreDatabase",
+                tag,
+                summary: "Point-in-time recovery of this database, as a job: into a new database (`into`) or in place (its sessions end; the current data is kept under a dated name). 422 with the recoverable window when the instant is outside it.",
+                path_id: ID,
+                body: Some("RestoreRequest"),
+                ok: (202, "RestoreJobAccepted"),
+                errors: &[409, 503],
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::GET,
+            "/api/databases/{id}/restore",
+            list,
+            Doc {
+                operation_id: "listRestores",
+                tag,
+                summary: "This database's restore jobs, newest first.",
+                path_id: ID,
+                ok: (200, "RestoreJobList"),
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::GET,
+            "/api/databases/{id}/restore/{jobId}",
+            get,
+            Doc {
+                operation_id: "getRestore",
+                tag,
+                summary: "One restore job: queued, running (with its current step), succeeded or failed (with why).",
+                path_id: ID,
+                path_params: JOB,
+                ok: (200, "RestoreJobEnvelope"),
+                ..Doc::DEFAULT
+            },
+        ),
+    ]
+}
