@@ -132,11 +132,14 @@ fn main() {
         .unwrap();
     let state: PathBuf = dir.path().to_path_buf();
     rt.block_on(async {
-        let settings = Settings::load(&LoadOptions {
+        let mut settings = Settings::load(&LoadOptions {
             config_file: Some("/dev/null".into()),
             ..Default::default()
         })
         .unwrap();
+        // Thousands of tenants: past the connection budget's default overcommit; no archiving.
+        settings.tenants.connection_overcommit = 100.0;
+        settings.archive.enabled = false;
         let opts = DevOptions {
             state_dir: state.clone(),
             listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),

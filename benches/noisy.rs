@@ -126,6 +126,7 @@ async fn run(dir: PathBuf) {
     .unwrap();
     // Room for every bench tenant in the budget.
     base.tenants.connection_overcommit = 100.0;
+    base.archive.enabled = false;
     let opts = DevOptions {
         state_dir: dir.clone(),
         listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),

@@ -104,13 +104,17 @@ fn main() -> Res<()> {
 }
 
 async fn run(n: usize, secs: u64, dir: &Path, teardown: &mut Teardown) -> Res<()> {
-    let base = Settings::load(&LoadOptions {
+    let mut base = Settings::load(&LoadOptions {
         config_file: Some(PathBuf::from("/dev/null")),
         dotenv_dir: None,
         env: Vec::new(),
         flags: Vec::new(),
     })
     .map_err(|e| e.to_string())?;
+    // Thousands of tenants on one small cluster: the bench measures provisioning, not the
+    // connection budget (which refuses them past its overcommit), nor archiving.
+    base.tenants.connection_overcommit = 100.0;
+    base.archive.enabled = false;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let opts = DevOptions {
         state_dir: dir.to_path_buf(),

@@ -383,10 +383,10 @@ fn write_managed_files(
 pub fn install_deps() -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!(
-            "--install-deps needs root; run: sudo apt-get install postgresql postgresql-contrib pgbouncer"
+            "--install-deps needs root; run: sudo apt-get install postgresql postgresql-contrib pgbouncer pgbackrest"
         );
     }
-    progress("installing postgresql, postgresql-contrib and pgbouncer with apt-get");
+    progress("installing postgresql, postgresql-contrib, pgbouncer and pgbackrest with apt-get");
     let status = std::process::Command::new("apt-get")
         .args([
             "install",
@@ -395,6 +395,7 @@ pub fn install_deps() -> anyhow::Result<()> {
             "postgresql",
             "postgresql-contrib",
             "pgbouncer",
+            "pgbackrest",
         ])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()

@@ -36,7 +36,7 @@ BOOT = ["udev", "linux-image-amd64", "initramfs-tools", "openssh-server"]
 def preinstalled_postgres(suite):
     v = PG_VERSION[suite]
     extras = [f"postgresql-{v}-postgis-3"] + ([f"postgresql-{v}-pgvector"] if v >= 17 else [])
-    return ["postgresql", "postgresql-contrib", "pgbouncer"] + extras
+    return ["postgresql", "postgresql-contrib", "pgbouncer", "pgbackrest"] + extras
 
 
 MMDEBSTRAP_OPTS = ["--variant=minbase", "--dpkgopt=force-unsafe-io", "--aptopt=Acquire::Retries=3"]

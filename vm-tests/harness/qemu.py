@@ -47,6 +47,20 @@ class QemuMachine(Machine):
         disk = self.dir / "disk.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.image.raw),
                         "-F", "raw", str(disk)], check=True)
+        self.qemu_log = open(self.dir / "qemu.log", "w")
+        self._launch(disk)
+        return self
+
+    def crash_and_boot(self, timeout=300):
+        """Pull the plug: QEMU killed (the guest's memory, page cache included, is gone; what it
+        had written to its disk stays), then the same disk booted again."""
+        self._close_master()
+        self.forwards = {}
+        self.proc.kill()
+        self.proc.wait()
+        self._launch(self.dir / "disk.qcow2", timeout)
+
+    def _launch(self, disk, timeout=300):
         fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in self.ports.items())
         accel = os.environ.get("VM_ACCEL", "tcg")
         accel_args = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
@@ -58,11 +72,9 @@ class QemuMachine(Machine):
                "-netdev", f"user,id=n0,{fwd}", "-device", "virtio-net-pci,netdev=n0",
                "-display", "none", "-serial", f"file:{self.dir / 'console.log'}",
                "-monitor", "none", "-nodefaults", "-no-user-config"]
-        self.qemu_log = open(self.dir / "qemu.log", "w")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.qemu_log,
                                      stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-        self.wait_for_ssh()
-        return self
+        self.wait_for_ssh(timeout)
 
     def _ssh_base(self):
         return ["ssh", "-i", str(self.image.ssh_key), "-p", str(self.ports[22]),

@@ -13,9 +13,11 @@ SUITES = ("bookworm", "trixie")
 # install's own apt step); the runner creates the state directory to save the manifest after
 # the first changed step; the settings directory holds the operator's public_host (below).
 OK_ON_FRESH_INSTALL = {"the Debian cluster", "PgBouncer running", "state directory",
-                       "settings directory"}
+                       "settings directory", "pgBackRest local repository",
+                       "pgBackRest spool directory", "pgBackRest log directory"}
 # Kept data: uninstall leaves these unless --purge-data (the state directory holds the manifest).
-KEPT = ("/var/lib/postgresql", "/var/backups/pgaas", "/var/lib/pgaas")
+KEPT = ("/var/lib/postgresql", "/var/backups/pgaas", "/var/lib/pgaas", "/var/lib/pgbackrest",
+        "/var/spool/pgbackrest")
 # Churn of any running Debian system, not something install added.
 NOISE = ("/var/log/", "/var/cache/", "/var/lib/apt/", "/var/lib/dpkg/", "/var/lib/systemd/",
          "/var/lib/ucf/", "/var/lib/dbus/", "/var/tmp/", "/tmp/", "/run/", "/root/",

@@ -1,5 +1,7 @@
 """QEMU end to end: the host is a distinct client across a real network hop (10.0.2.2)."""
 
+import time
+
 from harness import client
 from harness.platform import (create_tenant, fetch_ca, first_api_key, install, refused_by_hba,
                               seed_settings, wait_connects, wait_refused)
@@ -78,3 +80,52 @@ def test(t, m):
         api.call("DELETE", f"{wl}/{entry}", expect=200)
         for url in (direct, pooled):
             wait_refused(url)
+
+    with t.subtest("continuous archiving: crash the machine hard, restore one tenant to before "
+                   "a DROP TABLE (in place, through the API and the worker)"):
+        for unit in ("pgaas-worker.service", "pgaas-base-backup-full.timer",
+                     "pgaas-base-backup-diff.timer", "pgaas-drill.timer"):
+            m.wait_for_unit(unit, timeout=120)
+        api.call("POST", wl, {"ipAddress": f"{HOST_SEEN_AS}/32", "description": "the host"},
+                 expect=201)
+        wait_connects(direct)
+        # A backup that holds the tenant (it is younger than the installer's first one).
+        m.succeed("systemctl start pgaas-base-backup@incr.service", timeout=600)
+        assert m.unit_property("pgaas-base-backup@incr.service", "Result") == "success"
+        time.sleep(2)
+        rc, _, err = client.psql(direct, "create table p (id int); "
+                                         "insert into p select generate_series(1, 1000)")
+        assert rc == 0, err
+        rc, when, err = client.psql(direct, "select to_char(clock_timestamp() at time zone 'UTC', "
+                                            "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+        assert rc == 0, err
+        time.sleep(1)
+        rc, _, err = client.psql(direct, "drop table p")
+        assert rc == 0, err
+        m.crash_and_boot()
+        m.wait_until_running(timeout=300)
+        for unit in units + ["pgaas-worker.service"]:
+            m.wait_for_unit(unit, timeout=180)
+        api = client.Api(m, key)
+        api.wait_ready()
+        wait_connects(direct, timeout=120)
+        rc, _, _ = client.psql(direct, "select count(*) from p")
+        assert rc != 0, "the DROP TABLE committed before the crash must survive it"
+        _, doc = api.call("POST", f"/api/databases/{tenant['id']}/restore",
+                          {"targetTime": when.strip()}, expect=202)
+        job = doc["data"]["id"]
+        deadline = time.monotonic() + 600
+        while True:
+            _, doc = api.call("GET", f"/api/databases/{tenant['id']}/restore/{job}", expect=200)
+            if doc["data"]["status"] in ("succeeded", "failed"):
+                break
+            assert time.monotonic() < deadline, doc
+            time.sleep(2)
+        assert doc["data"]["status"] == "succeeded", doc
+        wait_connects(direct, timeout=60)
+        rc, out, err = client.psql(direct, "select count(*) from p")
+        assert rc == 0 and out.strip() == "1000", (out, err)
+        rc, out, err = client.psql(direct, "select x from r")
+        assert rc == 0 and out.strip() == "42", (out, err)
+        status = m.succeed("pgaas backup status")
+        t.log(status.strip().splitlines()[-1])

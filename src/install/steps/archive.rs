@@ -12,7 +12,7 @@ use crate::{
     archive::{self, info::Info},
     install::{
         context::{Attrs, Cx, read_opt},
-        manifest::Manifest,
+        manifest::{Manifest, Record},
     },
 };
 
@@ -178,6 +178,10 @@ pub fn apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
         for unit in UNITS {
             run(&["systemctl", "enable", unit])?;
             run(&["systemctl", "start", unit])?;
+            // Uninstall stops and disables what the installer enabled.
+            effects.records.push(Record::Unit {
+                name: unit.to_string(),
+            });
         }
     }
     Ok(effects)
