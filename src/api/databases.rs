@@ -148,7 +148,12 @@ async fn create(
 }
 
 async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListParams>) -> Answer {
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    // The original returned every database: a client that asks for no page gets them all (in
+    // pages of MAX_PAGE read here), so it never sees a silently partial list.
+    let everything = q.limit.is_none() && q.offset.is_none() && q.cursor.is_none();
+    let limit = q
+        .limit
+        .unwrap_or(if everything { MAX_PAGE } else { DEFAULT_PAGE });
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::invalid(
             "limit",
@@ -172,8 +177,16 @@ async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListParams>) 
         offset: q.offset.unwrap_or(0),
         cursor: q.cursor,
     };
-    let page = state.tenants.list(&query).await?;
-    let data: Vec<TenantView> = page.items.iter().map(TenantView::from).collect();
+    let mut page = state.tenants.list(&query).await?;
+    let mut data: Vec<TenantView> = page.items.iter().map(TenantView::from).collect();
+    while everything && page.next_cursor.is_some() {
+        let next = ListQuery {
+            cursor: page.next_cursor.take(),
+            ..query.clone()
+        };
+        page = state.tenants.list(&next).await?;
+        data.extend(page.items.iter().map(TenantView::from));
+    }
     let mut body = json!({ "success": true, "count": page.total, "data": data });
     if let Some(c) = page.next_cursor {
         body["next_cursor"] = json!(c);
@@ -296,7 +309,7 @@ const LIST_PARAMS: &[Param] = &[
     Param {
         name: "limit",
         ty: "integer",
-        description: "Page size, 1 to 1000 (default 100).",
+        description: "Page size, 1 to 1000 (default 100). Without limit, offset and cursor the answer holds every database, as the original API's did.",
     },
     Param {
         name: "offset",

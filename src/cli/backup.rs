@@ -206,10 +206,21 @@ fn list(settings: &Settings, backups: &Backups, a: &ListArgs) -> Result<ExitCode
         None => None,
     };
     let files: Vec<BackupFile> = backups.list(database.as_deref(), a.verify)?;
+    // With --verify a damaged file is a failure a script must see, not just a word in a table.
+    let damaged = files
+        .iter()
+        .filter(|f| f.checksum == Checksum::Mismatch)
+        .count();
+    let code = if a.verify && damaged > 0 {
+        eprintln!("error: {damaged} backup(s) failed verification (their checksum does not match)");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
     if a.json {
         let out = serde_json::json!({ "count": files.len(), "data": files });
         println!("{out:#}");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     let rows: Vec<[String; 5]> = files
         .iter()
@@ -228,7 +239,7 @@ fn list(settings: &Settings, backups: &Backups, a: &ListArgs) -> Result<ExitCode
         super::table(&["DATABASE", "TAKEN", "SIZE", "VERIFIED", "FILE"], &rows)
     );
     println!("{} backup(s) in {}", rows.len(), backups.root().display());
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 fn prune(backups: &Backups, a: &PruneArgs) -> Result<ExitCode, BackupError> {

@@ -13,7 +13,7 @@ use std::{
 use serde_json::json;
 
 use crate::{
-    model::{FriendlyName, OwnerEmail, TenantId, TenantStatus},
+    model::{FriendlyName, OwnerEmail, TenantStatus},
     settings::Settings,
     tenant::{AuditContext, ListQuery, NewTenant, Tenant, TenantError, TenantService},
 };
@@ -56,7 +56,8 @@ pub struct ListArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
-    pub id: TenantId,
+    /// The database: its id or its name (tenant_...).
+    pub database: String,
     #[arg(long)]
     pub json: bool,
 }
@@ -79,7 +80,8 @@ pub struct CreateArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
-    pub id: TenantId,
+    /// The database: its id or its name (tenant_...).
+    pub database: String,
     /// Do not ask; required when stdin is not a terminal.
     #[arg(long)]
     pub yes: bool,
@@ -160,9 +162,9 @@ async fn list(service: &TenantService, a: ListArgs) -> Result<ExitCode, TenantEr
 }
 
 async fn show(service: &TenantService, a: ShowArgs) -> Result<ExitCode, TenantError> {
-    let tenant = service.get(a.id).await?;
+    let tenant = service.find(&a.database).await?;
     // A tenant mid-provisioning has no database yet: show the row, say why stats are missing.
-    let stats = match service.stats(a.id).await {
+    let stats = match service.stats(tenant.id).await {
         Ok(s) => Ok(s),
         Err(TenantError::State(m)) => Err(m),
         Err(e) => return Err(e),
@@ -270,7 +272,7 @@ fn connection_urls(settings: &Settings, t: &Tenant, password: &str) -> Urls {
 }
 
 async fn delete(service: &TenantService, a: DeleteArgs) -> Result<ExitCode, TenantError> {
-    let tenant = service.get(a.id).await?;
+    let tenant = service.find(&a.database).await?;
     if !a.yes {
         let stdin = std::io::stdin();
         if !stdin.is_terminal() {
@@ -296,7 +298,7 @@ async fn delete(service: &TenantService, a: DeleteArgs) -> Result<ExitCode, Tena
             return Ok(ExitCode::from(1));
         }
     }
-    service.delete(a.id, &AuditContext::cli()).await?;
+    service.delete(tenant.id, &AuditContext::cli()).await?;
     println!("deleted {} ({})", tenant.database_name, tenant.id);
     Ok(ExitCode::SUCCESS)
 }

@@ -24,7 +24,8 @@ pub struct Args {
     /// PgBouncer port of the local platform.
     #[arg(long, default_value_t = 56432)]
     pub pgbouncer_port: u16,
-    /// Install PostgreSQL and PgBouncer with apt-get when missing (root only).
+    /// Install PostgreSQL, PgBouncer and pgBackRest with apt-get when any of them is missing
+    /// (root only).
     #[arg(long)]
     pub install_deps: bool,
     /// Bring everything up, print the summary, stop again (for scripts and checks).
@@ -38,7 +39,9 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     if args.install_deps
-        && crate::pg::binaries::PgBinaries::find(settings.postgres.version).is_err()
+        && (crate::pg::binaries::PgBinaries::find(settings.postgres.version).is_err()
+            || crate::pg::pgbouncer::find_binary().is_none()
+            || crate::archive::find_binary(&settings.archive.binary).is_none())
     {
         install_deps()?;
     }

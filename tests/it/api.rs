@@ -366,6 +366,9 @@ async fn pagination_counts_the_total_and_filters_by_status_and_owner() {
     )
     .await;
     assert_eq!((count, second, next), (3, newest_first[2..].to_vec(), None));
+    // No paging parameter: every database, as the original answered (no cursor to miss).
+    let (count, all, next) = page(&api, &email, "").await;
+    assert_eq!((count, all, next), (3, newest_first.clone(), None));
     let (_, by_offset, _) = page(&api, &email, "limit=2&offset=2").await;
     assert_eq!(by_offset, newest_first[2..].to_vec());
     assert_eq!(page(&api, &email, "status=active").await.0, 3);
