@@ -82,6 +82,9 @@ pub struct ApiSettings {
     /// A bootstrap key accepted with every scope (the original's `API_KEY`). Prefer keys made with
     /// `pgaas key create`, which are stored hashed.
     pub api_key: Option<Secret>,
+    /// Read the bootstrap key from this file instead (`API_KEY_FILE`), so it stays out of the
+    /// settings file and the environment.
+    pub api_key_file: Option<PathBuf>,
     /// The system user `pgaas-api.service` runs as.
     pub system_user: String,
     pub max_body_bytes: usize,
@@ -100,6 +103,7 @@ impl Default for ApiSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             api_key: None,
+            api_key_file: None,
             system_user: "pgaas".into(),
             max_body_bytes: 64 * 1024,
             stats_interval_secs: 60,
@@ -146,6 +150,8 @@ impl Default for ControlDbSettings {
 pub struct AdminSettings {
     pub user: String,
     pub password: Option<Secret>,
+    /// Read the password from this file instead (`PG_ADMIN_PASSWORD_FILE`).
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for AdminSettings {
@@ -153,6 +159,7 @@ impl Default for AdminSettings {
         Self {
             user: "postgres".into(),
             password: None,
+            password_file: None,
         }
     }
 }
@@ -322,6 +329,28 @@ impl Settings {
             Some(path) => read_secret_file(path),
             None => Ok(None),
         }
+    }
+}
+
+impl Settings {
+    /// Read the secrets given as files (`api.api_key_file`, `admin.password_file`) into their
+    /// settings, for the commands that use them; a file named but unreadable is an error that
+    /// names it.
+    pub fn resolve_secret_files(&mut self) -> Result<(), String> {
+        let read = |path: &Path| -> Result<Secret, String> {
+            match read_secret_file(path) {
+                Ok(Some(s)) if !s.expose().is_empty() => Ok(s),
+                Ok(_) => Err(format!("{} is missing or empty", path.display())),
+                Err(e) => Err(format!("{}: {e}", path.display())),
+            }
+        };
+        if let Some(p) = &self.api.api_key_file {
+            self.api.api_key = Some(read(p)?);
+        }
+        if let Some(p) = &self.admin.password_file {
+            self.admin.password = Some(read(p)?);
+        }
+        Ok(())
     }
 }
 

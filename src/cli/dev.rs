@@ -34,10 +34,14 @@ pub struct Args {
 }
 
 pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
-    let settings = match super::load_settings(LoadOptions::from_process(config)) {
+    let mut settings = match super::load_settings(LoadOptions::from_process(config)) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    if let Err(e) = settings.resolve_secret_files() {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
     if args.install_deps
         && (crate::pg::binaries::PgBinaries::find(settings.postgres.version).is_err()
             || crate::pg::pgbouncer::find_binary().is_none()

@@ -22,10 +22,14 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(l) = args.listen {
         options = options.flag("api.listen", l);
     }
-    let settings = match super::load_settings(options) {
+    let mut settings = match super::load_settings(options) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    if let Err(e) = settings.resolve_secret_files() {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
     let password = settings
         .control_db_password()
         .context("reading the control DB password file")?;

@@ -193,3 +193,53 @@ fn line_lookup_follows_nesting() {
     assert_eq!(layers::line_of(text, &p("c.d.e")), Some(6));
     assert_eq!(layers::line_of(text, &p("a.b")), Some(2));
 }
+
+#[test]
+fn every_secret_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write(
+        &dir,
+        "api-key",
+        "0123456789abcdef0123456789abcdef-from-a-file\n",
+    );
+    let admin = write(&dir, "admin", "admin-secret\n");
+    let db = write(&dir, "db", "db-secret\n");
+    let empty = write(&dir, "t.yaml", "{}\n");
+    let mut s = Settings::load(&opts(
+        Some(empty.clone()),
+        &[
+            ("API_KEY_FILE", key.to_str().unwrap()),
+            ("PG_ADMIN_PASSWORD_FILE", admin.to_str().unwrap()),
+            ("DB_PASSWORD_FILE", db.to_str().unwrap()),
+        ],
+    ))
+    .unwrap();
+    assert!(
+        s.api.api_key.is_none(),
+        "read only by the commands that use it"
+    );
+    s.resolve_secret_files().unwrap();
+    assert_eq!(
+        s.api.api_key.as_ref().unwrap().expose(),
+        "0123456789abcdef0123456789abcdef-from-a-file"
+    );
+    assert_eq!(s.admin.password.as_ref().unwrap().expose(), "admin-secret");
+    assert_eq!(
+        s.control_db_password().unwrap().unwrap().expose(),
+        "db-secret"
+    );
+    // A secret and its file at once is ambiguous; a missing file is named.
+    let err = Settings::load(&opts(
+        Some(empty.clone()),
+        &[
+            ("API_KEY", "x".repeat(32).as_str()),
+            ("API_KEY_FILE", key.to_str().unwrap()),
+        ],
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("not both"), "{err}");
+    let mut s =
+        Settings::load(&opts(Some(empty), &[("API_KEY_FILE", "/nonexistent/key")])).unwrap();
+    let e = s.resolve_secret_files().unwrap_err();
+    assert!(e.contains("/nonexistent/key"), "{e}");
+}

@@ -359,6 +359,25 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
             "must be between 1 and 3650 (days)",
         );
     }
+    for (key, file, inline) in [
+        (
+            "api.api_key_file",
+            &s.api.api_key_file,
+            s.api.api_key.is_some(),
+        ),
+        (
+            "admin.password_file",
+            &s.admin.password_file,
+            s.admin.password.is_some(),
+        ),
+    ] {
+        if let Some(p) = file {
+            c.abs_path(key, p);
+            if inline {
+                c.fail(key, "give the secret or a file holding it, not both");
+            }
+        }
+    }
     check_archive(&mut c, &s.archive);
 }
 
