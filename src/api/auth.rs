@@ -89,6 +89,50 @@ impl Touches {
     }
 }
 
+/// How long a verified key is trusted without looking at its row again: a revocation (or an
+/// expiry) reaches every API process within this time.
+const TRUST_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// Verified keys kept at most; past it the cache starts over (an attacker presenting many valid
+/// keys only costs the lookups it would cost without the cache).
+const CACHE_MAX: usize = 10_000;
+
+/// Keys this process verified recently, by the SHA-256 of the key as presented: the hot path
+/// costs neither a control-DB round trip nor a bcrypt verification. After [`TRUST_FOR`] the row
+/// is read again (revoked? expired? a new secret?); bcrypt runs again only when its hash changed.
+#[derive(Default)]
+pub struct KeyCache(Mutex<HashMap<[u8; 32], Verified>>);
+
+#[derive(Clone)]
+struct Verified {
+    key_id: Uuid,
+    scopes: Vec<Scope>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    key_hash: Vec<u8>,
+    checked: Instant,
+}
+
+impl KeyCache {
+    fn get(&self, digest: &[u8; 32]) -> Option<Verified> {
+        self.0.lock().ok()?.get(digest).cloned()
+    }
+
+    fn put(&self, digest: [u8; 32], v: Verified) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= CACHE_MAX {
+                map.clear();
+            }
+            map.insert(digest, v);
+        }
+    }
+
+    /// Forget every key (a revocation in this process takes effect at once).
+    pub fn clear(&self) {
+        if let Ok(mut map) = self.0.lock() {
+            map.clear();
+        }
+    }
+}
+
 /// The key as presented, or why there is none usable.
 fn presented(headers: &HeaderMap) -> Result<&str, Refusal> {
     if let Some(v) = headers.get("x-api-key") {
@@ -125,11 +169,20 @@ async fn identify(
         return Ok((None, vec![Scope::Admin]));
     }
     let (prefix, full) = ApiKey::parse_presented(key).ok_or(Ok(Refusal::Malformed))?;
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let cached = state.keys.get(&digest);
+    if let Some(v) = &cached {
+        if v.checked.elapsed() < TRUST_FOR && v.expires_at.is_none_or(|t| t > chrono::Utc::now()) {
+            return Ok((Some(v.key_id), v.scopes.clone()));
+        }
+    }
     let stored = api_keys::find_by_prefix(&state.pool, prefix)
         .await
         .map_err(|e| Err(ApiError::Internal(e.into())))?
         .ok_or(Ok(Refusal::UnknownKey))?;
-    if !ApiKey::verify(full, &stored.key_hash) {
+    // This very key matched this very hash before: no need to pay bcrypt again.
+    let known = cached.is_some_and(|v| v.key_id == stored.id && v.key_hash == stored.key_hash);
+    if !known && !ApiKey::verify(full, &stored.key_hash) {
         return Err(Ok(Refusal::WrongSecret));
     }
     if stored.revoked_at.is_some() {
@@ -147,6 +200,16 @@ async fn identify(
             }
         });
     }
+    state.keys.put(
+        digest,
+        Verified {
+            key_id: stored.id,
+            scopes: stored.permissions.0.clone(),
+            expires_at: stored.expires_at,
+            key_hash: stored.key_hash.clone(),
+            checked: Instant::now(),
+        },
+    );
     Ok((Some(stored.id), stored.permissions.0))
 }
 

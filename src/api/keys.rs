@@ -207,6 +207,8 @@ async fn revoke(State(state): State<AppState>, caller: Caller, KeyPath(id): KeyP
     )
     .await?;
     tx.commit().await?;
+    // In force at once in this process; other API processes trust a key for a second at most.
+    state.keys.clear();
     Ok((
         StatusCode::OK,
         Json(json!({ "success": true, "message": "API key revoked" })),

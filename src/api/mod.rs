@@ -59,6 +59,8 @@ pub struct AppState {
     /// (and only when `pgbouncer.enabled`).
     pub pooler_available: bool,
     touches: Arc<auth::Touches>,
+    /// Keys verified recently (see `auth::KeyCache`).
+    keys: Arc<auth::KeyCache>,
 }
 
 impl AppState {
@@ -74,6 +76,7 @@ impl AppState {
             stats: None,
             pooler_available: false,
             touches: Arc::default(),
+            keys: Arc::default(),
         }
     }
 

@@ -162,6 +162,45 @@ async fn a_key_made_through_the_api_works_until_revoked() {
     );
 }
 
+/// Verified keys are cached in the API process; a key revoked by another process (another API
+/// instance, or straight in the control DB) stops working within a second all the same.
+#[tokio::test]
+async fn a_key_revoked_elsewhere_is_refused_within_a_second() {
+    let api = api();
+    let (id, key) = api.make_key("revoked-elsewhere", &["read"]).await;
+    for _ in 0..3 {
+        let (status, _) = api
+            .call_with(Method::GET, "/api/databases?limit=1", Some(&key), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let p = crate::harness::platform();
+    let (ok, _, err) = crate::harness::psql(
+        &format!(
+            "host={} port={} user={} dbname={}",
+            p.socket_dir.display(),
+            p.pg_port,
+            p.superuser,
+            p.settings.control_db.name
+        ),
+        &format!("UPDATE api_keys SET revoked_at = now() WHERE id = '{id}'"),
+        &[],
+    );
+    assert!(ok, "{err}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, body) = api
+        .call_with(Method::GET, "/api/databases?limit=1", Some(&key), None)
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    // A wrong secret with the right prefix is refused, cached key or not.
+    let last = if key.ends_with('x') { 'y' } else { 'x' };
+    let wrong = format!("{}{last}", &key[..key.len() - 1]);
+    let (status, _) = api
+        .call_with(Method::GET, "/api/databases?limit=1", Some(&wrong), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test]
 async fn audit_rows_name_the_key_and_client_address_and_hold_no_password() {
     let api = api();
