@@ -67,8 +67,8 @@ const ORIGINAL_NAMES: &[(&str, &str)] = &[
     ("NODE_ENV", "environment"),
 ];
 
-/// `PGAAS_*` variables that are not settings.
-const NON_SETTING_VARS: &[&str] = &["PGAAS_CONFIG", "PGAAS_LOG"];
+/// `PGAAS_*` variables that are not settings (`PGAAS_BIN` names the binary `vm-tests/run` tests).
+const NON_SETTING_VARS: &[&str] = &["PGAAS_CONFIG", "PGAAS_LOG", "PGAAS_BIN"];
 
 /// Keys whose values stay strings even when they look like numbers or booleans.
 fn is_string_key(key: &str) -> bool {

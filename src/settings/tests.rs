@@ -136,6 +136,14 @@ fn unknown_environment_keys_are_named() {
 }
 
 #[test]
+fn the_variables_of_pgaas_tools_are_not_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "e.yaml", "");
+    let vars = [("PGAAS_BIN", "/usr/bin/pgaas"), ("PGAAS_LOG", "debug")];
+    Settings::load(&opts(Some(file), &vars)).unwrap();
+}
+
+#[test]
 fn dotenv_file_is_read_and_the_environment_wins() {
     let dir = tempfile::tempdir().unwrap();
     write(

@@ -31,7 +31,7 @@ impl Drop for S3Server {
 /// moto's server program: where `scripts/test` installs it, or on PATH.
 fn moto_server() -> PathBuf {
     let candidates = [
-        std::env::var_os("PGAAS_MOTO_SERVER").map(PathBuf::from),
+        std::env::var_os("MOTO_SERVER_BIN").map(PathBuf::from),
         Some(PathBuf::from("/var/cache/pgaas-ci/moto/bin/moto_server")),
         std::env::var_os("HOME")
             .map(|h| PathBuf::from(h).join(".cache/pgaas/moto/bin/moto_server")),
