@@ -15,6 +15,7 @@ pub struct AllowArgs {
     pub database: String,
     /// An address (one host) or a network with zero host bits: 203.0.113.5, 192.168.1.0/24, 2001:db8::/32.
     pub cidr: String,
+    /// What the entry is for (at most 200 characters), shown in listings and the audit trail.
     #[arg(long)]
     pub description: Option<String>,
 }

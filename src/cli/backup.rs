@@ -45,6 +45,7 @@ pub struct BaseArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct JsonArgs {
+    /// Print JSON (the API\'s shapes) instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -71,6 +72,7 @@ pub struct ListArgs {
     /// Recompute every checksum (reads every file) instead of trusting the sidecar's presence.
     #[arg(long)]
     pub verify: bool,
+    /// Print JSON (the API\'s shapes) instead of text.
     #[arg(long)]
     pub json: bool,
 }

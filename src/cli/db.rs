@@ -50,6 +50,7 @@ pub struct ListArgs {
     /// At most this many rows (1..=1000).
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
+    /// Print JSON (the API\'s shapes) instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -58,14 +59,17 @@ pub struct ListArgs {
 pub struct ShowArgs {
     /// The database: its id or its name (tenant_...).
     pub database: String,
+    /// Print JSON (the API\'s shapes) instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
+    /// A name for people (1 to 100 characters); the database and role get generated names.
     #[arg(long, value_name = "NAME")]
     pub friendly_name: String,
+    /// The customer's e-mail address, for listing by owner.
     #[arg(long, value_name = "EMAIL")]
     pub owner_email: String,
     /// Connection limit for the database and its role (default from settings).
@@ -74,6 +78,7 @@ pub struct CreateArgs {
     /// Storage quota in MB (default: tenants.default_max_size_mb).
     #[arg(long, value_name = "MB")]
     pub max_size_mb: Option<u64>,
+    /// Print JSON (the API\'s shapes) instead of text.
     #[arg(long)]
     pub json: bool,
 }

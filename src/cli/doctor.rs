@@ -20,6 +20,7 @@ const STUCK_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Print JSON (the API\'s shapes) instead of text.
     #[arg(long)]
     pub json: bool,
 }

@@ -36,12 +36,14 @@ pub struct CreateArgs {
     /// Refuse the key after this many days (default: never expires).
     #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36500))]
     pub expires_in_days: Option<u32>,
+    /// Print JSON (the API\'s shapes) instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
+    /// Print JSON (the API\'s shapes) instead of text.
     #[arg(long)]
     pub json: bool,
 }

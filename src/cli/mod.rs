@@ -8,6 +8,7 @@ mod cert;
 mod config;
 mod db;
 mod dev;
+mod docs;
 mod doctor;
 mod install;
 mod key;
@@ -77,6 +78,10 @@ pub enum Command {
     Backup(backup::Command),
     /// Restore a database from a verified backup, in place or --into a new database.
     Restore(restore::Args),
+    /// Print a shell completion script (bash: `pgaas completions bash > /etc/bash_completion.d/pgaas`).
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages (one per command) into a directory.
+    Man(docs::ManArgs),
 }
 
 /// Parse, dispatch, and turn errors into the right exit code with the whole error chain.
@@ -99,6 +104,8 @@ pub fn main() -> ExitCode {
         Command::Worker => archive::run_worker(cli.config),
         Command::Backup(cmd) => backup::run(cli.config, cmd),
         Command::Restore(args) => restore::run(cli.config, args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
     };
     match result {
         Ok(code) => code,
@@ -272,4 +279,35 @@ pub(crate) fn explain(e: crate::tenant::TenantError) -> anyhow::Result<ExitCode>
         eprintln!("  {h}");
     }
     Ok(ExitCode::from(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and option says what it does in `--help` (and so in the man pages).
+    #[test]
+    fn every_command_and_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && path != "pgaas" {
+                missing.push(format!("{path}: command"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
+    }
 }

@@ -8,7 +8,7 @@ pub mod api_keys;
 use std::{path::Path, str::FromStr, time::Duration};
 
 use sqlx::{
-    Connection, Executor, PgConnection, PgPool,
+    ConnectOptions, Connection, Executor, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions, PgSslMode},
 };
 
@@ -72,7 +72,9 @@ pub fn connect_options(settings: &Settings, password: Option<&Secret>) -> PgConn
     if let Some(p) = password {
         opts = opts.password(p.expose());
     }
-    opts
+    // `DROP DATABASE` and `CREATE DATABASE` are slow by nature, and every request's latency is in
+    // /metrics: sqlx's slow-statement report is a debug detail.
+    opts.log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1))
 }
 
 /// A pool for the API. Connecting is lazy so the API can start (and report 503 on /health)

@@ -34,14 +34,21 @@ pub fn check_all(files: &[ManagedFile], root: Option<&Path>) -> Result<Vec<Drift
     let mut drift = Vec::new();
     for f in files {
         let path = reroot(&f.path, root);
-        let on_disk = match read_existing(&path)? {
-            Some(b) => String::from_utf8_lossy(&b).into_owned(),
-            None => String::new(),
-        };
-        if on_disk != f.contents || !path.exists() {
+        let existing = read_existing(&path)?;
+        let on_disk = existing
+            .as_deref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        if on_disk != f.contents || existing.is_none() {
+            // Headers name the file, as `diff -u` does, so the report says what to look at.
+            let shown = path.display();
+            let old = match existing {
+                Some(_) => format!("{shown} (on disk)"),
+                None => format!("{shown} (missing)"),
+            };
             let diff = similar::TextDiff::from_lines(&on_disk, &f.contents)
                 .unified_diff()
-                .header("on disk", "rendered")
+                .header(&old, &format!("{shown} (rendered)"))
                 .to_string();
             drift.push(Drift { path, diff });
         }
@@ -72,14 +79,27 @@ mod tests {
         ];
         let drift = check_all(&files, Some(root.path())).unwrap();
         assert_eq!(drift.len(), 2, "missing files are drift");
+        let a = root.path().join("etc/pgaas/a.conf");
+        assert!(
+            drift[0]
+                .diff
+                .contains(&format!("--- {} (missing)", a.display())),
+            "{}",
+            drift[0].diff
+        );
         let written = write_all(&files, Some(root.path())).unwrap();
         assert!(written.iter().all(|(_, o)| *o == WriteOutcome::Changed));
         assert!(check_all(&files, Some(root.path())).unwrap().is_empty());
         fs::write(root.path().join("etc/pgaas/b.conf"), "b = 2\n").unwrap();
         let drift = check_all(&files, Some(root.path())).unwrap();
         assert_eq!(drift.len(), 1);
-        assert!(drift[0].diff.contains("--- on disk"), "{}", drift[0].diff);
-        assert!(drift[0].diff.contains("+++ rendered"));
+        let b = root.path().join("etc/pgaas/b.conf");
+        let d = &drift[0].diff;
+        assert!(d.contains(&format!("--- {} (on disk)", b.display())), "{d}");
+        assert!(
+            d.contains(&format!("+++ {} (rendered)", b.display())),
+            "{d}"
+        );
         assert!(drift[0].diff.contains("-b = 2") && drift[0].diff.contains("+b = 1"));
     }
 }

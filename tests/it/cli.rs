@@ -109,6 +109,10 @@ fn render_check_reports_a_hand_edit_with_a_diff() {
             || diff.contains("-host all all 0.0.0.0/0 trust"),
         "{diff}"
     );
+    assert!(
+        diff.contains(&format!("--- {} (on disk)", conf.display())),
+        "the diff names the file: {diff}"
+    );
     assert!(String::from_utf8_lossy(&drift.stderr).contains("pgaas render"));
 
     // render restores it, and keeps the edited file as the previous version.
@@ -229,4 +233,39 @@ fn dev_names_a_taken_port() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_commands() {
+    // bash completes a subcommand from the generated script.
+    let script = pgaas_bin().args(["completions", "bash"]).output().unwrap();
+    assert!(script.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgaas.bash");
+    std::fs::write(&file, &script.stdout).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(pgaas db cr); COMP_CWORD=2; _pgaas pgaas cr db; echo \"${{COMPREPLY[@]}}\"",
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "create");
+
+    // One page per command, with every option and its help.
+    let man = dir.path().join("man1");
+    let out = pgaas_bin().arg("man").arg(&man).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(man.join("pgaas-db-create.1")).unwrap();
+    assert!(page.contains(".TH pgaas-db-create 1"), "{page}");
+    assert!(page.contains("friendly\\-name"), "{page}");
+    assert!(page.contains("for listing by owner"), "{page}");
+    for name in ["pgaas.1", "pgaas-restore.1", "pgaas-backup-status.1"] {
+        assert!(man.join(name).exists(), "{name} missing");
+    }
 }
