@@ -239,6 +239,13 @@ async fn create(service: &TenantService, a: CreateArgs) -> Result<ExitCode, Tena
             println!("  pooled URL:        {pooled}");
         }
     }
+    if urls.pooled.is_some() && !pooler_answers(service.settings()) {
+        eprintln!(
+            "note: PgBouncer is not answering on port {}: the pooled URL works once it runs \
+             (`systemctl status pgbouncer`, or `pgaas status`); the direct URL works now.",
+            service.settings().pgbouncer.port
+        );
+    }
     // On stderr so `--json` output stays one document.
     eprintln!(
         "The password is shown only this once: pgaas keeps only a hash of it. Store it now; \
@@ -246,6 +253,29 @@ async fn create(service: &TenantService, a: CreateArgs) -> Result<ExitCode, Tena
         t.id
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether something accepts connections on PgBouncer's port here (its listen address, or
+/// loopback when it listens on every address).
+fn pooler_answers(settings: &Settings) -> bool {
+    let port = settings.pgbouncer.port;
+    let addr = settings
+        .pgbouncer
+        .listen_addr
+        .split(',')
+        .next()
+        .unwrap_or("*")
+        .trim();
+    let ip: std::net::IpAddr = match addr {
+        "*" | "" | "0.0.0.0" => std::net::Ipv4Addr::LOCALHOST.into(),
+        "::" => std::net::Ipv6Addr::LOCALHOST.into(),
+        a => a.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+    };
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::new(ip, port),
+        std::time::Duration::from_secs(1),
+    )
+    .is_ok()
 }
 
 struct Urls {
@@ -306,4 +336,22 @@ async fn delete(service: &TenantService, a: DeleteArgs) -> Result<ExitCode, Tena
     service.delete(tenant.id, &AuditContext::cli()).await?;
     println!("deleted {} ({})", tenant.database_name, tenant.id);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pooler_probe_sees_a_listener_and_its_absence() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut s = Settings::default();
+        s.pgbouncer.listen_addr = "*".into();
+        s.pgbouncer.port = listener.local_addr().unwrap().port();
+        assert!(pooler_answers(&s));
+        s.pgbouncer.listen_addr = "127.0.0.1".into();
+        assert!(pooler_answers(&s));
+        drop(listener);
+        assert!(!pooler_answers(&s), "nothing listens on a closed port");
+    }
 }

@@ -67,3 +67,30 @@ fn write_page(cmd: &clap::Command, name: &str, dir: &Path, n: &mut usize) -> any
     }
     Ok(())
 }
+
+/// Everything `pgaas install` puts in place: man pages and the completions of bash, zsh and fish,
+/// at the paths Debian's packages of those shells read.
+pub fn generated() -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let dir = tempfile::tempdir()?;
+    write_man_pages(dir.path())?;
+    let mut files = Vec::new();
+    let mut pages: Vec<_> = std::fs::read_dir(dir.path())?.collect::<Result<_, _>>()?;
+    pages.sort_by_key(|e| e.file_name());
+    for page in pages {
+        let target = Path::new("/usr/share/man/man1").join(page.file_name());
+        files.push((target, std::fs::read(page.path())?));
+    }
+    for (shell, path) in [
+        (Shell::Bash, "/usr/share/bash-completion/completions/pgaas"),
+        (Shell::Zsh, "/usr/share/zsh/vendor-completions/_pgaas"),
+        (
+            Shell::Fish,
+            "/usr/share/fish/vendor_completions.d/pgaas.fish",
+        ),
+    ] {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut super::Cli::command(), "pgaas", &mut script);
+        files.push((PathBuf::from(path), script));
+    }
+    Ok(files)
+}

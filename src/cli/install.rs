@@ -5,7 +5,7 @@
 use std::{
     io::{BufRead, IsTerminal, Write},
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
 };
@@ -44,6 +44,11 @@ pub struct Args {
     /// Where the HTTP-01 responder listens (default 0.0.0.0:80).
     #[arg(long, value_name = "ADDR:PORT", requires = "domain")]
     pub http_listen: Option<SocketAddr>,
+    /// The name or address clients use to reach this host, with --self-signed: connection
+    /// strings carry it and the certificate covers it (default: what the settings file says,
+    /// else localhost). With --domain, the domain is the public host.
+    #[arg(long, value_name = "NAME", conflicts_with = "domain", value_parser = public_host)]
+    pub public_host: Option<String>,
     /// Answer yes: no questions, even on a terminal.
     #[arg(long)]
     pub yes: bool,
@@ -147,6 +152,9 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(v) = args.pg_version {
         options = options.flag("postgres.version", v);
     }
+    if let Some(h) = &args.public_host {
+        options = options.flag("public_host", h.as_str());
+    }
     let base = match super::load_settings(options) {
         Ok(s) => s,
         Err(code) => return Ok(code),
@@ -164,6 +172,13 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
     };
     let interactive = std::io::stdin().is_terminal() && !args.yes;
     let tls = tls_mode(&args, &base, interactive)?;
+    // Installed by the pgaas package: the services run the package's binary where it put it
+    // (upgrades replace it there), and its man pages and completions are the package's.
+    let from_package = installed_by_package();
+    let mut base = base;
+    if from_package && base.paths.binary == Settings::default().paths.binary {
+        base.paths.binary = PathBuf::from(PACKAGE_BINARY);
+    }
     let settings = install::install_settings(base, pg_version, &tls);
     let memory_mb = match settings.postgres.memory_mb {
         Some(m) => m,
@@ -197,6 +212,15 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         Some(admin),
         memory_mb,
     );
+    cx.docs = if from_package {
+        None
+    } else {
+        // Only where something reads them: a shell that is not installed has no directory, and
+        // install makes no directories for one (uninstall would leave them behind).
+        let mut docs = super::docs::generated()?;
+        docs.retain(|(path, _)| path.parent().is_some_and(Path::is_dir));
+        Some(docs)
+    };
     let mut out = std::io::stdout();
     let report = install::run(&steps, &mut cx, args.dry_run, &mut out);
     if !report.success() {
@@ -208,4 +232,78 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         print!("{}", install::summary(&cx));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the pgaas package puts the binary.
+const PACKAGE_BINARY: &str = "/usr/bin/pgaas";
+
+/// Whether this process is the binary the pgaas Debian package installed.
+fn installed_by_package() -> bool {
+    let exe = std::env::current_exe().and_then(std::fs::canonicalize);
+    exe.is_ok_and(|e| e == Path::new(PACKAGE_BINARY))
+        && std::fs::read_to_string("/var/lib/dpkg/info/pgaas.list")
+            .is_ok_and(|list| list.lines().any(|l| l == PACKAGE_BINARY))
+}
+
+/// A DNS name or an IP address, as clients will type it.
+fn public_host(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(s);
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if s.len() <= 253 && s.split('.').all(label_ok) {
+        Ok(s)
+    } else {
+        Err("a DNS name (db.example.com) or an IP address (203.0.113.5)".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn public_host_takes_names_and_addresses_and_refuses_the_rest() {
+        assert_eq!(public_host("DB.Example.com.").unwrap(), "db.example.com");
+        assert_eq!(public_host("203.0.113.5").unwrap(), "203.0.113.5");
+        assert_eq!(public_host("2001:db8::1").unwrap(), "2001:db8::1");
+        for bad in [
+            "",
+            "db..example.com",
+            "-db.example.com",
+            "db example.com",
+            "db/x",
+        ] {
+            assert!(public_host(bad).is_err(), "{bad:?} accepted");
+        }
+        // With --domain the domain is the public host: both together is a mistake.
+        let both = crate::cli::Cli::try_parse_from([
+            "pgaas",
+            "install",
+            "--domain",
+            "a.example.com",
+            "--email",
+            "x@example.com",
+            "--public-host",
+            "b.example.com",
+        ]);
+        assert!(both.is_err());
+        let ok = crate::cli::Cli::try_parse_from([
+            "pgaas",
+            "install",
+            "--self-signed",
+            "--public-host",
+            "db.internal",
+        ]);
+        assert!(ok.is_ok());
+    }
 }

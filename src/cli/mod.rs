@@ -8,7 +8,7 @@ mod cert;
 mod config;
 mod db;
 mod dev;
-mod docs;
+pub mod docs;
 mod doctor;
 mod install;
 mod key;

@@ -279,7 +279,8 @@ impl DevPlatform {
             s.api.listen
         ));
         out.push_str(&format!(
-            "  CLI:          pgaas --config {} db list\n",
+            "  CLI:          {} --config {} db list\n",
+            cli_command(),
             self.layout.settings_file().display()
         ));
         out.push_str("\n  Stop with Ctrl-C (stops the API and the cluster).\n");
@@ -404,4 +405,21 @@ pub fn install_deps() -> anyhow::Result<()> {
         bail!("apt-get install failed ({status}); run `apt-get update` and try again");
     }
     Ok(())
+}
+
+/// How to run this binary from a shell: `pgaas` when that name on PATH is this binary, else its
+/// full path (after `cargo run` it is in `target/`, not on PATH).
+fn cli_command() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return "pgaas".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .any(|dir| std::fs::canonicalize(dir.join("pgaas")).is_ok_and(|p| p == exe))
+    });
+    if on_path {
+        "pgaas".into()
+    } else {
+        exe.display().to_string()
+    }
 }

@@ -75,6 +75,8 @@ pub struct Step {
     pub api_key: Option<ApiKeyStep>,
     /// Continuous archiving: pgBackRest's secrets, stanza, first backups, worker and timers.
     pub archive: Option<Empty>,
+    /// The man pages and shell completions of this binary, where `man` and the shells look.
+    pub docs: Option<Empty>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -245,6 +247,7 @@ impl Step {
             ("control_db", self.control_db.is_some()),
             ("api_key", self.api_key.is_some()),
             ("archive", self.archive.is_some()),
+            ("docs", self.docs.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, on)| on.then_some(k))

@@ -37,7 +37,7 @@ pub(crate) fn cx(root: &Path, system: Arc<FakeSystem>, s: Settings) -> Cx {
     }
     system.state.lock().unwrap().exe = Some(exe);
     let vars = super::vars(&s, 15);
-    Cx::new(
+    let mut cx = Cx::new(
         Some(root.to_path_buf()),
         system,
         s,
@@ -45,7 +45,19 @@ pub(crate) fn cx(root: &Path, system: Arc<FakeSystem>, s: Settings) -> Cx {
         TlsMode::SelfSigned,
         None,
         2048,
-    )
+    );
+    // What the command line generates (the `docs` step installs it; uninstall removes it).
+    cx.docs = Some(vec![
+        (
+            "/usr/share/man/man1/pgaas.1".into(),
+            b".TH pgaas 1\n".to_vec(),
+        ),
+        (
+            "/usr/share/bash-completion/completions/pgaas".into(),
+            b"complete -F _pgaas pgaas\n".to_vec(),
+        ),
+    ]);
+    cx
 }
 
 /// install.yaml without the steps that need a running server.

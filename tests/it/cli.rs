@@ -192,6 +192,19 @@ fn dev_creates_then_reuses_its_cluster_and_recovers_from_a_half_made_one() {
         "{stdout}"
     );
     assert!(stdout.contains("API key (shown once"), "{stdout}");
+    // The summary's CLI line names a program that runs (this binary is not on PATH).
+    let cli_line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("CLI:"))
+        .unwrap();
+    let program = cli_line.split_whitespace().nth(1).unwrap();
+    let version = std::process::Command::new(program)
+        .arg("--version")
+        .output();
+    assert!(
+        version.is_ok_and(|o| o.status.success()),
+        "{program} from {cli_line:?} does not run"
+    );
     assert!(!state.join("pgdata.initdb-tmp").exists());
 
     let second = run();

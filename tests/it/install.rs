@@ -64,6 +64,7 @@ fn dry_run_of_the_embedded_playbook_prints_the_plan_and_changes_nothing() {
         None,
         2048,
     );
+    cx.docs = Some(pgaas::cli::docs::generated().unwrap());
     let mut out = Vec::new();
     let report = install::run(&steps, &mut cx, true, &mut out);
     let out = String::from_utf8(out).unwrap();

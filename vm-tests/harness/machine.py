@@ -26,6 +26,10 @@ class Machine:
     # The binary under test, copied in at boot. Not on PATH: `pgaas install` puts its own copy
     # in /usr/local/bin, and a scenario must see that happen.
     pgaas = "/root/pgaas"
+    # The Debian package of that binary (scripts/deb), copied in beside it when vm-tests/run built
+    # one: the install scenario installs pgaas from it, as an operator would.
+    deb = None
+    deb_in_guest = "/root/pgaas.deb"
     # Where the host reaches the guest, and where the guest reaches the host.
     address = None
     host_address = None

@@ -126,6 +126,8 @@ class NspawnMachine(Machine):
             f.write(f"{self.address} pgaas-vm.test\n{self.host_address} host.test\n")
         shutil.copy(self.binary, root / self.pgaas.lstrip("/"))
         os.chmod(root / self.pgaas.lstrip("/"), 0o755)
+        if Machine.deb:
+            shutil.copy(Machine.deb, root / self.deb_in_guest.lstrip("/"))
 
     def execute(self, cmd, timeout=600, stdin=None):
         if self.proc.poll() is not None:

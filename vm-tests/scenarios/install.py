@@ -14,7 +14,9 @@ SUITES = ("bookworm", "trixie")
 # the first changed step; the settings directory holds the operator's public_host (below).
 OK_ON_FRESH_INSTALL = {"the Debian cluster", "PgBouncer running", "state directory",
                        "settings directory", "pgBackRest local repository",
-                       "pgBackRest spool directory", "pgBackRest log directory"}
+                       "pgBackRest spool directory", "pgBackRest log directory",
+                       # Installed from the .deb: the binary and its pages are the package's.
+                       "the pgaas binary", "man pages and shell completions"}
 # Kept data: uninstall leaves these unless --purge-data (the state directory holds the manifest).
 KEPT = ("/var/lib/postgresql", "/var/backups/pgaas", "/var/lib/pgaas", "/var/lib/pgbackrest",
         "/var/spool/pgbackrest")
@@ -38,10 +40,48 @@ SNAPSHOT = ("find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /
             "-o -print | sort")
 
 
+# What the package holds besides the binary; anything else it added would be a surprise.
+PACKAGE_PLACES = ("/usr/bin/pgaas", "/usr/share/man/man1/pgaas", "/usr/share/doc/pgaas",
+                  "/usr/share/bash-completion/completions/pgaas", "/usr/share/zsh/vendor-completions/_pgaas",
+                  "/usr/share/fish/vendor_completions.d/pgaas.fish")
+
+
+def install_package(t, m):
+    """apt installs the .deb (resolving its dependencies from the mirror); the binary, its man
+    pages and completions arrive; no unit, user or setting does (that is `pgaas install`)."""
+    with t.subtest("the .deb installs the binary, man pages and completions, and nothing else"):
+        assert m.deb, "vm-tests/run built no package"
+        pristine = set(m.succeed(SNAPSHOT).splitlines())
+        out = m.succeed(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {m.deb_in_guest} 2>&1",
+                        timeout=600)
+        assert "sudo pgaas install" in out, f"postinst said nothing about what to run:\n{out[-2000:]}"
+        added = sorted(p for p in set(m.succeed(SNAPSHOT).splitlines()) - pristine
+                       if not p.startswith(NOISE))
+        surprises = [p for p in added if not p.startswith(PACKAGE_PLACES)
+                     and p not in ("/usr/share/man/man1", "/usr/share/zsh", "/usr/share/fish",
+                                   "/usr/share/bash-completion", "/usr/share/zsh/vendor-completions",
+                                   "/usr/share/fish/vendor_completions.d",
+                                   "/usr/share/bash-completion/completions")]
+        assert not surprises, f"the package added {surprises}"
+        m.succeed("test -x /usr/bin/pgaas && ! test -e /etc/pgaas/pgaas.yaml && "
+                  "! systemctl list-unit-files --no-legend 'pgaas*' | grep -q pgaas")
+        page = m.succeed("zcat /usr/share/man/man1/pgaas-db-create.1.gz")
+        assert "friendly" in page and ".TH pgaas-db-create" in page, page[:500]
+        done = m.succeed("bash -c 'source /usr/share/bash-completion/completions/pgaas; "
+                         "COMP_WORDS=(pgaas db cr); COMP_CWORD=2; _pgaas pgaas cr db; "
+                         "echo \"${COMPREPLY[@]}\"'")
+        assert done.strip() == "create", done
+        m.succeed("grep -q 'License: MIT' /usr/share/doc/pgaas/copyright")
+        # From here on the scenario runs the package's binary, as an operator would.
+        m.pgaas = "/usr/bin/pgaas"
+        t.log(f"{len(added)} paths, {len([p for p in added if 'man1/' in p])} man pages")
+
+
 def test(t, m):
     v = t.pg_version
     units = [f"postgresql@{v}-main.service", "pgbouncer.service", "pgaas-api.service"]
 
+    install_package(t, m)
     seed_settings(m)
     before = set(m.succeed(SNAPSHOT).splitlines())
     etc_before = m.succeed("find /etc /usr/local -type f -exec sha256sum {} + | sort")
@@ -220,6 +260,12 @@ def test(t, m):
             problems.append(f"tenant data not kept: {n}{err}")
         assert not problems, "\n".join(problems)
         t.log(f"cluster config kept in /etc/postgresql/{v}/main; packages stay installed, as documented")
+
+    with t.subtest("apt-get purge pgaas removes the binary, its pages and completions"):
+        m.succeed("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q pgaas 2>&1", timeout=300)
+        left = m.execute("ls -d /usr/bin/pgaas /usr/share/man/man1/pgaas* /usr/share/doc/pgaas "
+                         "/usr/share/bash-completion/completions/pgaas 2>/dev/null")[1].split()
+        assert not left, f"left by the package: {left}"
 
 
 def _packaged(path, listed):

@@ -232,3 +232,37 @@ pub fn secret_apply(s: &SecretStep, cx: &mut Cx) -> Result<Effects> {
     cx.set_attrs(&path, &SECRET())?;
     Ok(effects)
 }
+
+/// Man pages and completions: one line for the set (37 pages would drown the plan), naming what
+/// is new or different. Nothing to do when the pgaas package put them in place, or when no
+/// directory for them exists on this host.
+pub fn docs_check(cx: &mut Cx) -> Result<Plan> {
+    let want = Attrs::new("root", "root", 0o644);
+    let mut plan = Plan::default();
+    let Some(docs) = &cx.docs else {
+        return Ok(plan);
+    };
+    let mut stale = 0;
+    for (path, bytes) in docs {
+        if !file_plan(cx, path, bytes, &want, false)?.is_ok() {
+            stale += 1;
+        }
+    }
+    if stale > 0 {
+        plan.change(format!(
+            "install {stale} of {} man pages and shell completions",
+            docs.len()
+        ));
+    }
+    Ok(plan)
+}
+
+pub fn docs_apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
+    let want = Attrs::new("root", "root", 0o644);
+    let mut effects = Effects::default();
+    for (path, bytes) in cx.docs.iter().flatten() {
+        let (_, records) = install_file(cx, manifest, path, bytes, &want)?;
+        effects.records.extend(records);
+    }
+    Ok(effects)
+}

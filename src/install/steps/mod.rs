@@ -77,6 +77,8 @@ pub fn check(step: &Step, cx: &mut Cx, manifest: &Manifest) -> Result<Plan> {
         database::api_key_check(cx)
     } else if step.archive.is_some() {
         archive::check(cx)
+    } else if step.docs.is_some() {
+        files::docs_check(cx)
     } else {
         anyhow::bail!("step {:?} has no action", step.name)
     }
@@ -109,6 +111,8 @@ pub fn apply(step: &Step, cx: &mut Cx, manifest: &Manifest, plan: &Plan) -> Resu
         database::api_key_apply(s, cx)?
     } else if step.archive.is_some() {
         archive::apply(cx, manifest)?
+    } else if step.docs.is_some() {
+        files::docs_apply(cx, manifest)?
     } else {
         anyhow::bail!("step {:?} has no action", step.name)
     };

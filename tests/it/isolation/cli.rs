@@ -43,6 +43,10 @@ fn cli_db_create_list_show_delete() {
     ]);
     let created = stdout_json(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("shown only this once"));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("not answering"),
+        "the platform's PgBouncer runs: no note about it"
+    );
     let id = created["id"].as_str().unwrap().to_string();
     let db = created["database_name"].as_str().unwrap().to_string();
     let user = created["username"].as_str().unwrap().to_string();
