@@ -12,8 +12,9 @@ use serde::Serialize;
 use super::{
     AcmeError, ChallengeKind, ORDER_TIMEOUT_SECS,
     client::{AccountOrigin, Eab, create_account, http_client, open_account},
+    dns::DnsPublisher,
     install::{ReloadOutcome, TlsTarget, check_pair, install, reload_pgbouncer, reload_postgres},
-    order::{Issued, order_certificate},
+    order::{Answer, Issued, order_certificate},
     responder::Responder,
     served::{ServedCheck, check_served},
     store::{AcmeStore, IssueParams},
@@ -32,6 +33,8 @@ pub struct IssueRequest {
     pub eab: Option<Eab>,
     pub ca_file: Option<PathBuf>,
     pub tls_dir: Option<PathBuf>,
+    /// For DNS-01: where the challenge records are written.
+    pub dns: Option<super::DnsProvider>,
 }
 
 #[derive(Debug)]
@@ -73,6 +76,19 @@ fn validate(req: &IssueRequest) -> Result<(), AcmeError> {
             req.email
         )));
     }
+    match (req.challenge, &req.dns) {
+        (ChallengeKind::Dns01, None) => {
+            return Err(AcmeError::Usage(
+                "--challenge dns-01 needs where to write the record: --dns-server HOST[:PORT] and --dns-key-file FILE (RFC 2136 with a TSIG key), or --cloudflare-token-file FILE".into(),
+            ));
+        }
+        (ChallengeKind::Http01 | ChallengeKind::TlsAlpn01, Some(_)) => {
+            return Err(AcmeError::Usage(
+                "--dns-server, --dns-key-file and --cloudflare-token-file are for --challenge dns-01".into(),
+            ));
+        }
+        _ => {}
+    }
     if !req.directory.starts_with("https://") {
         return Err(AcmeError::Usage(format!(
             "--directory {:?} must be an https:// URL",
@@ -95,6 +111,7 @@ pub async fn issue(settings: &Settings, req: IssueRequest) -> Result<IssueReport
         listen: req.listen.unwrap_or_else(|| req.challenge.default_listen()),
         ca_file: req.ca_file,
         tls_dir: req.tls_dir,
+        dns: req.dns,
     };
     run(settings, &store, &params, req.eab.as_ref(), None).await
 }
@@ -107,14 +124,24 @@ async fn run(
     replaces: Option<CertificateIdentifier<'static>>,
 ) -> Result<IssueReport, AcmeError> {
     let target = TlsTarget::from_settings(settings, params.tls_dir.as_deref())?;
-    // Before any request to the CA: a busy port must not cost an order.
-    let responder = Responder::bind(params.challenge, params.listen).await?;
+    // Before any request to the CA: a busy port or an unreadable key must not cost an order.
+    let answer = match (params.challenge, &params.dns) {
+        (ChallengeKind::Dns01, Some(provider)) => {
+            Answer::Dns(DnsPublisher::prepare(provider, params.ca_file.as_deref())?)
+        }
+        (ChallengeKind::Dns01, None) => {
+            return Err(AcmeError::Usage(
+                "the stored parameters ask for dns-01 but name no DNS server; run `pgaas cert issue --challenge dns-01 ...` again".into(),
+            ));
+        }
+        (kind, _) => Answer::Serve(Responder::bind(kind, params.listen).await?),
+    };
     let obtained = tokio::time::timeout(
         Duration::from_secs(ORDER_TIMEOUT_SECS),
-        obtain(store, params, eab, &responder, replaces),
+        obtain(store, params, eab, &answer, replaces),
     )
     .await;
-    responder.stop().await;
+    answer.finish().await;
     let (issued, origin) = obtained.map_err(|_| AcmeError::Timeout(ORDER_TIMEOUT_SECS))??;
     let info = check_pair(&issued, &params.domain)?;
     install(&target, &issued)?;
@@ -151,13 +178,13 @@ async fn obtain(
     store: &AcmeStore,
     params: &IssueParams,
     eab: Option<&Eab>,
-    responder: &Responder,
+    answer: &Answer,
     replaces: Option<CertificateIdentifier<'static>>,
 ) -> Result<(Issued, AccountOrigin), AcmeError> {
     let ca_file = params.ca_file.as_deref();
     let (account, origin) =
         open_account(store, &params.directory, ca_file, &params.email, eab).await?;
-    match order_certificate(&account, &params.domain, responder, replaces.clone()).await {
+    match order_certificate(&account, &params.domain, answer, replaces.clone()).await {
         // The CA forgot the stored account (a test CA restarted, or it was deactivated).
         Err(AcmeError::Problem { kind: Some(k), .. })
             if origin == AccountOrigin::Reused && k.ends_with(":accountDoesNotExist") =>
@@ -165,7 +192,7 @@ async fn obtain(
             tracing::warn!("the CA no longer knows the stored account; creating a new one");
             let account =
                 create_account(store, &params.directory, ca_file, &params.email, eab).await?;
-            let issued = order_certificate(&account, &params.domain, responder, replaces).await?;
+            let issued = order_certificate(&account, &params.domain, answer, replaces).await?;
             Ok((issued, AccountOrigin::Created))
         }
         result => result.map(|issued| (issued, origin)),

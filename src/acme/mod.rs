@@ -11,6 +11,7 @@
 //! untouched and in use.
 
 mod client;
+mod dns;
 mod install;
 mod issue;
 mod order;
@@ -21,6 +22,7 @@ mod store;
 use std::{fmt, net::SocketAddr, path::PathBuf};
 
 pub use client::Eab;
+pub use dns::{CLOUDFLARE_API, DnsProvider, record_name};
 pub use install::{ReloadOutcome, TlsTarget};
 pub use issue::{
     CertStatus, IssueReport, IssueRequest, RenewReport, RenewRequest, issue, renew, status,
@@ -40,6 +42,9 @@ pub enum ChallengeKind {
     Http01,
     #[serde(rename = "tls-alpn-01")]
     TlsAlpn01,
+    /// A TXT record in the name's zone: nothing listens here (ports 80 and 443 may be taken).
+    #[serde(rename = "dns-01")]
+    Dns01,
 }
 
 impl ChallengeKind {
@@ -48,6 +53,8 @@ impl ChallengeKind {
         match self {
             Self::Http01 => SocketAddr::from(([0, 0, 0, 0], 80)),
             Self::TlsAlpn01 => SocketAddr::from(([0, 0, 0, 0], 443)),
+            // Nothing is bound for DNS-01; kept for the stored parameters' shape.
+            Self::Dns01 => SocketAddr::from(([0, 0, 0, 0], 0)),
         }
     }
 
@@ -55,6 +62,7 @@ impl ChallengeKind {
         match self {
             Self::Http01 => instant_acme::ChallengeType::Http01,
             Self::TlsAlpn01 => instant_acme::ChallengeType::TlsAlpn01,
+            Self::Dns01 => instant_acme::ChallengeType::Dns01,
         }
     }
 }
@@ -64,6 +72,7 @@ impl fmt::Display for ChallengeKind {
         f.write_str(match self {
             Self::Http01 => "http-01",
             Self::TlsAlpn01 => "tls-alpn-01",
+            Self::Dns01 => "dns-01",
         })
     }
 }
@@ -118,6 +127,22 @@ pub enum AcmeError {
         identifier: String,
         challenge: ChallengeKind,
         detail: String,
+    },
+    #[error(
+        "the DNS server {server} refused to update {name}: {detail}; check the TSIG key (--dns-key-file) and that the server lets that key update the zone (--dns-zone when it cannot tell which); nothing was changed"
+    )]
+    DnsUpdate {
+        server: String,
+        name: String,
+        detail: String,
+    },
+    #[error(
+        "the challenge record {name} did not appear at {server} within {secs} s; check that the server is the zone's primary and answers for it; nothing was changed"
+    )]
+    DnsPropagation {
+        name: String,
+        server: String,
+        secs: u64,
     },
     #[error(
         "the CA marked the order invalid: {0}; nothing was changed, try again or pick another challenge type"

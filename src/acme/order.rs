@@ -12,7 +12,7 @@ use instant_acme::{
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 
-use super::{AcmeError, ChallengeKind, responder::Responder};
+use super::{AcmeError, ChallengeKind, dns::DnsPublisher, responder::Responder};
 
 /// A key and the chain the CA signed for it, not yet on disk.
 pub struct Issued {
@@ -28,6 +28,31 @@ impl std::fmt::Debug for Issued {
     }
 }
 
+/// How this order's challenges are answered: served here, or published in DNS.
+// One per issuance: the size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Answer {
+    Serve(Responder),
+    Dns(DnsPublisher),
+}
+
+impl Answer {
+    fn kind(&self) -> ChallengeKind {
+        match self {
+            Self::Serve(r) => r.kind,
+            Self::Dns(_) => ChallengeKind::Dns01,
+        }
+    }
+
+    /// Stop serving, or remove the records written.
+    pub(crate) async fn finish(self) {
+        match self {
+            Self::Serve(r) => r.stop().await,
+            Self::Dns(d) => d.cleanup().await,
+        }
+    }
+}
+
 pub(crate) fn identifier(domain: &str) -> Identifier {
     match domain.parse::<IpAddr>() {
         Ok(ip) => Identifier::Ip(ip),
@@ -40,7 +65,7 @@ pub(crate) fn identifier(domain: &str) -> Identifier {
 pub(crate) async fn order_certificate(
     account: &Account,
     domain: &str,
-    responder: &Responder,
+    answer: &Answer,
     replaces: Option<CertificateIdentifier<'static>>,
 ) -> Result<Issued, AcmeError> {
     let ids = [identifier(domain)];
@@ -53,7 +78,7 @@ pub(crate) async fn order_certificate(
         .await
         .map_err(|e| AcmeError::acme("placing the order", e))?;
 
-    let kind = responder.kind;
+    let kind = answer.kind();
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz.map_err(|e| AcmeError::acme("fetching the authorization", e))?;
@@ -76,10 +101,20 @@ pub(crate) async fn order_certificate(
                     challenge: kind,
                     other: match kind {
                         ChallengeKind::Http01 => ChallengeKind::TlsAlpn01,
-                        ChallengeKind::TlsAlpn01 => ChallengeKind::Http01,
+                        ChallengeKind::TlsAlpn01 | ChallengeKind::Dns01 => ChallengeKind::Http01,
                     },
                 })?;
-        responder.add(&name, &challenge.token, &challenge.key_authorization())?;
+        let key_authorization = challenge.key_authorization();
+        match answer {
+            Answer::Serve(responder) => {
+                responder.add(&name, &challenge.token, &key_authorization)?
+            }
+            Answer::Dns(publisher) => {
+                publisher
+                    .publish(&name, &key_authorization.dns_value())
+                    .await?
+            }
+        }
         challenge
             .set_ready()
             .await

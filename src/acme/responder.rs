@@ -78,6 +78,11 @@ impl Responder {
                 let config = alpn_server_config(certs.clone())?;
                 tokio::spawn(serve_alpn(listener, config, rx))
             }
+            ChallengeKind::Dns01 => {
+                return Err(AcmeError::Usage(
+                    "dns-01 is answered in DNS, not by a listener".into(),
+                ));
+            }
         };
         Ok(Self {
             kind,
@@ -104,6 +109,8 @@ impl Responder {
                 let key = validation_cert(identifier, key_authorization.digest().as_ref())?;
                 lock(&self.certs.by_name).insert(sni_name(identifier), Arc::new(key));
             }
+            // Never bound for dns-01 (see `bind`).
+            ChallengeKind::Dns01 => {}
         }
         Ok(())
     }

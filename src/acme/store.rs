@@ -30,6 +30,9 @@ pub struct IssueParams {
     pub listen: SocketAddr,
     pub ca_file: Option<PathBuf>,
     pub tls_dir: Option<PathBuf>,
+    /// Where DNS-01 writes its records (absent for the other challenges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<super::DnsProvider>,
 }
 
 /// An account as stored: the directory it belongs to beside instant-acme's credentials.
@@ -183,9 +186,23 @@ mod tests {
             listen: "0.0.0.0:443".parse().unwrap(),
             ca_file: None,
             tls_dir: None,
+            dns: None,
         };
         store.save_params(&params).unwrap();
-        assert_eq!(store.load_params().unwrap(), Some(params));
+        assert_eq!(store.load_params().unwrap(), Some(params.clone()));
+        // A DNS-01 issue keeps where it writes its records, for the renewals.
+        let dns = IssueParams {
+            challenge: ChallengeKind::Dns01,
+            dns: Some(super::super::DnsProvider::Rfc2136 {
+                server: "ns1.example.com:53".into(),
+                key_file: "/etc/pgaas/secrets/tsig.key".into(),
+                zone: Some("example.com".into()),
+            }),
+            ..params.clone()
+        };
+        store.save_params(&dns).unwrap();
+        assert_eq!(store.load_params().unwrap(), Some(dns));
+        store.save_params(&params).unwrap();
         let mode = std::fs::metadata(store.params_file())
             .unwrap()
             .permissions()

@@ -34,6 +34,7 @@ impl Backups {
     pub fn dump(&self, database: &str, login: &Login) -> Result<BackupFile, BackupError> {
         let dir = self.dir_of(database);
         store::ensure_dir(&dir)?;
+        store::adopt(&self.root, &dir)?;
         let (final_path, partial, mut file) = reserve(&dir)?;
         let file_name = final_path
             .file_name()
@@ -43,6 +44,7 @@ impl Backups {
         let sidecar = store::sidecar_path(&final_path);
         let sidecar_partial = store::partial_path(&sidecar);
         let mut cleanup = Cleanup(vec![partial.clone(), sidecar_partial.clone()]);
+        store::adopt(&self.root, &partial)?;
 
         let (mut cmd, _pgpass) = self.client("pg_dump", login, database)?;
         cmd.arg("--format=custom")
@@ -55,6 +57,7 @@ impl Backups {
         check_archive(&self.bin.tool("pg_restore"), &partial, database)?;
 
         let mut side = store::create_private(&sidecar_partial)?;
+        store::adopt(&self.root, &sidecar_partial)?;
         side.write_all(store::sidecar_text(&sha256, &file_name).as_bytes())
             .and_then(|()| side.sync_all())
             .map_err(io_err(&sidecar_partial))?;

@@ -134,6 +134,23 @@ pub fn ensure_dir(dir: &Path) -> Result<(), BackupError> {
         .map_err(io_err(dir))
 }
 
+/// Give `path` the owner of the backup root when running as root: the nightly timer (the
+/// cluster's user), the API and an operator's `sudo pgaas backup run` then share one owner for
+/// every directory and dump, whoever made it first, and each can prune and verify the others'.
+pub fn adopt(root: &Path, path: &Path) -> Result<(), BackupError> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(());
+    }
+    let owner = std::fs::metadata(root).map_err(io_err(root))?;
+    let here = std::fs::metadata(path).map_err(io_err(path))?;
+    if (here.uid(), here.gid()) != (owner.uid(), owner.gid()) {
+        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))
+            .map_err(io_err(path))?;
+    }
+    Ok(())
+}
+
 /// A new file, 0600, failing if it exists (two runs never share a file).
 pub fn create_private(path: &Path) -> Result<File, BackupError> {
     OpenOptions::new()

@@ -17,6 +17,8 @@ Exit codes:
   3  the certificate is in place but a running PostgreSQL or PgBouncer does not serve it";
 
 #[derive(Debug, clap::Subcommand)]
+// Parsed once per process: the size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Obtain a certificate, install it where PostgreSQL and PgBouncer read it, reload them.
     #[command(after_help = EXIT_CODES)]
@@ -70,6 +72,58 @@ pub struct IssueArgs {
     /// Write server.key/server.crt here instead of where settings.tls points (no reloads then).
     #[arg(long, value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub dns: DnsArgs,
+}
+
+/// Where DNS-01 writes its TXT records: RFC 2136 dynamic updates signed with a TSIG key, or
+/// Cloudflare's API.
+#[derive(Debug, clap::Args)]
+pub struct DnsArgs {
+    /// For --challenge dns-01 with RFC 2136: the DNS server that takes updates for the name's
+    /// zone (its primary), HOST or HOST:PORT.
+    #[arg(long, value_name = "HOST[:PORT]", requires = "dns_key_file")]
+    pub dns_server: Option<String>,
+    /// For --challenge dns-01 with RFC 2136: the TSIG key allowed to update the zone, in BIND's
+    /// format (`tsig-keygen NAME`), readable by its owner only.
+    #[arg(long, value_name = "FILE", requires = "dns_server")]
+    pub dns_key_file: Option<PathBuf>,
+    /// For --challenge dns-01 with Cloudflare: a file (readable by its owner only) holding an
+    /// API token with Zone.DNS Edit on the name's zone.
+    #[arg(long, value_name = "FILE", conflicts_with = "dns_server")]
+    pub cloudflare_token_file: Option<PathBuf>,
+    /// Cloudflare's API base URL (default https://api.cloudflare.com/client/v4).
+    #[arg(long, value_name = "URL", requires = "cloudflare_token_file")]
+    pub cloudflare_api: Option<String>,
+    /// With Cloudflare: check that the record is visible at this server (HOST[:PORT]) instead
+    /// of at every name server Cloudflare lists for the zone.
+    #[arg(long, value_name = "HOST[:PORT]", requires = "cloudflare_token_file")]
+    pub dns_check_server: Option<String>,
+    /// For --challenge dns-01: the zone holding the name, when it is not the name's parent.
+    #[arg(long, value_name = "ZONE")]
+    pub dns_zone: Option<String>,
+}
+
+impl DnsArgs {
+    /// The provider these flags describe, if any.
+    pub fn provider(&self) -> Option<acme::DnsProvider> {
+        if let Some(token_file) = &self.cloudflare_token_file {
+            return Some(acme::DnsProvider::Cloudflare {
+                token_file: token_file.clone(),
+                zone: self.dns_zone.clone(),
+                api: self
+                    .cloudflare_api
+                    .clone()
+                    .unwrap_or_else(|| acme::CLOUDFLARE_API.to_string()),
+                check_server: self.dns_check_server.clone(),
+            });
+        }
+        Some(acme::DnsProvider::Rfc2136 {
+            server: self.dns_server.clone()?,
+            key_file: self.dns_key_file.clone()?,
+            zone: self.dns_zone.clone(),
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -78,6 +132,10 @@ pub enum ChallengeArg {
     Http01,
     #[value(name = "tls-alpn-01")]
     TlsAlpn01,
+    /// A TXT record, written with RFC 2136 (--dns-server, --dns-key-file) or through Cloudflare
+    /// (--cloudflare-token-file): no port here is used.
+    #[value(name = "dns-01")]
+    Dns01,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +191,7 @@ async fn issue(settings: &Settings, args: IssueArgs) -> Result<ExitCode, acme::A
     let challenge = match args.challenge {
         ChallengeArg::Http01 => ChallengeKind::Http01,
         ChallengeArg::TlsAlpn01 => ChallengeKind::TlsAlpn01,
+        ChallengeArg::Dns01 => ChallengeKind::Dns01,
     };
     eprintln!(
         "==> requesting a certificate for {} from {directory} ({challenge})",
@@ -149,6 +208,7 @@ async fn issue(settings: &Settings, args: IssueArgs) -> Result<ExitCode, acme::A
             eab,
             ca_file: args.ca_file,
             tls_dir: args.tls_dir,
+            dns: args.dns.provider(),
         },
     )
     .await?;

@@ -42,8 +42,16 @@ pub struct Args {
     #[arg(long, value_name = "PEM", requires = "domain")]
     pub acme_ca_file: Option<PathBuf>,
     /// Where the HTTP-01 responder listens (default 0.0.0.0:80).
-    #[arg(long, value_name = "ADDR:PORT", requires = "domain")]
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        requires = "domain",
+        conflicts_with = "dns_server"
+    )]
     pub http_listen: Option<SocketAddr>,
+    /// DNS-01 instead of HTTP-01, for hosts whose port 80 belongs to something else.
+    #[command(flatten)]
+    pub dns: super::cert::DnsArgs,
     /// The name or address clients use to reach this host, with --self-signed: connection
     /// strings carry it and the certificate covers it (default: what the settings file says,
     /// else localhost). With --domain, the domain is the public host.
@@ -100,10 +108,16 @@ fn tls_mode(args: &Args, settings: &Settings, interactive: bool) -> anyhow::Resu
                 .unwrap_or_else(|| crate::acme::LETS_ENCRYPT.into()),
             ca_file: args.acme_ca_file.clone(),
             listen: args.http_listen,
+            dns: args.dns.provider(),
         })
     };
     if let (Some(d), Some(e)) = (&args.domain, &args.email) {
         return acme(d.clone(), e.clone());
+    }
+    if args.dns.dns_server.is_some() {
+        bail!(
+            "--dns-server and --dns-key-file choose DNS-01 for an ACME certificate: give --domain and --email too"
+        );
     }
     if args.self_signed {
         return Ok(TlsMode::SelfSigned);
@@ -115,6 +129,7 @@ fn tls_mode(args: &Args, settings: &Settings, interactive: bool) -> anyhow::Resu
             directory: p.directory,
             ca_file: p.ca_file,
             listen: Some(p.listen),
+            dns: p.dns,
         });
     }
     if settings.tls.ca_file.as_ref().is_some_and(|p| p.exists()) {

@@ -23,6 +23,8 @@ use crate::{
 
 /// How the server certificate is obtained.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// One per install run: the size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum TlsMode {
     /// A local CA under `<config_dir>/tls` (hosts without a public name).
     SelfSigned,
@@ -32,6 +34,8 @@ pub enum TlsMode {
         directory: String,
         ca_file: Option<PathBuf>,
         listen: Option<std::net::SocketAddr>,
+        /// DNS-01 instead of HTTP-01: where the TXT records are written.
+        dns: Option<crate::acme::DnsProvider>,
     },
 }
 

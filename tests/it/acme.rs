@@ -30,6 +30,10 @@ struct Site {
 
 impl Site {
     fn new(tag: &str) -> Self {
+        Self::with_pebble(tag, Pebble::start())
+    }
+
+    fn with_pebble(tag: &str, pebble: Pebble) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -54,7 +58,7 @@ impl Site {
             rt,
             platform,
             state,
-            pebble: Pebble::start(),
+            pebble,
         }
     }
 
@@ -494,4 +498,184 @@ fn eab_required_works_with_the_key_and_fails_clearly_without() {
         .or_else(|_| std::fs::read_to_string(d.join("etc/acme/certificate.json")))
         .unwrap();
     assert!(!stored.contains(&hmac), "the EAB key was stored");
+}
+
+/// DNS-01 for a host whose ports 80 and 443 belong to something else: the record goes into a
+/// real BIND 9 zone through RFC 2136 (TSIG-signed), Pebble resolves through that server, and
+/// nothing listens here. Issue, renew with the stored parameters, no record left behind; a key
+/// the server refuses, or one others can read, changes nothing that is served.
+#[test]
+fn dns01_through_rfc2136_issues_renews_cleans_up_and_a_refused_update_changes_nothing() {
+    let named = crate::bind::Named::start("pgaas.test", &["db"]);
+    let site = Site::with_pebble("acme-dns", Pebble::start_with_dns(&named.address()));
+    let pebble = &site.pebble;
+    let domain = "db.pgaas.test";
+    let record = "_acme-challenge.db.pgaas.test";
+    let ca = pebble.https_ca.to_string_lossy().into_owned();
+    let key = named.key_file.to_string_lossy().into_owned();
+    let server = named.address();
+    let out = site.cert(&[
+        "issue",
+        "--domain",
+        domain,
+        "--email",
+        "ops@pgaas.test",
+        "--directory",
+        &pebble.directory_url,
+        "--ca-file",
+        &ca,
+        "--challenge",
+        "dns-01",
+        "--dns-server",
+        &server,
+        "--dns-key-file",
+        &key,
+        "--dns-zone",
+        "pgaas.test",
+    ]);
+    assert_ok(&out);
+    let (chain, _) = site.files();
+    verify_chain(&chain, &pebble.root_pem, domain).expect("the chain verifies for the name");
+    let leaf = site.file_leaf();
+    site.assert_served(&leaf);
+    assert!(
+        named.query("TXT", record).is_empty(),
+        "the challenge record was left in the zone: {:?}",
+        named.query("TXT", record)
+    );
+    assert!(
+        named
+            .log()
+            .contains("updating zone 'pgaas.test/IN': adding an RR"),
+        "BIND took no update:\n{}",
+        named.log()
+    );
+
+    // The renewal timer's path: the stored parameters, the same server and key.
+    let orders = pebble.orders_placed();
+    assert_ok(&site.cert(&["renew", "--force"]));
+    assert_eq!(pebble.orders_placed(), orders + 1);
+    let renewed = site.file_leaf();
+    assert_ne!(
+        renewed, leaf,
+        "renew --force must install a new certificate"
+    );
+    site.assert_served(&renewed);
+    assert!(named.query("TXT", record).is_empty());
+
+    // A key the server does not accept (same name, another secret): refused, nothing changes.
+    let other = std::process::Command::new("tsig-keygen")
+        .args(["-a", "hmac-sha256", "pgaas-test"])
+        .output()
+        .unwrap();
+    let good_key = std::fs::read(&named.key_file).unwrap();
+    std::fs::write(&named.key_file, &other.stdout).unwrap();
+    let files = site.files();
+    let out = site.cert(&["renew", "--force"]);
+    assert_fails_with(&out, 1, "refused to update");
+    assert_fails_with(&out, 1, "TSIG");
+    assert_eq!(site.files(), files, "a failed renewal touched the files");
+    site.assert_served(&renewed);
+    assert!(named.query("TXT", record).is_empty());
+    assert!(
+        !text(&out).contains(std::str::from_utf8(&other.stdout).unwrap().trim()),
+        "the key reached the output"
+    );
+
+    // A key file others can read: refused before the CA is asked for anything.
+    std::fs::write(&named.key_file, &good_key).unwrap();
+    std::fs::set_permissions(
+        &named.key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let orders = pebble.orders_placed();
+    assert_fails_with(&site.cert(&["renew", "--force"]), 2, "chmod 600");
+    assert_eq!(pebble.orders_placed(), orders, "an order was placed anyway");
+    site.assert_served(&renewed);
+}
+
+/// DNS-01 through Cloudflare's API (a local server speaking its endpoints, writing into a real
+/// BIND zone that Pebble resolves through): the zone found from the name, the record created,
+/// checked where told, validated, and deleted; a token the API refuses changes nothing served and
+/// never reaches the output.
+#[test]
+fn dns01_through_cloudflare_creates_and_deletes_its_record_and_a_refused_token_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let named = crate::bind::Named::start("pgaas.test", &["db"]);
+    let site = Site::with_pebble("acme-cf", Pebble::start_with_dns(&named.address()));
+    let pebble = &site.pebble;
+    let token = "cf-test-token-4b1d";
+    let api = site.rt.block_on(crate::cloudflare::FakeCloudflare::start(
+        token,
+        "pgaas.test",
+        &named.address(),
+        &named.key_file,
+        &pebble.dir().join("cert.pem"),
+        &pebble.dir().join("key.pem"),
+    ));
+    let token_file = site.state.join("cloudflare.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (domain, record) = ("db.pgaas.test", "_acme-challenge.db.pgaas.test");
+    let ca = pebble.https_ca.to_string_lossy().into_owned();
+    let token_arg = token_file.to_string_lossy().into_owned();
+    let check = named.address();
+    let out = site.cert(&[
+        "issue",
+        "--domain",
+        domain,
+        "--email",
+        "ops@pgaas.test",
+        "--directory",
+        &pebble.directory_url,
+        "--ca-file",
+        &ca,
+        "--challenge",
+        "dns-01",
+        "--cloudflare-token-file",
+        &token_arg,
+        "--cloudflare-api",
+        &api.api,
+        "--dns-check-server",
+        &check,
+    ]);
+    assert_ok(&out);
+    let (chain, _) = site.files();
+    verify_chain(&chain, &pebble.root_pem, domain).expect("the chain verifies for the name");
+    let leaf = site.file_leaf();
+    site.assert_served(&leaf);
+    let calls = api.calls();
+    assert_eq!(
+        calls[..2],
+        [
+            "GET zones?name=db.pgaas.test".to_string(),
+            "GET zones?name=pgaas.test".to_string()
+        ],
+        "the zone is the longest parent the token sees: {calls:?}"
+    );
+    assert!(calls.contains(&"POST dns_records".to_string()), "{calls:?}");
+    assert!(
+        calls.iter().any(|c| c.starts_with("DELETE rec")),
+        "{calls:?}"
+    );
+    assert_eq!(api.live_records(), 0, "a record was left at Cloudflare");
+    assert!(
+        named.query("TXT", record).is_empty(),
+        "the record is still in DNS"
+    );
+    assert!(!text(&out).contains(token), "the token reached the output");
+
+    // A token Cloudflare refuses: the renewal fails with what to do, nothing changes.
+    std::fs::write(&token_file, "revoked-token\n").unwrap();
+    let files = site.files();
+    let out = site.cert(&["renew", "--force"]);
+    assert_fails_with(&out, 1, "Zone.DNS Edit");
+    assert!(
+        !text(&out).contains("revoked-token"),
+        "the token reached the output"
+    );
+    assert_eq!(site.files(), files);
+    site.assert_served(&leaf);
+    assert_eq!(api.live_records(), 0);
 }

@@ -327,3 +327,32 @@ async fn prune_keeps_the_newest_verified_backup_even_when_all_are_past_retention
     );
     remove(&t).await;
 }
+
+/// The nightly timer runs as the cluster's user; an operator runs `sudo pgaas backup run`. A dump
+/// made as root must not leave a directory or file that the timer can no longer write into,
+/// prune or verify: everything takes the owner of the backup directory.
+#[tokio::test]
+async fn dumps_made_by_root_belong_to_the_owner_of_the_backup_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tenant("owner").await;
+    let db = t.database_name.as_str();
+    let backups = temp_state_dir("bk-owner");
+    // As root (CI): the directory belongs to the cluster's user, as `pgaas install` makes it.
+    if nix::unistd::Uid::effective().is_root() {
+        let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        std::os::unix::fs::chown(&backups, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    }
+    let want = std::fs::metadata(&backups).unwrap();
+    let dump = run_one(&backups, db);
+    let sidecar = PathBuf::from(format!("{}.sha256", dump.display()));
+    for path in [backups.join(db), dump.clone(), sidecar] {
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (want.uid(), want.gid()),
+            "{} is not owned like the backup directory",
+            path.display()
+        );
+    }
+    remove(&t).await;
+}

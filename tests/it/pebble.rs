@@ -48,15 +48,20 @@ pub fn free_port() -> u16 {
 
 impl Pebble {
     pub fn start() -> Self {
-        Self::start_inner(false)
+        Self::start_inner(false, None)
     }
 
     /// Pebble requiring external account binding, with one key.
     pub fn start_with_eab() -> Self {
-        Self::start_inner(true)
+        Self::start_inner(true, None)
     }
 
-    fn start_inner(eab: bool) -> Self {
+    /// Pebble resolving every name (and every DNS-01 record) through the given server.
+    pub fn start_with_dns(server: &str) -> Self {
+        Self::start_inner(false, Some(server.to_string()))
+    }
+
+    fn start_inner(eab: bool, dns_server: Option<String>) -> Self {
         assert!(
             Path::new("/usr/bin/pebble").exists(),
             "pebble is not installed: apt-get install pebble (scripts/test does it)"
@@ -107,28 +112,32 @@ impl Pebble {
         let log = d.join("pebble.log");
 
         let dns_addr = format!("127.0.0.1:{dns}");
-        let challtestsrv = Command::new("pebble-challtestsrv")
-            .args([
-                "-dns01",
-                &dns_addr,
-                "-http01",
-                "",
-                "-https01",
-                "",
-                "-tlsalpn01",
-                "",
-            ])
-            .args([
-                "-management",
-                &format!("127.0.0.1:{dns_mgmt}"),
-                "-defaultIPv6",
-                "",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pebble-challtestsrv (apt-get install pebble)");
-        let mut children = vec![challtestsrv];
+        let mut children = Vec::new();
+        if dns_server.is_none() {
+            let challtestsrv = Command::new("pebble-challtestsrv")
+                .args([
+                    "-dns01",
+                    &dns_addr,
+                    "-http01",
+                    "",
+                    "-https01",
+                    "",
+                    "-tlsalpn01",
+                    "",
+                ])
+                .args([
+                    "-management",
+                    &format!("127.0.0.1:{dns_mgmt}"),
+                    "-defaultIPv6",
+                    "",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("pebble-challtestsrv (apt-get install pebble)");
+            children.push(challtestsrv);
+        }
+        let dns_addr = dns_server.clone().unwrap_or(dns_addr);
         let out = std::fs::File::create(&log).unwrap();
         let pebble = Command::new("pebble")
             .arg("-config")
@@ -148,7 +157,7 @@ impl Pebble {
         let https_ca = d.join("ca.pem");
         let deadline = Instant::now() + Duration::from_secs(20);
         let root_pem = loop {
-            let ready = wait_tcp(dns_mgmt)
+            let ready = (dns_server.is_some() || wait_tcp(dns_mgmt))
                 && https_get(listen, "/dir", &https_ca).is_ok_and(|b| b.contains("newOrder"));
             if ready {
                 if let Ok(root) = https_get(mgmt, "/roots/0", &https_ca) {

@@ -349,7 +349,10 @@ pub fn tls_check(cx: &mut Cx) -> Result<Plan> {
             }
         }
         TlsMode::Acme {
-            domain, directory, ..
+            domain,
+            directory,
+            dns,
+            ..
         } => {
             let good = cert.is_some_and(|c| {
                 c.days_left() > 30
@@ -358,7 +361,8 @@ pub fn tls_check(cx: &mut Cx) -> Result<Plan> {
             });
             if !good {
                 plan.change(format!(
-                    "obtain a certificate for {domain} from {directory} (HTTP-01)"
+                    "obtain a certificate for {domain} from {directory} ({})",
+                    if dns.is_some() { "DNS-01" } else { "HTTP-01" }
                 ));
             }
         }
@@ -391,6 +395,7 @@ pub fn tls_apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
             directory,
             ca_file,
             listen,
+            dns,
         } => {
             if cx.root.is_some() {
                 bail!("ACME needs the real host (no root prefix): the CA must reach this machine");
@@ -400,11 +405,16 @@ pub fn tls_apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
                 domain,
                 email,
                 directory,
-                challenge: crate::acme::ChallengeKind::Http01,
+                challenge: if dns.is_some() {
+                    crate::acme::ChallengeKind::Dns01
+                } else {
+                    crate::acme::ChallengeKind::Http01
+                },
                 listen,
                 eab: None,
                 ca_file,
                 tls_dir: None,
+                dns,
             };
             cx.block_on(async move { crate::acme::issue(&settings, req).await })??;
         }
