@@ -232,6 +232,14 @@ async fn main() {
     // ---- RTO: one tenant to a point in time, against the whole cluster
     let t_target = Utc::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The WAL past the instant must be in the repository before anything recovers to it (a
+    // restore job does this itself; the scratch-only runs below do not).
+    {
+        let mut su = superuser(&p, "postgres").await;
+        archive::restore::archive_now(&mut su, Duration::from_secs(120))
+            .await
+            .unwrap();
+    }
     // What --db-include buys: the scratch phase alone (restore + recovery to the instant) of one
     // database, against the same for the whole cluster below.
     let mut scratch_only = Vec::new();

@@ -278,6 +278,9 @@ async fn connection_strings(State(state): State<AppState>, TenantPath(id): Tenan
     if let Some(pooled) = urls.database_url {
         data["DATABASE_URL"] = json!(pooled);
     }
+    if let Some(prisma) = urls.prisma_url {
+        data["PRISMA_DATABASE_URL"] = json!(prisma);
+    }
     Ok((
         StatusCode::OK,
         Json(json!({ "success": true, "data": data })),

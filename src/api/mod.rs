@@ -19,7 +19,7 @@ mod metrics;
 mod openapi;
 mod openapi_schemas;
 mod restores;
-mod urls;
+pub(crate) mod urls;
 mod whitelist;
 
 use std::sync::Arc;

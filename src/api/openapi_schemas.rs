@@ -99,6 +99,7 @@ pub fn schemas() -> Value {
         "connection_string": { "type": "string", "description": "postgresql://USER:PASS@HOST:PORT/DB?sslmode=require" },
         "DIRECT_URL": { "type": "string", "description": "The same as connection_string." },
         "DATABASE_URL": { "type": "string", "description": "Through PgBouncer; present only when the pooler runs." },
+        "PRISMA_DATABASE_URL": { "type": "string", "description": "DATABASE_URL with what Prisma needs behind PgBouncer (pgbouncer=true in transaction or statement mode); not for libpq clients, which refuse unknown URL parameters." },
     });
     let mut with_password = object(
         &["password", "connection_string", "DIRECT_URL"],

@@ -3,6 +3,12 @@
 //! (generated ones never need it, but a URL builder that breaks on the day a name changes shape
 //! is a trap), and an IPv6 host is bracketed. `DATABASE_URL` goes through PgBouncer and is offered
 //! only when the pooler is enabled in settings and actually running.
+//!
+//! `PRISMA_DATABASE_URL` is the pooled URL with what Prisma needs behind PgBouncer in transaction
+//! or statement mode (`pgbouncer=true`: no named prepared statements, which PgBouncer before 1.21
+//! cannot carry across server connections). It is a field of its own, not `DATABASE_URL`, because
+//! libpq refuses URLs with parameters it does not know (`psql "...&pgbouncer=true"` fails): the
+//! original put it in `DATABASE_URL`, which broke every libpq client of that URL.
 
 use serde::Serialize;
 
@@ -20,6 +26,11 @@ pub struct ConnectionUrls {
     pub direct_url: String,
     #[serde(rename = "DATABASE_URL", skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+    #[serde(
+        rename = "PRISMA_DATABASE_URL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub prisma_url: Option<String>,
 }
 
 impl ConnectionUrls {
@@ -41,11 +52,21 @@ impl ConnectionUrls {
                 tenant.database_name.as_str(),
             )
         });
+        let prisma_url = pooled.as_deref().map(|p| prisma(p, s.pgbouncer.pool_mode));
         Self {
             connection_string: direct.clone(),
             direct_url: direct,
             database_url: pooled,
+            prisma_url,
         }
+    }
+}
+
+/// The pooled URL as Prisma needs it for this pool mode.
+pub fn prisma(pooled: &str, mode: crate::settings::PoolMode) -> String {
+    match mode {
+        crate::settings::PoolMode::Session => pooled.to_owned(),
+        _ => format!("{pooled}&pgbouncer=true"),
     }
 }
 
@@ -97,6 +118,21 @@ mod tests {
             url("db.example.com", 5432, "user_ab12", None, "tenant_ab12"),
             "postgresql://user_ab12:********@db.example.com:5432/tenant_ab12?sslmode=require"
         );
+    }
+
+    #[test]
+    fn prisma_gets_pgbouncer_true_behind_transaction_pooling_only() {
+        use crate::settings::PoolMode;
+        let pooled = "postgresql://u:p@h:6432/d?sslmode=require";
+        assert_eq!(
+            prisma(pooled, PoolMode::Transaction),
+            "postgresql://u:p@h:6432/d?sslmode=require&pgbouncer=true"
+        );
+        assert_eq!(
+            prisma(pooled, PoolMode::Statement),
+            format!("{pooled}&pgbouncer=true")
+        );
+        assert_eq!(prisma(pooled, PoolMode::Session), pooled);
     }
 
     #[test]

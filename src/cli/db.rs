@@ -229,6 +229,10 @@ async fn create(service: &TenantService, a: CreateArgs) -> Result<ExitCode, Tena
         out["DIRECT_URL"] = json!(urls.direct);
         if let Some(pooled) = &urls.pooled {
             out["DATABASE_URL"] = json!(pooled);
+            out["PRISMA_DATABASE_URL"] = json!(crate::api::urls::prisma(
+                pooled,
+                service.settings().pgbouncer.pool_mode
+            ));
         }
         println!("{out:#}");
     } else {

@@ -425,8 +425,15 @@ async fn pooled_url_is_offered_only_when_the_pooler_runs() {
             let port = format!(":{}/", p.settings.pgbouncer.port);
             assert!(pooled.as_str().unwrap().contains(&port), "{v}");
             assert!(pooled.as_str().unwrap().contains(":********@"), "{v}");
+            // Prisma's own field: behind transaction pooling it must not prepare statements.
+            assert_eq!(
+                v["data"]["PRISMA_DATABASE_URL"],
+                format!("{}&pgbouncer=true", pooled.as_str().unwrap()),
+                "{v}"
+            );
         } else {
             assert!(v["data"].get("DATABASE_URL").is_none(), "{v}");
+            assert!(v["data"].get("PRISMA_DATABASE_URL").is_none(), "{v}");
         }
     }
     api.delete(id).await;
