@@ -152,7 +152,11 @@ impl DnsPublisher {
                 key_file,
                 zone,
             } => {
-                check_secret_file(key_file, "--dns-key-file")?;
+                check_secret_file(
+                    key_file,
+                    "--dns-key-file",
+                    "give the key the DNS server's administrator made with tsig-keygen",
+                )?;
                 check_zone(zone)?;
                 (Some(split_server(server)?), None)
             }
@@ -162,7 +166,11 @@ impl DnsPublisher {
                 api,
                 check_server,
             } => {
-                check_secret_file(token_file, "--cloudflare-token-file")?;
+                check_secret_file(
+                    token_file,
+                    "--cloudflare-token-file",
+                    "write a Cloudflare API token with Zone.DNS Edit into it",
+                )?;
                 check_zone(zone)?;
                 let token = std::fs::read_to_string(token_file).map_err(|e| {
                     AcmeError::Usage(format!(
@@ -177,9 +185,7 @@ impl DnsPublisher {
                         token_file.display()
                     )));
                 }
-                let loopback =
-                    api.starts_with("http://127.0.0.1") || api.starts_with("http://[::1]");
-                if !api.starts_with("https://") && !loopback {
+                if !api.starts_with("https://") {
                     return Err(AcmeError::Usage(format!(
                         "--cloudflare-api {api:?} must be an https:// URL"
                     )));
@@ -536,14 +542,10 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// A secret file must exist and be readable by its owner alone.
-fn check_secret_file(path: &Path, flag: &str) -> Result<(), AcmeError> {
+fn check_secret_file(path: &Path, flag: &str, hint: &str) -> Result<(), AcmeError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| {
-        AcmeError::Usage(format!(
-            "{flag} {}: {e}; give the key file the DNS server's administrator made (tsig-keygen)",
-            path.display()
-        ))
-    })?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| AcmeError::Usage(format!("{flag} {}: {e}; {hint}", path.display())))?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(AcmeError::Usage(format!(
             "{flag} {} is readable by others; it is a secret: chmod 600 {}",
@@ -591,11 +593,13 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = check_secret_file(&key, "--dns-key-file").unwrap_err();
+        let hint = "made with tsig-keygen";
+        let err = check_secret_file(&key, "--dns-key-file", hint).unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        check_secret_file(&key, "--dns-key-file").unwrap();
-        let missing = check_secret_file(&dir.path().join("none"), "--dns-key-file").unwrap_err();
+        check_secret_file(&key, "--dns-key-file", hint).unwrap();
+        let missing =
+            check_secret_file(&dir.path().join("none"), "--dns-key-file", hint).unwrap_err();
         assert!(missing.to_string().contains("tsig-keygen"), "{missing}");
     }
 
