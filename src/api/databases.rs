@@ -306,6 +306,63 @@ async fn rotate_password(
     ))
 }
 
+/// The shadow database's answer: its name and its URL, password masked.
+fn shadow_answer(
+    state: &AppState,
+    tenant: &crate::tenant::Tenant,
+    name: &str,
+) -> serde_json::Value {
+    let s = &state.settings;
+    json!({
+        "database_id": tenant.id,
+        "database_name": name,
+        "SHADOW_DATABASE_URL": crate::api::urls::url(
+            &s.public_host,
+            s.postgres.port,
+            tenant.username.as_str(),
+            None,
+            name,
+        ),
+    })
+}
+
+async fn create_shadow(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+) -> Answer {
+    let (tenant, name, made) = state.tenants.create_shadow(id, &caller.audit()).await?;
+    // 200 either way: asking again is how a client finds the one it has.
+    let message = if made {
+        "Shadow database created; use SHADOW_DATABASE_URL with the database's password"
+    } else {
+        "The database already has this shadow database"
+    };
+    Ok((
+        StatusCode::OK,
+        Json(
+            json!({ "success": true, "message": message, "data": shadow_answer(&state, &tenant, &name) }),
+        ),
+    ))
+}
+
+async fn delete_shadow(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+) -> Answer {
+    let dropped = state.tenants.drop_shadow(id, &caller.audit()).await?;
+    let message = if dropped {
+        "Shadow database dropped"
+    } else {
+        "The database has no shadow database"
+    };
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "success": true, "message": message })),
+    ))
+}
+
 const ID: Option<&str> = Some("The database's id (a UUID).");
 
 const LIST_PARAMS: &[Param] = &[
@@ -445,6 +502,34 @@ pub fn endpoints() -> Vec<Endpoint> {
                 summary: "Issue a new password, shown once; open sessions stay open.",
                 path_id: ID,
                 ok: (200, "DatabaseCreated"),
+                errors: &[409],
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::POST,
+            "/api/databases/{id}/shadow",
+            create_shadow,
+            Doc {
+                operation_id: "createShadowDatabase",
+                tag,
+                summary: "A shadow database for migration tools (Prisma's shadowDatabaseUrl): <name>_shadow, owned by the tenant, same password and allow-list, counted in its quota, dropped with it. Asking again answers the existing one.",
+                path_id: ID,
+                ok: (200, "ShadowDatabaseEnvelope"),
+                errors: &[409],
+                ..Doc::DEFAULT
+            },
+        ),
+        keyed(
+            Method::DELETE,
+            "/api/databases/{id}/shadow",
+            delete_shadow,
+            Doc {
+                operation_id: "deleteShadowDatabase",
+                tag,
+                summary: "Drop the shadow database (its sessions end); 200 when there is none.",
+                path_id: ID,
+                ok: (200, "Message"),
                 errors: &[409],
                 ..Doc::DEFAULT
             },

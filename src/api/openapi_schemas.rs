@@ -221,6 +221,12 @@ pub fn schemas() -> Value {
         "DatabaseStatsEnvelope": envelope(r("DatabaseStats"), false),
         "ConnectionStrings": connection_strings,
         "ConnectionStringsEnvelope": envelope(r("ConnectionStrings"), false),
+        "ShadowDatabase": object(&["database_id", "database_name", "SHADOW_DATABASE_URL"], json!({
+            "database_id": fmt("uuid"),
+            "database_name": { "type": "string", "description": "<database_name>_shadow" },
+            "SHADOW_DATABASE_URL": { "type": "string", "description": "Direct (not pooled), the tenant's user, the password masked: the tenant's password works here too." },
+        })),
+        "ShadowDatabaseEnvelope": envelope(r("ShadowDatabase"), true),
         "AuditEntry": audit_entry,
         "AuditLogList": list("AuditEntry", json!({})),
         "ApiKey": api_key,

@@ -31,6 +31,18 @@ pub enum Command {
     /// Drop one of a tenant's other databases: a restore's (--into) or the data a restore in
     /// place replaced (kept under a dated name).
     DropExtra(DropExtraArgs),
+    /// Create a tenant's shadow database for migration tools (Prisma's shadowDatabaseUrl), or
+    /// --drop it; prints its URL (the tenant's password works there).
+    Shadow(ShadowArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShadowArgs {
+    /// The database: its id or its name (tenant_...).
+    pub database: String,
+    /// Drop the shadow database instead (its sessions end).
+    #[arg(long)]
+    pub drop: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -108,6 +120,7 @@ pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
                 println!("dropped {}", a.name);
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Shadow(a) => shadow(&service, a).await,
         };
         result.or_else(super::explain)
     })
@@ -280,6 +293,32 @@ fn pooler_answers(settings: &Settings) -> bool {
         std::time::Duration::from_secs(1),
     )
     .is_ok()
+}
+
+async fn shadow(service: &TenantService, a: ShadowArgs) -> Result<ExitCode, TenantError> {
+    let tenant = service.find(&a.database).await?;
+    let ctx = AuditContext::cli();
+    if a.drop {
+        match service.drop_shadow(tenant.id, &ctx).await? {
+            true => println!("dropped the shadow database of {}", tenant.database_name),
+            false => println!("{} has no shadow database", tenant.database_name),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (tenant, name, made) = service.create_shadow(tenant.id, &ctx).await?;
+    let s = service.settings();
+    let url = crate::api::urls::url(
+        &s.public_host,
+        s.postgres.port,
+        tenant.username.as_str(),
+        None,
+        &name,
+    );
+    println!(
+        "{} {name}\n  SHADOW_DATABASE_URL: {url}\n  (the password is the database's own)",
+        if made { "created" } else { "exists:" }
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 struct Urls {

@@ -20,6 +20,7 @@ mod quota;
 mod read;
 mod reconcile;
 mod row;
+mod shadow;
 mod stats;
 mod types;
 mod update;

@@ -55,15 +55,22 @@ pub fn size_pretty(bytes: i64) -> String {
     }
 }
 
+/// The sizes of a tenant's other databases (shadow, restored), for `t` the tenant's row: they
+/// count against its quota.
+const EXTRA_SIZE: &str = "COALESCE((SELECT sum(pg_database_size(p.oid))::bigint
+        FROM tenant_databases x JOIN pg_database p ON p.datname = x.name
+        WHERE x.database_id = t.id), 0)";
+
 impl TenantService {
     /// Live numbers for one tenant.
     pub async fn stats(&self, id: TenantId) -> Result<TenantStats, TenantError> {
         let tenant = self.get(id).await?;
-        let (size, conns): (i64, i64) = sqlx::query_as(
-            "SELECT pg_database_size(d.oid),
+        let (size, conns): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT pg_database_size(d.oid) + {EXTRA_SIZE},
                     COALESCE((SELECT numbackends FROM pg_stat_database s WHERE s.datid = d.oid), 0)::bigint
-             FROM pg_database d WHERE d.datname = $1",
-        )
+             FROM pg_database d JOIN databases t ON t.database_name = d.datname
+             WHERE d.datname = $1"
+        ))
         .bind(tenant.database_name.as_str())
         .fetch_optional(&self.pool)
         .await?
@@ -142,16 +149,16 @@ impl StatsCollector {
         refresh_sizes: bool,
     ) -> Result<usize, TenantError> {
         let pool = &self.service.pool;
-        let rows: Vec<(uuid::Uuid, String, i64, i64, Option<i64>)> = sqlx::query_as(
+        let rows: Vec<(uuid::Uuid, String, i64, i64, Option<i64>)> = sqlx::query_as(&format!(
             "SELECT t.id, t.database_name,
                     COALESCE(s.numbackends, 0)::bigint,
                     COALESCE(s.xact_commit + s.xact_rollback, 0)::bigint,
-                    CASE WHEN $1 OR NOT (t.database_name = ANY($2)) THEN pg_database_size(d.oid) END
+                    CASE WHEN $1 OR NOT (t.database_name = ANY($2)) THEN pg_database_size(d.oid) + {EXTRA_SIZE} END
              FROM databases t
              JOIN pg_database d ON d.datname = t.database_name
              LEFT JOIN pg_stat_database s ON s.datid = d.oid
-             WHERE t.status = 'active'",
-        )
+             WHERE t.status = 'active'"
+        ))
         .bind(refresh_sizes)
         // Tenants new since the last size pass are measured now, not shown as 0 bytes until then.
         .bind(sizes.keys().cloned().collect::<Vec<String>>())

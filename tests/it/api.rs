@@ -438,3 +438,75 @@ async fn pooled_url_is_offered_only_when_the_pooler_runs() {
     }
     api.delete(id).await;
 }
+
+/// `POST /api/databases/{id}/shadow`: the URL names the shadow database with the tenant's user
+/// and a masked password, asking again answers the same one, and `DELETE` drops it (twice is
+/// fine); both leave audit rows.
+#[tokio::test]
+async fn a_shadow_database_through_the_api() {
+    let api = api();
+    let made = api.create(&unique_email("shadow"), "shadowed").await;
+    let (id, db, user) = (
+        made["id"].as_str().unwrap(),
+        made["database_name"].as_str().unwrap(),
+        made["username"].as_str().unwrap(),
+    );
+    let path = format!("/api/databases/{id}/shadow");
+    let (status, body) = api.call(Method::POST, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let shadow = format!("{db}_shadow");
+    assert_eq!(body["data"]["database_name"], shadow.as_str(), "{body}");
+    let url = body["data"]["SHADOW_DATABASE_URL"].as_str().unwrap();
+    assert!(
+        url.contains(&format!("{user}:********@"))
+            && url.contains(&format!("/{shadow}?sslmode=require")),
+        "{url}"
+    );
+    assert!(
+        !url.contains(&format!("/{db}?")),
+        "the shadow URL names the real database: {url}"
+    );
+    let (status, again) = api.call(Method::POST, &path, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["data"]["database_name"], shadow.as_str());
+    assert!(
+        again["message"].as_str().unwrap().contains("already"),
+        "{again}"
+    );
+    let (status, body) = api.call(Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["message"], "Shadow database dropped");
+    let (status, body) = api.call(Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("no shadow"),
+        "{body}"
+    );
+    let (_, audit) = api
+        .call(
+            Method::GET,
+            &format!("/api/audit-logs?databaseId={id}"),
+            None,
+        )
+        .await;
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"database.shadow.create") && actions.contains(&"database.shadow.delete"),
+        "{actions:?}"
+    );
+    // Unknown tenants are 404, as everywhere.
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/api/databases/{}/shadow", uuid::Uuid::new_v4()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    api.delete(id).await;
+}

@@ -356,3 +356,102 @@ async fn no_tenant_password_reaches_the_server_log() {
     );
     svc.delete(t.id, &AuditContext::cli()).await.unwrap();
 }
+
+/// Prisma's `migrate dev` needs a database it may wipe: the tenant's shadow database. Only its
+/// tenant reaches it (over TLS, with its own password, from its allow-list), its size counts in
+/// the tenant's, a second create returns the same one, dropping it ends its sessions, and the
+/// tenant's delete takes it along.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shadow_database_is_its_tenants_alone_counts_in_its_size_and_goes_with_it() {
+    let svc = platform().tenants();
+    let ctx = AuditContext::cli();
+    let a = create(&svc, "shadow-a", Some(3)).await;
+    let b = create(&svc, "shadow-b", Some(3)).await;
+    let (user, pw) = (a.tenant.username.as_str(), a.password.expose());
+    let (_, name, made) = svc.create_shadow(a.tenant.id, &ctx).await.unwrap();
+    assert!(made);
+    assert_eq!(name, format!("{}_shadow", a.tenant.database_name.as_str()));
+    let (_, again, made) = svc.create_shadow(a.tenant.id, &ctx).await.unwrap();
+    assert_eq!((again.as_str(), made), (name.as_str(), false));
+
+    // What a migration tool does there: create, fill, wipe, create again.
+    let c = connect(user, pw, &name).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE m AS SELECT g, md5(g::text) AS v FROM generate_series(1, 100000) g;
+         DROP SCHEMA public CASCADE; CREATE SCHEMA public;
+         CREATE TABLE m AS SELECT g, md5(g::text) AS v FROM generate_series(1, 100000) g;",
+    )
+    .await
+    .unwrap();
+    // Another tenant is refused before any password is asked for.
+    let e = connect(b.tenant.username.as_str(), b.password.expose(), &name)
+        .await
+        .err()
+        .expect("tenant b connected to a's shadow database");
+    assert_eq!(
+        code(&e),
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+        "{}",
+        describe(&e)
+    );
+    let (ok, _, err) = tenant_psql(
+        b.tenant.username.as_str(),
+        b.password.expose(),
+        &name,
+        "SELECT 1",
+    );
+    assert!(!ok && err.contains("pg_hba.conf rejects"), "{err}");
+    // Its own tenant, with the real client too.
+    let (ok, out, err) = tenant_psql(user, pw, &name, "SELECT count(*) FROM m");
+    assert!(ok && out == "100000", "{out} {err}");
+
+    // The tenant's size is both databases'.
+    let su = superuser("postgres").await;
+    let size = |db: String| {
+        let su = &su;
+        async move {
+            let row = su
+                .query_one("SELECT pg_database_size($1::text)", &[&db])
+                .await
+                .unwrap();
+            row.get::<_, i64>(0)
+        }
+    };
+    let main = size(a.tenant.database_name.as_str().to_string()).await;
+    let shadow = size(name.clone()).await;
+    let stats = svc.stats(a.tenant.id).await.unwrap();
+    assert!(
+        stats.size_bytes >= main + shadow - 1024 * 1024,
+        "stats {} for main {main} + shadow {shadow}",
+        stats.size_bytes
+    );
+
+    // Dropped: its session ends, it is gone, a second drop is a no-op.
+    assert!(svc.drop_shadow(a.tenant.id, &ctx).await.unwrap());
+    assert!(
+        c.simple_query("SELECT 1").await.is_err(),
+        "its session survived"
+    );
+    let exists = |db: String| {
+        let su = &su;
+        async move {
+            su.query_one(
+                "SELECT count(*) FROM pg_database WHERE datname = $1",
+                &[&db],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(exists(name.clone()).await, 0);
+    assert!(connect(user, pw, &name).await.is_err());
+    assert!(!svc.drop_shadow(a.tenant.id, &ctx).await.unwrap());
+
+    // Made again, then the tenant goes and takes it along.
+    svc.create_shadow(a.tenant.id, &ctx).await.unwrap();
+    connect(user, pw, &name).await.unwrap();
+    svc.delete(a.tenant.id, &ctx).await.unwrap();
+    assert_eq!(exists(name).await, 0);
+    svc.delete(b.tenant.id, &ctx).await.unwrap();
+}

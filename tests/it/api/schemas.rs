@@ -185,6 +185,18 @@ async fn every_answer_matches_the_documented_schema() {
             "/api/audit-logs",
             None,
         ),
+        (
+            Method::POST,
+            format!("{one}/shadow"),
+            "/api/databases/{id}/shadow",
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("{one}/shadow"),
+            "/api/databases/{id}/shadow",
+            None,
+        ),
         (Method::GET, "/api/keys".into(), "/api/keys", None),
         (Method::GET, "/health".into(), "/health", None),
         // Errors, in the standard shape.

@@ -97,6 +97,27 @@ fn cli_db_create_list_show_delete() {
     assert_eq!(shown["stats"]["max_connections"], 3);
     assert!(!shown.to_string().contains(&password));
 
+    // A shadow database for migration tools, by name; made once, reachable, dropped.
+    let out = pgaas(&["db", "shadow", &db]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.starts_with("created"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{user}:********@localhost:{}/{db}_shadow",
+            platform().pg_port
+        )),
+        "{text}"
+    );
+    let (ok, _, err) = tenant_psql(&user, &password, &format!("{db}_shadow"), "SELECT 1");
+    assert!(ok, "{err}");
+    let again = String::from_utf8_lossy(&pgaas(&["db", "shadow", &id]).stdout).to_string();
+    assert!(again.starts_with("exists:"), "{again}");
+    let dropped = pgaas(&["db", "shadow", &db, "--drop"]);
+    assert!(String::from_utf8_lossy(&dropped.stdout).starts_with("dropped"));
+
     // Not a terminal and no --yes: refused, nothing dropped.
     let out = pgaas(&["db", "delete", &id]);
     assert_eq!(
