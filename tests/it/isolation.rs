@@ -384,10 +384,9 @@ async fn a_shadow_database_is_its_tenants_alone_counts_in_its_size_and_goes_with
     .await
     .unwrap();
     // Another tenant is refused before any password is asked for.
-    let e = connect(b.tenant.username.as_str(), b.password.expose(), &name)
-        .await
-        .err()
-        .expect("tenant b connected to a's shadow database");
+    let Err(e) = connect(b.tenant.username.as_str(), b.password.expose(), &name).await else {
+        panic!("tenant b connected to a's shadow database");
+    };
     assert_eq!(
         code(&e),
         Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
@@ -404,6 +403,27 @@ async fn a_shadow_database_is_its_tenants_alone_counts_in_its_size_and_goes_with
     // Its own tenant, with the real client too.
     let (ok, out, err) = tenant_psql(user, pw, &name, "SELECT count(*) FROM m");
     assert!(ok && out == "100000", "{out} {err}");
+    // And through PgBouncer: the pooler carries it for its tenant alone.
+    let p = platform();
+    let pooled = |u: &str, w: &str| {
+        let conninfo = format!(
+            "host=localhost port={} user={u} dbname={name} sslmode=verify-full sslrootcert={}",
+            p.pgbouncer_port,
+            p.ca_file.display()
+        );
+        psql(
+            &conninfo,
+            "SELECT count(*) FROM m",
+            &[("PGPASSWORD", Path::new(w))],
+        )
+    };
+    let (ok, out, err) = pooled(user, pw);
+    assert!(ok && out == "100000", "pooled: {out} {err}");
+    let (ok, _, err) = pooled(b.tenant.username.as_str(), b.password.expose());
+    assert!(
+        !ok,
+        "tenant b reached a's shadow database through PgBouncer: {err}"
+    );
 
     // The tenant's size is both databases'.
     let su = superuser("postgres").await;
