@@ -6,6 +6,9 @@
 //! - a bare axum handler: the key compared with a constant in memory (as the original did), then
 //!   the same row fetched with one query and returned in the same envelope.
 //!
+//! - with `BENCH_RELEASE_BIN=/path/to/pgaas`, that binary's `serve` too (an earlier release, to
+//!   see what a change bought), on the same control DB.
+//!
 //! The load generator (16 keep-alive clients, `BENCH_CLIENTS`) runs `BENCH_ROUNDS` (5) rounds of
 //! `BENCH_SECS` (10 s) against each, interleaved, and reports the median requests/s, p50 and p99,
 //! and the ratio pgaas / baseline. Generator and servers share the machine (2 cores here), which
@@ -318,23 +321,46 @@ async fn run(dir: &Path, teardown: &mut Teardown) -> Res<()> {
             .stdin(Stdio::null())
             .spawn()?,
     );
+    let release = std::env::var_os("BENCH_RELEASE_BIN").map(PathBuf::from);
+    let release_url = match &release {
+        Some(bin) => {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+            teardown.children.push(
+                Command::new(bin)
+                    .arg("--config")
+                    .arg(&config)
+                    .args(["serve", "--listen", &addr.to_string()])
+                    .env_remove("PGAAS_CONFIG")
+                    .env("PGAAS_LOG", "error")
+                    .stdin(Stdio::null())
+                    .spawn()?,
+            );
+            Some(format!("http://{addr}"))
+        }
+        None => None,
+    };
     let (serve_url, base_url) = (
         format!("http://{serve_addr}"),
         format!("http://{base_addr}"),
     );
-    wait_until_serving(&serve_url, &ids[0], &key).await?;
-    wait_until_serving(&base_url, &ids[0], &key).await?;
-    // Warm both (pools filled, caches populated) before measuring.
-    load(&serve_url, &ids, &key, clients, 2).await;
-    load(&base_url, &ids, &key, clients, 2).await;
+    let mut urls = vec![serve_url.clone(), base_url.clone()];
+    urls.extend(release_url.clone());
+    for url in &urls {
+        wait_until_serving(url, &ids[0], &key).await?;
+        // Warm (pools filled, caches populated) before measuring.
+        load(url, &ids, &key, clients, 2).await;
+    }
 
-    let (mut p, mut b) = (Vec::new(), Vec::new());
+    let (mut p, mut b, mut old) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
         eprintln!("bench: round {} of {rounds}", r + 1);
         p.push(load(&serve_url, &ids, &key, clients, secs).await);
         b.push(load(&base_url, &ids, &key, clients, secs).await);
+        if let Some(url) = &release_url {
+            old.push(load(url, &ids, &key, clients, secs).await);
+        }
     }
-    let errors: u64 = p.iter().chain(&b).map(|r| r.errors).sum();
+    let errors: u64 = p.iter().chain(&b).chain(&old).map(|r| r.errors).sum();
     let summary = |rs: &[Round]| {
         (
             median(rs.iter().map(|r| r.rps).collect()),
@@ -359,6 +385,18 @@ async fn run(dir: &Path, teardown: &mut Teardown) -> Res<()> {
         "ratio pgaas / baseline (req/s)",
         prps / brps
     );
+    if let Some(bin) = &release {
+        let (orps, o50, o99) = summary(&old);
+        println!(
+            "{:<40} {orps:>10.0} {o50:>9.2} {o99:>9.2}",
+            format!("release ({})", bin.display())
+        );
+        println!(
+            "{:<40} {:>10.2}",
+            "ratio pgaas / release (req/s)",
+            prps / orps
+        );
+    }
     println!("{:<40} {errors:>10}", "errors");
     Ok(())
 }

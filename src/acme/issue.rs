@@ -174,7 +174,36 @@ async fn run(
     })
 }
 
+/// How many times an order is tried when the CA refuses a nonce.
+const NONCE_ATTEMPTS: u32 = 3;
+
+fn is_bad_nonce(e: &AcmeError) -> bool {
+    matches!(e, AcmeError::Problem { kind: Some(k), .. } if k.ends_with(":badNonce"))
+}
+
+/// The account and the order, tried again when the CA refuses a nonce: RFC 8555 (6.5) lets a
+/// CA refuse any nonce and expects clients to retry (Let's Encrypt does it now and then; Pebble
+/// does it to 5% of requests on purpose).
 async fn obtain(
+    store: &AcmeStore,
+    params: &IssueParams,
+    eab: Option<&Eab>,
+    answer: &Answer,
+    replaces: Option<CertificateIdentifier<'static>>,
+) -> Result<(Issued, AccountOrigin), AcmeError> {
+    let mut attempt = 1;
+    loop {
+        match obtain_once(store, params, eab, answer, replaces.clone()).await {
+            Err(e) if is_bad_nonce(&e) && attempt < NONCE_ATTEMPTS => {
+                tracing::warn!(attempt, error = %e, "the CA refused a nonce; trying again");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn obtain_once(
     store: &AcmeStore,
     params: &IssueParams,
     eab: Option<&Eab>,
@@ -343,4 +372,21 @@ pub async fn status(settings: &Settings) -> Result<CertStatus, AcmeError> {
         acme_directory: params.map(|p| p.directory),
         served,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refused_nonce_is_retried() {
+        let problem = |kind: &str| AcmeError::Problem {
+            during: "fetching the authorization",
+            kind: Some(format!("urn:ietf:params:acme:error:{kind}")),
+            detail: "x".into(),
+        };
+        assert!(is_bad_nonce(&problem("badNonce")));
+        assert!(!is_bad_nonce(&problem("rateLimited")));
+        assert!(!is_bad_nonce(&AcmeError::Timeout(1)));
+    }
 }
