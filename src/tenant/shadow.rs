@@ -83,23 +83,7 @@ impl TenantService {
                 json!({ "database_name": tenant.database_name.as_str(), "shadow": name }),
             )
             .await?;
-            let (files, pooler) = match &self.hba {
-                Some(applier) => (
-                    Some(applier.apply(&mut tx).await?),
-                    Some(applier.apply_pooler(&mut tx).await?),
-                ),
-                None => (None, None),
-            };
-            if let Err(e) = tx.commit().await {
-                if let Some(f) = files {
-                    f.undo(&mut conn).await;
-                }
-                if let Some(p) = pooler {
-                    p.undo().await;
-                }
-                return Err(TenantError::from(e));
-            }
-            Ok::<_, TenantError>(())
+            self.commit_with_access(tx).await
         }
         .await;
         if let Err(e) = made {
@@ -142,6 +126,16 @@ impl TenantService {
             json!({ "database_name": tenant.database_name.as_str(), "shadow": name }),
         )
         .await?;
+        self.commit_with_access(tx).await?;
+        Ok(true)
+    }
+
+    /// Write both access files and the pooler's from the rows `tx` holds, then commit; if the
+    /// commit fails, put the files back as they were.
+    async fn commit_with_access(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), TenantError> {
         let (files, pooler) = match &self.hba {
             Some(applier) => (
                 Some(applier.apply(&mut tx).await?),
@@ -151,13 +145,18 @@ impl TenantService {
         };
         if let Err(e) = tx.commit().await {
             if let Some(f) = files {
-                f.undo(&mut conn).await;
+                match self.pool.acquire().await {
+                    Ok(mut conn) => f.undo(&mut conn).await,
+                    Err(a) => {
+                        tracing::error!(error = %a, "could not put the access files back; run `pgaas render`")
+                    }
+                }
             }
             if let Some(p) = pooler {
                 p.undo().await;
             }
             return Err(e.into());
         }
-        Ok(true)
+        Ok(())
     }
 }
