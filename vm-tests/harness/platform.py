@@ -43,6 +43,16 @@ def seed_settings(machine, public_host=PUBLIC_HOST):
     machine.write_file("/etc/pgaas/pgaas.yaml", f"public_host: {public_host}\n")
 
 
+def install_from_package(machine):
+    """apt installs the .deb that vm-tests/run built (its dependencies come from the mirror), and
+    the scenario runs the package's binary from then on, as an operator would."""
+    assert machine.deb, "vm-tests/run built no package"
+    out = machine.succeed(f"apt-get install -y -q {machine.deb_in_guest} 2>&1", timeout=600)
+    machine.succeed("test -x /usr/bin/pgaas && /usr/bin/pgaas --version")
+    machine.pgaas = "/usr/bin/pgaas"
+    return out
+
+
 def install(machine, args="--self-signed --yes", env="", timeout=1200, expect_success=True):
     """Run the binary under test's `install` (the first time it copies itself into place)."""
     cmd = f"{env} {machine.pgaas} install {args} 2>&1"

@@ -143,6 +143,8 @@ class QemuMachine(Machine):
     def copy_binary(self):
         self.succeed(f"cat > {self.pgaas} && chmod 0755 {self.pgaas}",
                      stdin=Path(self.binary).read_bytes())
+        if self.deb:
+            self.succeed(f"cat > {self.deb_in_guest}", stdin=Path(self.deb).read_bytes())
 
     def reboot(self, timeout=300):
         # The ssh session dies with the guest; do not wait for its answer.

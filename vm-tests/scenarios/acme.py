@@ -2,7 +2,7 @@
 
 from harness import client
 from harness.pebble import HTTP_PORT
-from harness.platform import install, main_pid, postmaster_pid, seed_settings
+from harness.platform import install, install_from_package, main_pid, postmaster_pid, seed_settings
 
 TIER = "nspawn"
 SUITES = ("bookworm", "trixie")
@@ -11,6 +11,8 @@ DOMAIN = "db.pgaas-vm.test"
 
 def test(t, m):
     v = t.pg_version
+    with t.subtest("pgaas comes from its .deb"):
+        install_from_package(m)
     pebble = t.pebble(m)
     m.write_file("/root/pebble-https-ca.pem", pebble.https_ca.read_text())
     issue = (f"pgaas cert issue --domain {DOMAIN} --email ops@pgaas-vm.test "

@@ -2,7 +2,7 @@
 
 from harness import client
 from harness.platform import (PUBLIC_HOST, create_tenant, fetch_ca, first_api_key, install,
-                              main_pid, refused_by_hba, seed_settings, timer_calendar,
+                              install_from_package, main_pid, refused_by_hba, seed_settings, timer_calendar,
                               times_of_day)
 
 TIER = "nspawn"
@@ -50,10 +50,8 @@ def install_package(t, m):
     """apt installs the .deb (resolving its dependencies from the mirror); the binary, its man
     pages and completions arrive; no unit, user or setting does (that is `pgaas install`)."""
     with t.subtest("the .deb installs the binary, man pages and completions, and nothing else"):
-        assert m.deb, "vm-tests/run built no package"
         pristine = set(m.succeed(SNAPSHOT).splitlines())
-        out = m.succeed(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {m.deb_in_guest} 2>&1",
-                        timeout=600)
+        out = install_from_package(m)
         assert "sudo pgaas install" in out, f"postinst said nothing about what to run:\n{out[-2000:]}"
         added = sorted(p for p in set(m.succeed(SNAPSHOT).splitlines()) - pristine
                        if not p.startswith(NOISE))
@@ -72,8 +70,6 @@ def install_package(t, m):
                          "echo \"${COMPREPLY[@]}\"'")
         assert done.strip() == "create", done
         m.succeed("grep -q 'License: MIT' /usr/share/doc/pgaas/copyright")
-        # From here on the scenario runs the package's binary, as an operator would.
-        m.pgaas = "/usr/bin/pgaas"
         t.log(f"{len(added)} paths, {len([p for p in added if 'man1/' in p])} man pages")
 
 

@@ -3,8 +3,8 @@
 import time
 
 from harness import client
-from harness.platform import (create_tenant, fetch_ca, first_api_key, install, refused_by_hba,
-                              seed_settings, wait_connects, wait_refused)
+from harness.platform import (create_tenant, fetch_ca, first_api_key, install, install_from_package,
+                              refused_by_hba, seed_settings, wait_connects, wait_refused)
 
 TIER = "qemu"
 SUITES = ("bookworm",)
@@ -16,6 +16,7 @@ def test(t, m):
     units = [f"postgresql@{v}-main.service", "pgbouncer.service", "pgaas-api.service"]
 
     with t.subtest("install --self-signed --yes on a machine with its own kernel and network"):
+        install_from_package(m)
         seed_settings(m)
         _, report = install(m, timeout=1800)
         key = first_api_key(report.output)
