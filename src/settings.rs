@@ -8,6 +8,7 @@
 //! the file and line they come from.
 
 mod archive;
+mod cluster;
 mod layers;
 mod limits;
 mod servers;
@@ -22,6 +23,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use archive::{ArchiveSettings, S3Repository};
+pub use cluster::{ClusterNode, ClusterSettings};
 pub use layers::{Layer, Source};
 pub use limits::{LimitsSettings, TenantSettings};
 pub use servers::{PgBouncerSettings, PoolMode, PostgresSettings};
@@ -53,6 +55,7 @@ pub struct Settings {
     pub limits: LimitsSettings,
     pub backups: BackupSettings,
     pub archive: ArchiveSettings,
+    pub cluster: ClusterSettings,
 }
 
 impl Default for Settings {
@@ -71,6 +74,7 @@ impl Default for Settings {
             limits: LimitsSettings::default(),
             backups: BackupSettings::default(),
             archive: ArchiveSettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }

@@ -145,6 +145,38 @@ fn legacy_socket_rules(tenants: &[TenantAccess], out: &mut Vec<HbaRule>) {
     }
 }
 
+/// A cluster's nodes: the standby streams WAL, and an old primary rejoining reads the new one
+/// with `pg_rewind` (which needs a database: `postgres`), each with its own role, over TLS, from
+/// the nodes' addresses only. No tenant address matches these roles, and no tenant role these
+/// lines.
+fn replication_rules(r: &crate::model::hba::ReplicationAccess, out: &mut Vec<HbaRule>) {
+    let mut peers = r.peers.clone();
+    peers.sort();
+    peers.dedup();
+    for (i, ip) in peers.iter().enumerate() {
+        out.push(rule(
+            ConnKind::HostSsl,
+            vec![HbaName::Replication],
+            name(&r.role),
+            Some(host_only(*ip)),
+            HbaMethod::ScramSha256,
+            if i == 0 {
+                "the cluster: streaming replication and pg_rewind between the PostgreSQL nodes"
+            } else {
+                ""
+            },
+        ));
+        out.push(rule(
+            ConnKind::HostSsl,
+            name("postgres"),
+            name(&r.rewind_role),
+            Some(host_only(*ip)),
+            HbaMethod::ScramSha256,
+            "",
+        ));
+    }
+}
+
 /// The PostgreSQL rule list (pg_hba.conf), in first-match order.
 pub fn compile(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
     let tenants = normalised_tenants(policy)?;
@@ -186,17 +218,26 @@ pub fn compile(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
             },
         ));
     }
+    let mut never_over_tcp = vec![
+        HbaName::name(&policy.superuser),
+        HbaName::name(&policy.api_role),
+    ];
+    if let Some(r) = &policy.replication {
+        replication_rules(r, &mut rules);
+        never_over_tcp.extend([HbaName::name(&r.role), HbaName::name(&r.rewind_role)]);
+    }
     rules.extend([
         rule(
             ConnKind::Host,
             all(),
-            vec![
-                HbaName::name(&policy.superuser),
-                HbaName::name(&policy.api_role),
-            ],
+            never_over_tcp,
             Some(HbaAddress::All),
             HbaMethod::Reject,
-            "the superuser and the API never over TCP otherwise",
+            if policy.replication.is_some() {
+                "the superuser, the API and the cluster's roles never over TCP otherwise"
+            } else {
+                "the superuser and the API never over TCP otherwise"
+            },
         ),
         no_plaintext(),
         rule(

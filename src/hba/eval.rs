@@ -57,10 +57,12 @@ fn matches(rule: &HbaRule, c: &Client) -> bool {
             HbaName::SameUser => c.database == c.user,
             HbaName::Name(n) => *n == c.database,
             HbaName::Group(_) => false,
+            // The evaluator decides ordinary sessions; no replication connection is one.
+            HbaName::Replication => false,
         })
         && rule.users.iter().any(|u| match u {
             HbaName::All => true,
-            HbaName::SameUser => false,
+            HbaName::SameUser | HbaName::Replication => false,
             HbaName::Name(n) => *n == c.user,
             HbaName::Group(g) => c.user_groups.iter().any(|m| m == g),
         })

@@ -41,6 +41,14 @@ impl HbaPolicy {
             admin_os_users,
             pooler_admins,
             tenants: Vec::new(),
+            replication: settings
+                .cluster
+                .enabled()
+                .then(|| crate::model::hba::ReplicationAccess {
+                    role: settings.cluster.replication_user.clone(),
+                    rewind_role: settings.cluster.rewind_user.clone(),
+                    peers: settings.cluster.data_nodes().map(|n| n.address).collect(),
+                }),
         }
     }
 }

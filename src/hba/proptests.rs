@@ -17,6 +17,8 @@ const API: &str = "pgaas_api";
 const CONTROL: &str = "postgres_control";
 const GROUP: &str = "pgaas_tenants";
 const CONSOLE: &str = "pgaas";
+const REPLICATOR: &str = "pgaas_replicator";
+const REWIND: &str = "pgaas_rewind";
 
 /// What the policy says at the pg_hba level (database privileges come after, in the server).
 fn oracle(p: &HbaPolicy, c: &Client) -> Decision {
@@ -40,6 +42,19 @@ fn oracle(p: &HbaPolicy, c: &Client) -> Decision {
     };
     if c.user == SU || !c.tls {
         return Decision::Reject;
+    }
+    // A cluster's rewind role reads `postgres` from the nodes' addresses (the replication role
+    // only makes replication connections, which no client here is); nothing else, anywhere.
+    if c.user == REPLICATOR || c.user == REWIND {
+        let peer = p
+            .replication
+            .as_ref()
+            .is_some_and(|r| r.peers.contains(&addr));
+        return if c.user == REWIND && c.database == "postgres" && peer {
+            Decision::Accept(HbaMethod::ScramSha256)
+        } else {
+            Decision::Reject
+        };
     }
     if c.user == API {
         return if c.database == CONTROL
@@ -114,6 +129,18 @@ fn random_policy(rng: &mut StdRng) -> HbaPolicy {
         admin_os_users: vec!["postgres".into(), "root".into()],
         pooler_admins: vec![SU.into(), CONSOLE.into()],
         tenants,
+        // A cluster's replication lines must not open anything a tenant or outsider can use.
+        replication: rng
+            .random_bool(0.5)
+            .then(|| crate::model::hba::ReplicationAccess {
+                role: REPLICATOR.into(),
+                rewind_role: REWIND.into(),
+                peers: vec![
+                    "10.1.0.1".parse().unwrap(),
+                    "10.1.0.2".parse().unwrap(),
+                    "fd00::2".parse().unwrap(),
+                ],
+            }),
     }
 }
 
@@ -133,13 +160,21 @@ fn random_client(rng: &mut StdRng, p: &HbaPolicy) -> Client {
         "someone".into(),
         "tenant_ffffffffffffffff".into(),
         "user_ffffffffffffffff".into(),
+        REPLICATOR.into(),
+        REWIND.into(),
     ]);
     let user = users.choose(rng).unwrap().clone();
     let member = user.starts_with("user_") || user.starts_with("tenant_");
     // Addresses near the listed networks are the interesting ones.
     let nets: Vec<IpNetwork> = p.tenants.iter().flat_map(|t| t.allow.clone()).collect();
-    let addr = match rng.random_range(0..6) {
+    let addr = match rng.random_range(0..7) {
         0 => None,
+        6 => Some(
+            *["10.1.0.1", "10.1.0.2", "10.1.0.3", "fd00::2"]
+                .choose(rng)
+                .unwrap(),
+        )
+        .map(|a| a.parse().unwrap()),
         1 => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         2 => Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
         3 if !nets.is_empty() => Some(nets.choose(rng).unwrap().network()),
@@ -182,6 +217,7 @@ fn parse(text: &str) -> Vec<HbaRule> {
                 let name = match item {
                     "all" => HbaName::All,
                     "sameuser" => HbaName::SameUser,
+                    "replication" => HbaName::Replication,
                     g if g.starts_with('+') => HbaName::Group(g[1..].to_string()),
                     n => HbaName::Name(n.to_string()),
                 };

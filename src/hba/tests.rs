@@ -36,6 +36,7 @@ fn policy() -> HbaPolicy {
                 ],
             },
         ],
+        replication: None,
     }
 }
 

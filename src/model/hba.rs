@@ -26,6 +26,19 @@ pub struct HbaPolicy {
     /// is not named after their database (made before that rule; `sameuser` cannot cover them).
     /// Every other tenant is admitted by the one `sameuser` rule.
     pub tenants: Vec<TenantAccess>,
+    /// A cluster's nodes replicating from each other (`cluster.*`); `None` on a single host.
+    pub replication: Option<ReplicationAccess>,
+}
+
+/// What the nodes of a cluster need from each other's PostgreSQL: the standby streams WAL with
+/// one role, an old primary rejoining reads the new one with another (`pg_rewind`), both over TLS
+/// with SCRAM and only from the nodes' own addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationAccess {
+    pub role: String,
+    pub rewind_role: String,
+    /// Every PostgreSQL node's address (its own too, so every node renders the same file).
+    pub peers: Vec<std::net::IpAddr>,
 }
 
 /// The rule lists of both servers, compiled from one policy (`hba::compile_all`).
@@ -77,6 +90,9 @@ pub enum HbaName {
     Name(String),
     /// Members of this role (`+group`); users column only.
     Group(String),
+    /// The `replication` keyword: physical replication connections (database column only;
+    /// `all` does not match them).
+    Replication,
 }
 
 impl HbaName {

@@ -5,6 +5,7 @@
 
 pub mod allow;
 pub mod api_key;
+pub mod cluster;
 pub mod hba;
 pub mod ids;
 pub mod input;

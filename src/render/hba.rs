@@ -115,6 +115,15 @@ fn column(what: &'static str, names: &[HbaName], dialect: Dialect) -> Result<Str
     for n in names {
         tokens.push(match n {
             HbaName::All => "all".to_string(),
+            HbaName::Replication if what == "database" && dialect == Dialect::Postgres => {
+                "replication".to_string()
+            }
+            HbaName::Replication => {
+                return Err(HbaError::Unsupported {
+                    construct: format!("replication in the {what} column"),
+                    dialect: dialect.label(),
+                });
+            }
             // In the user column PgBouncer would read it as a keyword too, PostgreSQL as a name:
             // the two files would disagree, so it is only written where both mean the same.
             HbaName::SameUser if what == "database" => "sameuser".to_string(),

@@ -9,6 +9,7 @@
 mod check;
 pub mod hba;
 mod memory;
+pub mod patroni;
 pub mod pgbackrest;
 mod pgbouncer;
 mod postgres;

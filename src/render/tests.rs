@@ -58,6 +58,7 @@ fn policy() -> HbaPolicy {
                 ],
             },
         ],
+        replication: None,
     }
 }
 

@@ -251,3 +251,37 @@ fn every_secret_can_come_from_a_file() {
     let e = s.resolve_secret_files().unwrap_err();
     assert!(e.contains("/nonexistent/key"), "{e}");
 }
+
+#[test]
+fn a_cluster_section_is_checked_as_a_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "archive:\n  enabled: false\ncluster:\n  name: main\n  node: db1\n  nodes:\n    - { name: db1, address: 10.0.0.1 }\n    - { name: db2, address: 10.0.0.2 }\n    - { name: witness, address: 10.0.0.3, witness: true }\n";
+    let s = Settings::load(&opts(Some(write(&dir, "good.yaml", good)), &[])).unwrap();
+    assert!(s.cluster.enabled());
+    assert_eq!(
+        s.cluster.this_node().unwrap().address.to_string(),
+        "10.0.0.1"
+    );
+    assert_eq!(s.cluster.data_nodes().count(), 2);
+
+    // One of each mistake an operator makes when copying the file between nodes.
+    let bad = "cluster:\n  name: main\n  node: db9\n  ttl_secs: 5\n  patroni_port: 5432\n  nodes:\n    - { name: db1, address: 10.0.0.1 }\n    - { name: db1, address: 10.0.0.1, witness: true }\n";
+    let err = Settings::load(&opts(Some(write(&dir, "bad.yaml", bad)), &[])).unwrap_err();
+    let text = err.to_string();
+    for needle in [
+        "db9\" is not one of cluster.nodes",
+        "etcd needs an odd number",
+        "at least two nodes must run PostgreSQL",
+        "node \"db1\" is listed twice",
+        "address 10.0.0.1 is listed twice",
+        "loop_wait_secs + 2 x retry_timeout_secs <= ttl_secs",
+        "port 5432 is already",
+        "continuous archiving is not yet run",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+    // Nodes without a cluster name are a mistake too, not a silently single host.
+    let nameless = "cluster:\n  nodes:\n    - { name: db1, address: 10.0.0.1 }\n";
+    let err = Settings::load(&opts(Some(write(&dir, "nameless.yaml", nameless)), &[])).unwrap_err();
+    assert!(err.to_string().contains("cluster has no name"), "{err}");
+}

@@ -379,6 +379,135 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
         }
     }
     check_archive(&mut c, &s.archive);
+    check_cluster(&mut c, s);
+}
+
+fn check_cluster(c: &mut Checker<'_>, s: &Settings) {
+    let cl = &s.cluster;
+    c.ident("cluster.replication_user", &cl.replication_user);
+    c.ident("cluster.rewind_user", &cl.rewind_user);
+    for (key, p) in [
+        ("cluster.secrets_file", &cl.secrets_file),
+        ("cluster.patroni_config_dir", &cl.patroni_config_dir),
+        ("cluster.etcd_data_dir", &cl.etcd_data_dir),
+    ] {
+        c.abs_path(key, p);
+    }
+    let Some(name) = &cl.name else {
+        if cl.node.is_some() || !cl.nodes.is_empty() {
+            c.fail(
+                "cluster.name",
+                "nodes are listed but the cluster has no name; name it (cluster.name) or remove the cluster section",
+            );
+        }
+        return;
+    };
+    if !is_plain_identifier(name) {
+        c.fail(
+            "cluster.name",
+            format!("{name:?} is not a usable name: use 1-63 characters from a-z, 0-9 and _, starting with a letter or _"),
+        );
+    }
+    for (key, port) in [
+        ("cluster.patroni_port", cl.patroni_port),
+        ("cluster.etcd_client_port", cl.etcd_client_port),
+        ("cluster.etcd_peer_port", cl.etcd_peer_port),
+    ] {
+        c.port(key, port);
+        if [s.postgres.port, s.pgbouncer.port, s.api.listen.port()].contains(&port) {
+            c.fail(
+                key,
+                format!("port {port} is already PostgreSQL's, PgBouncer's or the API's"),
+            );
+        }
+    }
+    if cl.loop_wait_secs == 0
+        || cl.retry_timeout_secs == 0
+        || cl.loop_wait_secs + 2 * cl.retry_timeout_secs > cl.ttl_secs
+    {
+        c.fail(
+            "cluster.ttl_secs",
+            "Patroni needs loop_wait_secs + 2 x retry_timeout_secs <= ttl_secs, all at least 1",
+        );
+    }
+    if cl.etcd_client_port == cl.etcd_peer_port {
+        c.fail(
+            "cluster.etcd_peer_port",
+            "must differ from cluster.etcd_client_port",
+        );
+    }
+    if cl.replication_user == cl.rewind_user
+        || [&s.postgres.superuser, &s.control_db.user].contains(&&cl.replication_user)
+        || [&s.postgres.superuser, &s.control_db.user].contains(&&cl.rewind_user)
+    {
+        c.fail(
+            "cluster.replication_user",
+            "the replication and rewind roles must be two roles of their own, not the superuser or the API's",
+        );
+    }
+    if cl.nodes.len() < 3 || cl.nodes.len() % 2 == 0 {
+        c.fail(
+            "cluster.nodes",
+            format!(
+                "{} nodes listed; etcd needs an odd number, at least 3, to keep a majority when one dies (two PostgreSQL nodes and a witness)",
+                cl.nodes.len()
+            ),
+        );
+    }
+    if cl.data_nodes().count() < 2 {
+        c.fail(
+            "cluster.nodes",
+            "at least two nodes must run PostgreSQL (witness: false); a witness holds no data",
+        );
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut addresses = std::collections::BTreeSet::new();
+    for n in &cl.nodes {
+        if !is_plain_identifier(&n.name) {
+            c.fail(
+                "cluster.nodes",
+                format!("node name {:?}: use 1-63 characters from a-z, 0-9 and _, starting with a letter or _", n.name),
+            );
+        }
+        if !names.insert(&n.name) {
+            c.fail(
+                "cluster.nodes",
+                format!("node {:?} is listed twice", n.name),
+            );
+        }
+        if !addresses.insert(n.address) {
+            c.fail(
+                "cluster.nodes",
+                format!("address {} is listed twice", n.address),
+            );
+        }
+        if n.address.is_unspecified() || n.address.is_multicast() {
+            c.fail(
+                "cluster.nodes",
+                format!(
+                    "node {:?}: {} is not an address the other nodes can reach",
+                    n.name, n.address
+                ),
+            );
+        }
+    }
+    match &cl.node {
+        None => c.fail(
+            "cluster.node",
+            "say which of cluster.nodes this host is (its name)",
+        ),
+        Some(me) if cl.this_node().is_none() => c.fail(
+            "cluster.node",
+            format!("{me:?} is not one of cluster.nodes"),
+        ),
+        Some(_) => {}
+    }
+    if s.archive.enabled {
+        c.fail(
+            "archive.enabled",
+            "continuous archiving is not yet run from a cluster's primary; set archive.enabled: false on cluster nodes",
+        );
+    }
 }
 
 fn check_archive(c: &mut Checker<'_>, a: &crate::settings::ArchiveSettings) {

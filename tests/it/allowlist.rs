@@ -58,6 +58,23 @@ pub async fn connect_with_ca(
     creds: &Creds,
     use_tls: bool,
 ) -> Result<tokio_postgres::Client, String> {
+    let target: IpAddr = if source.is_ipv4() {
+        [127, 0, 0, 1].into()
+    } else {
+        std::net::Ipv6Addr::LOCALHOST.into()
+    };
+    connect_to(ca_file, source, target, port, creds, use_tls).await
+}
+
+/// [`connect_with_ca`] to a server listening on `target` (another loopback address).
+pub async fn connect_to(
+    ca_file: &std::path::Path,
+    source: IpAddr,
+    target: IpAddr,
+    port: u16,
+    creds: &Creds,
+    use_tls: bool,
+) -> Result<tokio_postgres::Client, String> {
     let socket = if source.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -67,11 +84,6 @@ pub async fn connect_with_ca(
     socket
         .bind((source, 0).into())
         .map_err(|e| format!("bind {source}: {e}"))?;
-    let target: IpAddr = if source.is_ipv4() {
-        [127, 0, 0, 1].into()
-    } else {
-        std::net::Ipv6Addr::LOCALHOST.into()
-    };
     let stream = socket
         .connect((target, port).into())
         .await

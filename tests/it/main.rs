@@ -10,6 +10,7 @@ mod backup;
 mod bind;
 mod cli;
 mod cloudflare;
+mod ha;
 mod harness;
 mod install;
 mod isolation;

@@ -1,0 +1,200 @@
+//! A cluster node's Patroni configuration and etcd's environment file (`cluster.*` settings).
+//!
+//! Patroni owns PostgreSQL's start, stop, promotion and replication settings; pgaas keeps the
+//! rest. Patroni includes pgaas's `pgaas.conf` as its `custom_conf` (tuning, TLS, statistics),
+//! is told pgaas's `hba_file` and `ident_file` (so the access rules stay pgaas's, on every node),
+//! and reaches the server as the superuser over the socket by peer, like every pgaas command:
+//! the superuser never logs in over TCP, not even Patroni's. The YAML is built as data and
+//! serialised, so no value needs quoting by hand.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::RenderError;
+use crate::{model::cluster::ClusterSecrets, settings::Settings};
+
+/// What a node's Patroni configuration depends on besides settings.
+#[derive(Clone, Debug)]
+pub struct PatroniInputs<'a> {
+    pub settings: &'a Settings,
+    pub secrets: &'a ClusterSecrets,
+    /// PostgreSQL's data directory under Patroni.
+    pub data_dir: &'a Path,
+    /// The server's binaries (`/usr/lib/postgresql/<ver>/bin`).
+    pub bin_dir: &'a Path,
+    /// pgaas's rendered `pgaas.conf`, which Patroni includes.
+    pub custom_conf: &'a Path,
+    /// Where Patroni keeps the pgpass file it writes for replication and rewind.
+    pub pgpass: &'a Path,
+}
+
+fn path(what: &str, p: &Path) -> Result<String, RenderError> {
+    let s = p.to_string_lossy();
+    if !p.is_absolute() || s.chars().any(char::is_control) {
+        return Err(RenderError::invalid(
+            what,
+            s,
+            "must be an absolute path without control characters",
+        ));
+    }
+    Ok(s.into_owned())
+}
+
+/// `host:port`, with IPv6 addresses bracketed.
+fn host_port(ip: std::net::IpAddr, port: u16) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+/// `/etc/patroni/config.yml` for this node.
+pub fn render_patroni(i: &PatroniInputs) -> Result<String, RenderError> {
+    let s = i.settings;
+    let cl = &s.cluster;
+    let (Some(scope), Some(me)) = (cl.name.as_deref(), cl.this_node()) else {
+        return Err(RenderError::invalid(
+            "cluster",
+            cl.name.clone().unwrap_or_default(),
+            "no cluster.name, or cluster.node is not one of cluster.nodes",
+        ));
+    };
+    let hba_dir =
+        s.postgres.hba_dir.clone().ok_or_else(|| {
+            RenderError::invalid("postgres.hba_dir", "", "a cluster node needs it")
+        })?;
+    let etcd: Vec<String> = cl
+        .nodes
+        .iter()
+        .map(|n| host_port(n.address, cl.etcd_client_port))
+        .collect();
+    // Replication and rewind go over TLS, checked against the local CA where there is one.
+    let tls = |user: &str, password: &str| -> Result<Value, RenderError> {
+        let mut v = json!({ "username": user, "password": password, "sslmode": "require" });
+        if let Some(ca) = &s.tls.ca_file {
+            v["sslmode"] = json!("verify-ca");
+            v["sslrootcert"] = json!(path("tls.ca_file", ca)?);
+        }
+        Ok(v)
+    };
+    let mut listen: Vec<String> = s.postgres.listen_addresses.clone();
+    if listen.is_empty() {
+        listen.push(me.address.to_string());
+    }
+    let doc = json!({
+        "scope": scope,
+        "namespace": "/pgaas/",
+        "name": me.name,
+        "restapi": {
+            "listen": host_port(me.address, cl.patroni_port),
+            "connect_address": host_port(me.address, cl.patroni_port),
+        },
+        "etcd3": { "hosts": etcd },
+        "bootstrap": {
+            "dcs": {
+                "ttl": cl.ttl_secs,
+                "loop_wait": cl.loop_wait_secs,
+                "retry_timeout": cl.retry_timeout_secs,
+                "maximum_lag_on_failover": cl.maximum_lag_on_failover_bytes,
+                "synchronous_mode": cl.synchronous,
+                "synchronous_mode_strict": false,
+                "postgresql": {
+                    "use_pg_rewind": true,
+                    "use_slots": true,
+                    // Parameters every node must share; Patroni passes them on the command
+                    // line, so they win over pgaas.conf.
+                    "parameters": {
+                        "max_connections": s.postgres.max_connections,
+                        "wal_level": "replica",
+                        "hot_standby": "on",
+                        "wal_log_hints": "on",
+                        "max_wal_senders": 10,
+                        "max_replication_slots": 10,
+                        "wal_keep_size": "256MB",
+                    },
+                },
+            },
+            "initdb": [
+                { "encoding": "UTF8" },
+                { "locale": "C" },
+                "data-checksums",
+                { "auth-local": "peer" },
+                { "auth-host": "scram-sha-256" },
+                { "username": s.postgres.superuser },
+            ],
+        },
+        "postgresql": {
+            "listen": format!("{}:{}", listen.join(","), s.postgres.port),
+            "connect_address": host_port(me.address, s.postgres.port),
+            "data_dir": path("cluster data directory", i.data_dir)?,
+            "bin_dir": path("PostgreSQL binaries", i.bin_dir)?,
+            "pgpass": path("Patroni's pgpass", i.pgpass)?,
+            "custom_conf": path("pgaas.conf", i.custom_conf)?,
+            // The superuser over the socket by peer; replication over TCP.
+            "use_unix_socket": true,
+            "use_unix_socket_repl": false,
+            "authentication": {
+                "superuser": { "username": s.postgres.superuser },
+                "replication": tls(&cl.replication_user, i.secrets.replication.expose())?,
+                "rewind": tls(&cl.rewind_user, i.secrets.rewind.expose())?,
+            },
+            "parameters": {
+                "unix_socket_directories": path("postgres.socket_dir", &s.postgres.socket_dir)?,
+                "hba_file": path("postgres.hba_dir", &hba_dir.join("pg_hba.conf"))?,
+                "ident_file": path("postgres.hba_dir", &hba_dir.join("pg_ident.conf"))?,
+            },
+        },
+        "tags": {
+            "nofailover": false,
+            "noloadbalance": false,
+            "clonefrom": false,
+            "nosync": false,
+        },
+    });
+    let yaml = yaml_serde::to_string(&doc).map_err(|e| {
+        RenderError::invalid("Patroni configuration", "", format!("serialising: {e}"))
+    })?;
+    Ok(format!(
+        "# Managed by pgaas (`pgaas render`): change /etc/pgaas/pgaas.yaml, not this file.\n{yaml}"
+    ))
+}
+
+/// etcd's environment file (`/etc/default/etcd`, read by Debian's `etcd.service`). Every node
+/// runs a member, the witness too.
+pub fn render_etcd_env(s: &Settings) -> Result<String, RenderError> {
+    let cl = &s.cluster;
+    let (Some(scope), Some(me)) = (cl.name.as_deref(), cl.this_node()) else {
+        return Err(RenderError::invalid(
+            "cluster",
+            cl.name.clone().unwrap_or_default(),
+            "no cluster.name, or cluster.node is not one of cluster.nodes",
+        ));
+    };
+    let url = |ip, port| format!("http://{}", host_port(ip, port));
+    let initial: Vec<String> = cl
+        .nodes
+        .iter()
+        .map(|n| format!("{}={}", n.name, url(n.address, cl.etcd_peer_port)))
+        .collect();
+    // Clients (Patroni, etcdctl) use the node's address, as the other nodes' Patroni do.
+    let client = url(me.address, cl.etcd_client_port);
+    let data = path("cluster.etcd_data_dir", &cl.etcd_data_dir)?;
+    Ok(format!(
+        "# Managed by pgaas (`pgaas render`): change /etc/pgaas/pgaas.yaml, not this file.\n\
+         ETCD_NAME={name}\n\
+         ETCD_DATA_DIR={data}\n\
+         ETCD_LISTEN_PEER_URLS={peer}\n\
+         ETCD_INITIAL_ADVERTISE_PEER_URLS={peer}\n\
+         ETCD_LISTEN_CLIENT_URLS={client}\n\
+         ETCD_ADVERTISE_CLIENT_URLS={advertise}\n\
+         ETCD_INITIAL_CLUSTER={initial}\n\
+         ETCD_INITIAL_CLUSTER_STATE=new\n\
+         ETCD_INITIAL_CLUSTER_TOKEN=pgaas-{scope}\n\
+         ETCD_ENABLE_V2=false\n",
+        name = me.name,
+        peer = url(me.address, cl.etcd_peer_port),
+        advertise = client,
+        initial = initial.join(","),
+    ))
+}
