@@ -55,6 +55,8 @@ pub struct Settings {
     pub limits: LimitsSettings,
     pub backups: BackupSettings,
     pub archive: ArchiveSettings,
+    /// Absent from a single host's settings file (written back by `pgaas install`).
+    #[serde(skip_serializing_if = "ClusterSettings::is_single_host")]
     pub cluster: ClusterSettings,
 }
 

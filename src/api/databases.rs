@@ -316,8 +316,8 @@ fn shadow_answer(
     json!({
         "database_id": tenant.id,
         "database_name": name,
-        "SHADOW_DATABASE_URL": crate::api::urls::url(
-            &s.public_host,
+        "SHADOW_DATABASE_URL": crate::api::urls::url_hosts(
+            &crate::api::urls::hosts(s),
             s.postgres.port,
             tenant.username.as_str(),
             None,

@@ -91,8 +91,10 @@ impl ApiError {
 }
 
 impl From<sqlx::Error> for ApiError {
+    /// Classified as the tenant layer does: a busy, restarting or read-only server is the
+    /// client's to retry, anything else is internal.
     fn from(e: sqlx::Error) -> Self {
-        ApiError::Internal(e.into())
+        TenantError::from(e).into()
     }
 }
 

@@ -30,19 +30,33 @@ pub fn endpoints() -> Vec<Endpoint> {
 }
 
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let reachable = state.health.reachable().await;
+    let in_recovery = state.health.in_recovery().await;
+    let reachable = in_recovery.is_some();
     let status = if reachable {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
+    let mut body = json!({
         "status": if reachable { "ok" } else { "degraded" },
         "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "environment": state.settings.environment,
         "control_db": if reachable { "reachable" } else { "unreachable" },
         "version": env!("CARGO_PKG_VERSION"),
     });
+    let cl = &state.settings.cluster;
+    if let (Some(name), Some(node)) = (&cl.name, &cl.node) {
+        // Which node answered, and what its database is: writes go to the primary.
+        body["cluster"] = json!({
+            "name": name,
+            "node": node,
+            "role": match in_recovery {
+                Some(false) => "primary",
+                Some(true) => "standby",
+                None => "unknown",
+            },
+        });
+    }
     (status, Json(body))
 }
 
@@ -62,25 +76,31 @@ impl Probe {
     }
 
     pub async fn reachable(&self) -> bool {
+        self.in_recovery().await.is_some()
+    }
+
+    /// Whether the control DB's server is in recovery (a standby), or `None` when it does not
+    /// answer.
+    pub async fn in_recovery(&self) -> Option<bool> {
         use std::time::Duration;
         let Ok(mut slot) = tokio::time::timeout(Duration::from_secs(1), self.conn.lock()).await
         else {
-            return false;
+            return None;
         };
         let check = async {
             if slot.is_none() {
                 *slot = Some(sqlx::Connection::connect_with(&self.options).await?);
             }
             let conn = slot.as_mut().expect("connected above");
-            sqlx::query_scalar::<_, i32>("SELECT 1")
+            sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
                 .fetch_one(conn)
                 .await
         };
         match tokio::time::timeout(Duration::from_secs(2), check).await {
-            Ok(Ok(_)) => true,
+            Ok(Ok(standby)) => Some(standby),
             _ => {
                 *slot = None;
-                false
+                None
             }
         }
     }

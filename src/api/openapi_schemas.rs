@@ -208,6 +208,11 @@ pub fn schemas() -> Value {
             "environment": string(),
             "control_db": { "enum": ["reachable", "unreachable"] },
             "version": string(),
+            "cluster": object(&["name", "node", "role"], json!({
+                "name": string(),
+                "node": string(),
+                "role": { "enum": ["primary", "standby", "unknown"], "description": "What this node's database is; writes go to the primary." },
+            })),
         })),
         "Database": database,
         "DatabaseWithPassword": { "allOf": [r("Database"), with_password] },

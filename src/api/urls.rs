@@ -9,6 +9,11 @@
 //! cannot carry across server connections). It is a field of its own, not `DATABASE_URL`, because
 //! libpq refuses URLs with parameters it does not know (`psql "...&pgbouncer=true"` fails): the
 //! original put it in `DATABASE_URL`, which broke every libpq client of that URL.
+//!
+//! On a cluster (`cluster.*`) every URL names every PostgreSQL node with
+//! `target_session_attrs=read-write`: libpq (and the drivers built on it, and most others) tries
+//! them in turn and keeps the one that takes writes, so a client reaches the new primary after a
+//! failover without changing its URL.
 
 use serde::Serialize;
 
@@ -36,16 +41,17 @@ pub struct ConnectionUrls {
 impl ConnectionUrls {
     pub fn new(state: &AppState, tenant: &Tenant, password: Option<&str>) -> Self {
         let s = &state.settings;
-        let direct = url(
-            &s.public_host,
+        let hosts = hosts(s);
+        let direct = url_hosts(
+            &hosts,
             s.postgres.port,
             tenant.username.as_str(),
             password,
             tenant.database_name.as_str(),
         );
         let pooled = (s.pgbouncer.enabled && state.pooler_available).then(|| {
-            url(
-                &s.public_host,
+            url_hosts(
+                &hosts,
                 s.pgbouncer.port,
                 tenant.username.as_str(),
                 password,
@@ -70,17 +76,53 @@ pub fn prisma(pooled: &str, mode: crate::settings::PoolMode) -> String {
     }
 }
 
-pub fn url(host: &str, port: u16, user: &str, password: Option<&str>, db: &str) -> String {
-    let host = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
+/// The hosts tenants' URLs name: the public host, or on a cluster every PostgreSQL node (its
+/// DNS name where the settings give one, else its address).
+pub fn hosts(s: &crate::settings::Settings) -> Vec<String> {
+    if s.cluster.enabled() {
+        s.cluster
+            .data_nodes()
+            .map(|n| n.host.clone().unwrap_or_else(|| n.address.to_string()))
+            .collect()
     } else {
-        host.to_owned()
-    };
+        vec![s.public_host.clone()]
+    }
+}
+
+pub fn url(host: &str, port: u16, user: &str, password: Option<&str>, db: &str) -> String {
+    url_hosts(&[host.to_owned()], port, user, password, db)
+}
+
+/// [`url`] naming several hosts (libpq's multi-host form): the client keeps the one that takes
+/// writes.
+pub fn url_hosts(
+    hosts: &[String],
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    db: &str,
+) -> String {
+    let hosts: Vec<String> = hosts
+        .iter()
+        .map(|host| {
+            if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            }
+        })
+        .collect();
     // `*` is a sub-delimiter, legal unencoded in userinfo, so the mask stays readable.
     let password = password.map_or_else(|| MASK.to_owned(), encode);
+    let failover = if hosts.len() > 1 {
+        "&target_session_attrs=read-write"
+    } else {
+        ""
+    };
     format!(
-        "postgresql://{}:{password}@{host}:{port}/{}?sslmode=require",
+        "postgresql://{}:{password}@{}/{}?sslmode=require{failover}",
         encode(user),
+        hosts.join(","),
         encode(db)
     )
 }
@@ -117,6 +159,42 @@ mod tests {
         assert_eq!(
             url("db.example.com", 5432, "user_ab12", None, "tenant_ab12"),
             "postgresql://user_ab12:********@db.example.com:5432/tenant_ab12?sslmode=require"
+        );
+    }
+
+    #[test]
+    fn a_cluster_url_names_every_node_and_asks_for_the_primary() {
+        let two = ["db1.example.com".to_string(), "2001:db8::2".to_string()];
+        assert_eq!(
+            url_hosts(&two, 5432, "tenant_ab12", Some("Secr3t"), "tenant_ab12"),
+            "postgresql://tenant_ab12:Secr3t@db1.example.com:5432,[2001:db8::2]:5432/tenant_ab12?sslmode=require&target_session_attrs=read-write"
+        );
+        let mut s = crate::settings::Settings::default();
+        assert_eq!(hosts(&s), vec!["localhost".to_string()]);
+        s.cluster.name = Some("main".into());
+        s.cluster.nodes = vec![
+            crate::settings::ClusterNode {
+                name: "db1".into(),
+                address: "10.0.0.1".parse().unwrap(),
+                host: Some("db1.example.com".into()),
+                witness: false,
+            },
+            crate::settings::ClusterNode {
+                name: "db2".into(),
+                address: "10.0.0.2".parse().unwrap(),
+                host: None,
+                witness: false,
+            },
+            crate::settings::ClusterNode {
+                name: "w".into(),
+                address: "10.0.0.3".parse().unwrap(),
+                host: None,
+                witness: true,
+            },
+        ];
+        assert_eq!(
+            hosts(&s),
+            vec!["db1.example.com".to_string(), "10.0.0.2".into()]
         );
     }
 

@@ -56,6 +56,15 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
                 tracing::warn!(error = %e, "pg_hba.conf could not be brought in line with the control DB; run `pgaas doctor`");
             }
             pooler = settings.pgbouncer.enabled && applier.pooler.is_some();
+            if settings.cluster.enabled() {
+                // Every node renders its own files from the rows it sees (a standby's arrive
+                // by replication), within half a second of a change.
+                tokio::spawn(applier.clone().follow(
+                    state.tenants.pool().clone(),
+                    std::time::Duration::from_millis(250),
+                    std::time::Duration::from_secs(30),
+                ));
+            }
         }
         let state = state.with_pooler_available(pooler);
         let (state, stats) = super::start_background(state).await;

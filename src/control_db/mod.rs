@@ -172,6 +172,21 @@ pub async fn bootstrap(
     ] {
         admin.execute(stmt.as_str()).await?;
     }
+    // A cluster's rewind role (made by Patroni when it bootstrapped the cluster) reads the
+    // new primary's `postgres` database when an old primary rejoins: the one role besides the
+    // superuser that may connect there (from the nodes' addresses only, pg_hba.conf says).
+    let rewind = &settings.cluster.rewind_user;
+    if settings.cluster.enabled() && role_exists(admin, rewind).await? {
+        admin
+            .execute(
+                format!(
+                    "GRANT CONNECT ON DATABASE postgres TO {}",
+                    quote_ident(rewind)?
+                )
+                .as_str(),
+            )
+            .await?;
+    }
     // PostgreSQL 16+: the API may take the reserved slots (`reserved_connections`), so tenants
     // at their limits never lock it out.
     let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")

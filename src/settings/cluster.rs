@@ -53,6 +53,10 @@ pub struct ClusterNode {
     pub name: String,
     /// The address the other nodes (and clients) reach it on.
     pub address: IpAddr,
+    /// Its DNS name, if it has one: tenants' URLs name it instead of the address, and the
+    /// certificate covers it.
+    #[serde(default)]
+    pub host: Option<String>,
     /// A witness runs only etcd: it breaks ties, it never holds data.
     #[serde(default)]
     pub witness: bool,
@@ -85,6 +89,11 @@ impl ClusterSettings {
     /// Whether this host is part of a cluster at all.
     pub fn enabled(&self) -> bool {
         self.name.is_some()
+    }
+
+    /// Nothing of a cluster is configured (what a settings file leaves out).
+    pub fn is_single_host(&self) -> bool {
+        self.name.is_none() && self.node.is_none() && self.nodes.is_empty()
     }
 
     /// This host's entry (validation makes sure there is one when the cluster is enabled).

@@ -475,6 +475,14 @@ fn check_cluster(c: &mut Checker<'_>, s: &Settings) {
                 format!("node {:?} is listed twice", n.name),
             );
         }
+        if let Some(h) = &n.host {
+            if !is_host_name(h) {
+                c.fail(
+                    "cluster.nodes",
+                    format!("node {:?}: host {h:?} is not a DNS name", n.name),
+                );
+            }
+        }
         if !addresses.insert(n.address) {
             c.fail(
                 "cluster.nodes",

@@ -134,6 +134,10 @@ impl From<sqlx::Error> for TenantError {
                     "every control-DB connection is busy; try again in a moment".into(),
                 );
             }
+            // The server went away under the request: a restart, or a cluster failing over.
+            Error::Io(_) | Error::PoolClosed => {
+                return TenantError::Unavailable(FAILING_OVER.into());
+            }
             _ => None,
         };
         match code.as_deref() {
@@ -152,10 +156,24 @@ impl From<sqlx::Error> for TenantError {
             Some("57014") | Some("53300") | Some("57P03") => TenantError::Unavailable(
                 "the database server is busy; try again in a moment".into(),
             ),
+            // read_only_sql_transaction: this node is a standby (a cluster's API answers on
+            // every node; writes go to the primary). admin_shutdown, crash_shutdown, and the
+            // connection_exception class: the server stopped under the request.
+            Some("25006") => TenantError::Unavailable(
+                "this node's database is a standby (read-only); send writes to the primary, or \
+                 try again in a moment if a failover is under way"
+                    .into(),
+            ),
+            Some(c) if c == "57P01" || c == "57P02" || c.starts_with("08") => {
+                TenantError::Unavailable(FAILING_OVER.into())
+            }
             _ => TenantError::Db(e),
         }
     }
 }
+
+const FAILING_OVER: &str =
+    "the database server is restarting or failing over; try again in a moment";
 
 impl TenantError {
     /// A stable word for audit rows: readers of the audit log never see server error text.

@@ -21,10 +21,7 @@ use std::{
 };
 
 use pgaas::{
-    model::{
-        cluster::ClusterSecrets,
-        hba::{HbaPolicy, TenantAccess},
-    },
+    model::{cluster::ClusterSecrets, hba::HbaPolicy},
     pg::{
         binaries::PgBinaries,
         cluster::OsUser,
@@ -36,17 +33,14 @@ use pgaas::{
     },
     settings::{ClusterNode, Settings},
 };
+use serde_json::{Value, json};
 use tokio_postgres::NoTls;
 
 use crate::{
     allowlist::{Creds, connect_to, v4},
     attack::refused_before_password,
-    harness::{free_port, temp_state_dir, test_settings},
+    harness::{free_port, pgaas_bin, temp_state_dir, test_settings},
 };
-
-const TENANT: &str = "tenant_ha";
-const LOCKED: &str = "tenant_ha_locked";
-const PASSWORD: &str = "haTenantPassw0rd";
 
 struct Ports {
     pg: u16,
@@ -62,6 +56,7 @@ struct Node {
     settings: Settings,
     patroni: Option<Child>,
     etcd: Option<Child>,
+    serve: Option<Child>,
 }
 
 impl Node {
@@ -121,11 +116,56 @@ impl Node {
         self.patroni = Some(child);
     }
 
-    /// The machine dies: Patroni and every PostgreSQL process, SIGKILL, no shutdown.
+    /// `pgaas serve` with this node's settings file.
+    fn start_serve(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("serve.log"))
+            .unwrap();
+        let child = pgaas_bin()
+            .arg("--config")
+            .arg(self.dir.join("pgaas.yaml"))
+            .arg("serve")
+            .env("PGAAS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        std::fs::write(self.dir.with_extension("serve.pid"), child.id().to_string()).unwrap();
+        self.serve = Some(child);
+    }
+
+    async fn wait_health(&self, http: &reqwest::Client) {
+        let url = format!("http://{}/health", self.settings.api.listen);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status(http, &url).await != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "pgaas serve on {} is not healthy:\n{}",
+                self.name,
+                self.serve_log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn serve_log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The machine dies: pgaas, Patroni and every PostgreSQL process, SIGKILL, no shutdown.
     fn kill_hard(&mut self) {
-        if let Some(mut p) = self.patroni.take() {
-            let _ = p.kill();
-            let _ = p.wait();
+        for child in [self.serve.take(), self.patroni.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
         }
         if let Ok(pid) = std::fs::read_to_string(self.data_dir().join("postmaster.pid")) {
             let pid = pid.lines().next().unwrap_or("").trim().to_string();
@@ -134,10 +174,20 @@ impl Node {
         }
     }
 
+    /// Patroni's and PostgreSQL's errors, then the last lines of the log.
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("patroni.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        let errors: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.contains("FATAL") || l.contains("ERROR") || l.contains("WARNING"))
+            .collect();
+        format!(
+            "{}\n...\n{}",
+            errors[errors.len().saturating_sub(20)..].join("\n"),
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        )
     }
 }
 
@@ -198,9 +248,8 @@ fn node_settings(
 }
 
 /// The access files pgaas renders for a node: the same on every node (one policy).
-fn write_access_files(node: &Node, owner: &OsUser, tenants: &[TenantAccess]) {
-    let mut policy = HbaPolicy::base(&node.settings);
-    policy.tenants = tenants.to_vec();
+fn write_access_files(node: &Node, owner: &OsUser) {
+    let policy = HbaPolicy::base(&node.settings);
     let rules = pgaas::hba::compile_all(&policy).unwrap();
     let files = render::managed_files(&RenderInputs {
         settings: &node.settings,
@@ -279,18 +328,36 @@ async fn wait_status(http: &reqwest::Client, node: &Node, path: &str, timeout: D
     }
 }
 
-/// The tenant's multi-host URL, as a client would be handed it.
-fn tenant_url(nodes: &[Node], ca: &Path, port: u16) -> String {
-    let hosts: Vec<String> = nodes
-        .iter()
-        .filter(|n| !n.settings.cluster.this_node().unwrap().witness)
-        .map(|n| format!("{}:{port}", n.addr))
-        .collect();
-    format!(
-        "postgresql://{TENANT}:{PASSWORD}@{}/{TENANT}?sslmode=verify-ca&sslrootcert={}&target_session_attrs=read-write&connect_timeout=2",
-        hosts.join(","),
-        ca.display()
-    )
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Api {
+    /// `(status, body, Retry-After)`.
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, Option<String>) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .header("X-API-Key", &self.key)
+            .timeout(Duration::from_secs(30));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let code = resp.status().as_u16();
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (code, resp.json().await.unwrap_or(Value::Null), retry)
+    }
 }
 
 /// One INSERT through psql (libpq's multi-host failover); true when acknowledged.
@@ -327,16 +394,19 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
         ClusterNode {
             name: "n1".into(),
             address: v4(1),
+            host: None,
             witness: false,
         },
         ClusterNode {
             name: "n2".into(),
             address: v4(2),
+            host: None,
             witness: false,
         },
         ClusterNode {
             name: "w".into(),
             address: v4(3),
+            host: None,
             witness: true,
         },
     ];
@@ -344,11 +414,6 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
     ca.ensure().unwrap();
     let secrets = ClusterSecrets::generate();
     let bin = PgBinaries::find(None).unwrap();
-    let allow_locked = vec![TenantAccess {
-        database: LOCKED.into(),
-        role: LOCKED.into(),
-        allow: vec!["127.0.0.7/32".parse().unwrap()],
-    }];
 
     let mut nodes: Vec<Node> = Vec::new();
     for (name, last) in [("n1", 1u8), ("n2", 2), ("w", 3)] {
@@ -362,6 +427,7 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
             settings,
             patroni: None,
             etcd: None,
+            serve: None,
         };
         nodes.push(node);
     }
@@ -397,7 +463,7 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
             &["localhost".into(), node.addr.to_string()],
         )
         .unwrap();
-        write_access_files(node, &owner, &allow_locked);
+        write_access_files(node, &owner);
         let yaml = render_patroni(&PatroniInputs {
             settings: &node.settings,
             secrets: &secrets,
@@ -432,25 +498,164 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
     // Synchronous replication: the standby confirms commits before they are acknowledged.
     wait_status(&http, &nodes[standby], "/sync", Duration::from_secs(90)).await;
 
-    // A tenant as pgaas makes one, and a second one behind an allow-list.
-    {
-        let su = nodes[primary].su("postgres").await.unwrap();
-        for sql in [
-            "CREATE ROLE pgaas_tenants NOLOGIN".to_string(),
-            format!("CREATE ROLE {TENANT} LOGIN PASSWORD '{PASSWORD}' IN ROLE pgaas_tenants"),
-            format!("CREATE DATABASE {TENANT} OWNER {TENANT}"),
-            format!("CREATE ROLE {LOCKED} LOGIN PASSWORD '{PASSWORD}' IN ROLE pgaas_tenants"),
-            format!("CREATE DATABASE {LOCKED} OWNER {LOCKED}"),
-        ] {
-            su.batch_execute(&sql).await.unwrap();
-        }
-        let own = nodes[primary].su(TENANT).await.unwrap();
-        own.batch_execute(&format!(
-            "CREATE TABLE acked (id bigint PRIMARY KEY); ALTER TABLE acked OWNER TO {TENANT}"
-        ))
-        .await
-        .unwrap();
+    // The control DB on the primary; `pgaas serve` on both nodes, each on its own database.
+    let api_password = pgaas::model::Secret::generate();
+    let password_file = base.join("api-password");
+    std::fs::write(&password_file, api_password.expose()).unwrap();
+    let key_file = base.join("api-key");
+    let api_key = format!("ha-{}", pgaas::model::Secret::generate().expose());
+    std::fs::write(&key_file, &api_key).unwrap();
+    for f in [&password_file, &key_file] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     }
+    pgaas::control_db::bootstrap(
+        &sqlx::postgres::PgConnectOptions::new()
+            .socket(&nodes[primary].settings.postgres.socket_dir)
+            .port(ports.pg)
+            .username("postgres"),
+        &nodes[primary].settings,
+        &api_password,
+    )
+    .await
+    .unwrap();
+    let api_port = free_port();
+    for node in nodes.iter_mut().take(2) {
+        let s = &mut node.settings;
+        s.control_db.host = s.postgres.socket_dir.to_string_lossy().into_owned();
+        s.control_db.port = Some(ports.pg);
+        s.control_db.password_file = Some(password_file.clone());
+        s.api.api_key_file = Some(key_file.clone());
+        s.api.listen = (node.addr, api_port).into();
+        s.pgbouncer.enabled = false;
+        s.postgres.version = Some(bin.version);
+        std::fs::write(node.dir.join("pgaas.yaml"), s.to_yaml_without_secrets()).unwrap();
+    }
+    // The primary's first: it runs the migrations.
+    for i in [primary, standby] {
+        nodes[i].start_serve();
+        nodes[i].wait_health(&http).await;
+    }
+    let addrs: Vec<Ipv4Addr> = nodes.iter().map(|n| n.addr).collect();
+    let api = |i: usize| Api {
+        http: http.clone(),
+        base: format!("http://{}:{api_port}", addrs[i]),
+        key: api_key.clone(),
+    };
+    for (i, role) in [(primary, "primary"), (standby, "standby")] {
+        let (code, health, _) = api(i).call("GET", "/health", None).await;
+        assert_eq!(code, 200, "{health}");
+        assert_eq!(health["cluster"]["role"], role, "{health}");
+        assert_eq!(health["cluster"]["node"], nodes[i].name, "{health}");
+    }
+
+    // Tenants are made through the primary's API; the standby's refuses writes cleanly.
+    let create = json!({ "friendlyName": "ha writer", "ownerEmail": "ha@example.com" });
+    let (code, body, retry) = api(standby)
+        .call("POST", "/api/databases", Some(create.clone()))
+        .await;
+    assert_eq!(code, 503, "a write on the standby's API: {body}");
+    assert!(retry.is_some(), "503 without Retry-After: {body}");
+    let (code, body, _) = api(primary)
+        .call("POST", "/api/databases", Some(create))
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let writer_db = body["data"]["database_name"].as_str().unwrap().to_string();
+    let writer_url = body["data"]["connection_string"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        writer_url.contains(&format!("@127.0.0.1:{0},127.0.0.2:{0}/", ports.pg))
+            && writer_url.contains("target_session_attrs=read-write"),
+        "not a multi-host URL: {writer_url}"
+    );
+    let (code, body, _) = api(primary)
+        .call(
+            "POST",
+            "/api/databases",
+            Some(json!({ "friendlyName": "ha locked", "ownerEmail": "ha@example.com" })),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let locked_id = body["data"]["id"].as_str().unwrap().to_string();
+    let locked = Creds {
+        user: body["data"]["username"].as_str().unwrap().into(),
+        password: body["data"]["password"].as_str().unwrap().into(),
+        database: body["data"]["database_name"].as_str().unwrap().into(),
+    };
+    // Read by the standby through replication: its API answers reads.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body, _) = api(standby)
+            .call("GET", &format!("/api/databases/{locked_id}"), None)
+            .await;
+        if code == 200 {
+            break;
+        }
+        assert!(
+            code == 404 && Instant::now() < deadline,
+            "a read on the standby's API: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An allow-list change through the primary: in force there when the API answers, and on
+    // the standby (whose files only its own pgaas writes, from the replicated rows) soon after.
+    let standby_addr = IpAddr::V4(nodes[standby].addr);
+    // Synchronous commit waits for the standby's flush, not its replay: the new role may take
+    // a moment to be visible there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = connect_to(&ca.cert_file, v4(8), standby_addr, ports.pg, &locked, true).await
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the open tenant cannot reach the standby: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, body, _) = api(primary)
+        .call(
+            "POST",
+            &format!("/api/databases/{locked_id}/whitelist"),
+            Some(json!({ "ipAddress": "127.0.0.7/32", "description": "the only client" })),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let answered = Instant::now();
+    let r = connect_to(
+        &ca.cert_file,
+        v4(8),
+        IpAddr::V4(nodes[primary].addr),
+        ports.pg,
+        &locked,
+        true,
+    )
+    .await;
+    refused_before_password(
+        &r,
+        "an unlisted address on the primary, once the API answered",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = connect_to(&ca.cert_file, v4(8), standby_addr, ports.pg, &locked, true).await;
+        if r.is_err() {
+            refused_before_password(&r, "an unlisted address on the standby");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby never enforced the new allow-list:\n{}",
+            nodes[standby].serve_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t_log(&format!(
+        "allow-list in force on the standby {:?} after the primary's API answered",
+        answered.elapsed()
+    ));
+    connect_to(&ca.cert_file, v4(7), standby_addr, ports.pg, &locked, true)
+        .await
+        .unwrap_or_else(|e| panic!("the listed address is refused on the standby: {e}"));
 
     // The cluster's roles are for the nodes alone: refused from anywhere else before any
     // password, on both nodes; the superuser never over TCP.
@@ -479,7 +684,23 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
     }
 
     // Continuous writes through the multi-host URL, each acknowledged one recorded.
-    let url = tenant_url(&nodes, &ca.cert_file, ports.pg);
+    let url = writer_url.replace(
+        "sslmode=require",
+        &format!("sslmode=verify-ca&sslrootcert={}", ca.cert_file.display()),
+    ) + "&connect_timeout=2";
+    let created = Command::new("psql")
+        .arg(&url)
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "CREATE TABLE acked (id bigint PRIMARY KEY)",
+        ])
+        .status()
+        .unwrap();
+    assert!(created.success(), "the tenant cannot use its URL");
     assert!(insert(&url, 0), "the tenant cannot write through {url}");
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
@@ -540,15 +761,10 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
     (primary, standby) = (standby, primary);
 
     // Every acknowledged write is on the new primary.
-    let n = all_acknowledged_on(&nodes[primary], &acked).await;
+    let n = all_acknowledged_on(&nodes[primary], &writer_db, &acked).await;
     t_log(&format!("{n} acknowledged writes, none lost"));
 
     // The new primary enforces exactly the rules the old one did.
-    let locked = Creds {
-        user: LOCKED.into(),
-        password: PASSWORD.into(),
-        database: LOCKED.into(),
-    };
     let target = IpAddr::V4(nodes[primary].addr);
     connect_to(&ca.cert_file, v4(7), target, ports.pg, &locked, true)
         .await
@@ -568,7 +784,7 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let total = acked.lock().unwrap().len();
-        let c = nodes[standby].su(TENANT).await.unwrap();
+        let c = nodes[standby].su(&writer_db).await.unwrap();
         let have: i64 = c
             .query_one("SELECT count(*) FROM acked", &[])
             .await
@@ -583,9 +799,28 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    all_acknowledged_on(&nodes[standby], &acked).await;
+    all_acknowledged_on(&nodes[standby], &writer_db, &acked).await;
+    nodes[standby].start_serve();
+    nodes[standby].wait_health(&http).await;
+    let (_, health, _) = api(standby).call("GET", "/health", None).await;
+    assert_eq!(health["cluster"]["role"], "standby", "{health}");
+    let (_, health, _) = api(primary).call("GET", "/health", None).await;
+    assert_eq!(health["cluster"]["role"], "primary", "{health}");
+    let (code, body, _) = api(primary)
+        .call(
+            "POST",
+            "/api/databases",
+            Some(json!({ "friendlyName": "after failover", "ownerEmail": "ha@example.com" })),
+        )
+        .await;
+    assert_eq!(code, 201, "the new primary's API: {body}");
+    let (code, body, retry) = api(standby)
+        .call("DELETE", &format!("/api/databases/{locked_id}"), None)
+        .await;
+    assert_eq!(code, 503, "a write on the rejoined standby's API: {body}");
+    assert!(retry.is_some());
     // It is read-only: the URL's read-write attribute never lands a client on it.
-    let c = nodes[standby].su(TENANT).await.unwrap();
+    let c = nodes[standby].su(&writer_db).await.unwrap();
     let ro: String = c
         .query_one("SHOW transaction_read_only", &[])
         .await
@@ -595,9 +830,9 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
 }
 
 /// Every acknowledged id is in the node's table; how many there are.
-async fn all_acknowledged_on(node: &Node, acked: &Mutex<Vec<(u64, Instant)>>) -> usize {
+async fn all_acknowledged_on(node: &Node, db: &str, acked: &Mutex<Vec<(u64, Instant)>>) -> usize {
     let acked: Vec<u64> = acked.lock().unwrap().iter().map(|(id, _)| *id).collect();
-    let c = node.su(TENANT).await.unwrap();
+    let c = node.su(db).await.unwrap();
     let rows = c.query("SELECT id FROM acked", &[]).await.unwrap();
     let have: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
     let lost: Vec<u64> = acked

@@ -321,4 +321,62 @@ impl HbaApplier {
         self.refresh_pooler_users(pool).await?;
         Ok(generation)
     }
+
+    /// On a cluster node: keep this node's files in line with the rows it sees. A standby's
+    /// rows arrive by replication, never through this node's API, so nothing else would write
+    /// its files; the primary's API writes its own on every change, and this finds them in
+    /// line. Polls the generation every `interval` (a cheap read that works on a standby), and
+    /// syncs when it moved, when the node changed role, and every `full_every` anyway (a
+    /// password rotation changes PgBouncer's auth file without a new generation).
+    pub async fn follow(
+        self,
+        pool: PgPool,
+        interval: std::time::Duration,
+        full_every: std::time::Duration,
+    ) {
+        let mut seen: Option<(i64, bool)> = None;
+        let mut last_full = tokio::time::Instant::now();
+        let mut failing = false;
+        loop {
+            let now: Result<(i64, bool), sqlx::Error> = async {
+                let mut conn = pool.acquire().await?;
+                let g = current_generation(&mut conn).await?;
+                let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                Ok((g, standby))
+            }
+            .await;
+            match now {
+                Ok(state) if seen != Some(state) || last_full.elapsed() >= full_every => {
+                    match self.sync(&pool).await {
+                        Ok(_) => {
+                            if seen.is_some_and(|(g, _)| g != state.0) {
+                                tracing::info!(
+                                    generation = state.0,
+                                    standby = state.1,
+                                    "access rules followed the control DB"
+                                );
+                            }
+                            seen = Some(state);
+                            last_full = tokio::time::Instant::now();
+                            failing = false;
+                        }
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(error = %crate::error_chain(&e), "this node's access files could not follow the control DB; retrying");
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %crate::error_chain(&e), "cannot read the access rules' generation; retrying");
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
 }
