@@ -12,6 +12,7 @@
 //! the API's user with the cluster's group (setgid directories, files 0640), so the API can
 //! replace them atomically without write access to anything PostgreSQL owns.
 
+pub mod cluster_status;
 pub mod context;
 pub mod host;
 pub mod manifest;

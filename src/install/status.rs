@@ -31,6 +31,8 @@ pub struct Status {
     pub budget: Option<crate::tenant::Budget>,
     /// Continuous archiving, as the control DB and the archiver report it.
     pub archive: Option<crate::archive::status::BackupStatus>,
+    /// Patroni's members and etcd's health, on a cluster node.
+    pub cluster: Option<super::cluster_status::ClusterStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,25 +66,31 @@ pub async fn gather(settings: &Settings, system: &dyn System, admin: PgConnectOp
     let mut st = Status::default();
     let version = settings.postgres.version.unwrap_or(15);
     if system.systemd_running() {
-        for unit in [
-            format!("postgresql@{version}-main"),
-            "pgbouncer".into(),
-            "pgaas-api.service".into(),
-            "pgaas-backup.timer".into(),
-            "pgaas-cert-renew.timer".into(),
-        ]
-        .into_iter()
-        .chain(
-            [
-                "pgaas-worker.service",
-                "pgaas-base-backup-full.timer",
-                "pgaas-base-backup-diff.timer",
-                "pgaas-drill.timer",
-            ]
+        let server_units: Vec<String> = if settings.cluster.enabled() {
+            vec!["etcd.service".into(), "patroni.service".into()]
+        } else {
+            vec![format!("postgresql@{version}-main")]
+        };
+        for unit in server_units
             .into_iter()
-            .filter(|_| settings.archive.enabled)
-            .map(String::from),
-        ) {
+            .chain([
+                "pgbouncer".into(),
+                "pgaas-api.service".into(),
+                "pgaas-backup.timer".into(),
+                "pgaas-cert-renew.timer".into(),
+            ])
+            .chain(
+                [
+                    "pgaas-worker.service",
+                    "pgaas-base-backup-full.timer",
+                    "pgaas-base-backup-diff.timer",
+                    "pgaas-drill.timer",
+                ]
+                .into_iter()
+                .filter(|_| settings.archive.enabled)
+                .map(String::from),
+            )
+        {
             let out = system.run(&["systemctl".into(), "is-active".into(), unit.clone()], &[]);
             let state = out
                 .map(|o| o.stdout.trim().to_string())
@@ -122,6 +130,7 @@ pub async fn gather(settings: &Settings, system: &dyn System, admin: PgConnectOp
         Ok(()) => {}
         Err(e) => st.database_error = Some(e.to_string()),
     }
+    st.cluster = super::cluster_status::gather(settings).await;
     st
 }
 
@@ -198,6 +207,9 @@ fn pretty(bytes: i64) -> String {
 /// The report as text.
 pub fn render(st: &Status) -> String {
     let mut out = String::new();
+    if let Some(c) = &st.cluster {
+        out.push_str(&c.render());
+    }
     if !st.services.is_empty() {
         out.push_str("Services\n");
         for (u, s) in &st.services {

@@ -99,6 +99,9 @@ pub fn render_patroni(i: &PatroniInputs) -> Result<String, RenderError> {
                 "maximum_lag_on_failover": cl.maximum_lag_on_failover_bytes,
                 "synchronous_mode": cl.synchronous,
                 "synchronous_mode_strict": false,
+                // etcd without a majority stops failover, not the primary: it keeps serving
+                // while every member answers its REST API.
+                "failsafe_mode": true,
                 "postgresql": {
                     "use_pg_rewind": true,
                     "use_slots": true,

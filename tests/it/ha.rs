@@ -157,6 +157,43 @@ impl Node {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    fn kill_etcd(&mut self) {
+        if let Some(mut child) = self.etcd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `pgaas status` on this node.
+    fn status(&self) -> String {
+        let out = pgaas_bin()
+            .arg("--config")
+            .arg(self.dir.join("pgaas.yaml"))
+            .arg("status")
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    async fn wait_status_says(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.status();
+            if text.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`pgaas status` never said {needle:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// The machine dies: pgaas, Patroni and every PostgreSQL process, SIGKILL, no shutdown.
     fn kill_hard(&mut self) {
         for child in [self.serve.take(), self.patroni.take()]
@@ -827,6 +864,45 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
         .unwrap()
         .get(0);
     assert_eq!(ro, "on");
+
+    // `pgaas status` shows the cluster as Patroni and etcd see it.
+    let text = nodes[standby].status();
+    for needle in [
+        "Cluster pgaas_it (this node: ",
+        " leader ",
+        " sync_standby ",
+        "etcd: n1 healthy, n2 healthy, w healthy",
+    ] {
+        assert!(
+            text.contains(needle),
+            "{needle:?} not in `pgaas status`:\n{text}"
+        );
+    }
+    assert!(!text.contains("WARNING"), "{text}");
+
+    // etcd loses a member: nothing changes but a warning. It loses a second, and with it the
+    // majority: no failover could happen now, but the primary keeps taking writes well past
+    // the leader key's lifetime (Patroni's failsafe mode: every member still answers).
+    nodes[2].kill_etcd();
+    assert!(insert(&url, 1_000_000), "a write with one etcd member down");
+    // (If the lost member led etcd's raft, the others elect a new leader first.)
+    nodes[standby]
+        .wait_status_says("one more loss stops failover")
+        .await;
+    nodes[standby].kill_etcd();
+    let ttl = Duration::from_secs(u64::from(nodes[0].settings.cluster.ttl_secs));
+    let until = Instant::now() + ttl * 2;
+    let mut id = 1_000_001;
+    while Instant::now() < until {
+        assert!(
+            insert(&url, id),
+            "a write failed with etcd's majority lost:\n{}",
+            nodes[primary].log_tail()
+        );
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    nodes[primary].wait_status_says("no majority").await;
 }
 
 /// Every acknowledged id is in the node's table; how many there are.

@@ -1,0 +1,233 @@
+//! The cluster part of `pgaas status`: Patroni's view of the members (role, state, timeline,
+//! lag) from this node's REST API, and each etcd member's health. Read over HTTP on the nodes'
+//! addresses with short timeouts, so a dead node costs the report two seconds, not a hang.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::settings::Settings;
+
+#[derive(Debug, Default, Serialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub node: String,
+    /// Patroni's members, as this node's Patroni sees them; empty with `patroni_error`.
+    pub members: Vec<Member>,
+    pub patroni_error: Option<String>,
+    /// `(node, healthy)` for every etcd member.
+    pub etcd: Vec<(String, bool)>,
+    pub synchronous: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Member {
+    pub name: String,
+    /// `leader`, `sync_standby`, `replica`, ...
+    pub role: String,
+    /// `running`, `streaming`, `stopped`, ...
+    pub state: String,
+    #[serde(default)]
+    pub timeline: Option<i64>,
+    /// Bytes behind the leader; Patroni reports `"unknown"` for a member it cannot measure.
+    #[serde(default)]
+    pub lag: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Members {
+    members: Vec<Member>,
+}
+
+impl ClusterStatus {
+    /// What an operator must hear about: a lone primary, no leader, an etcd without majority.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.patroni_error.is_some() {
+            return out;
+        }
+        let leader = self.members.iter().find(|m| m.role == "leader");
+        match leader {
+            None => out.push(
+                "no primary: tenants cannot write until Patroni elects one (see `journalctl -u patroni`)"
+                    .into(),
+            ),
+            Some(l) => {
+                let standbys = self.members.iter().filter(|m| m.name != l.name).count();
+                let sync = self.members.iter().any(|m| m.role == "sync_standby");
+                if standbys == 0 {
+                    out.push(format!(
+                        "{} is the primary and has no standby: a failure of it now stops every tenant",
+                        l.name
+                    ));
+                } else if self.synchronous && !sync {
+                    out.push(format!(
+                        "{} is committing without a synchronous standby: commits acknowledged now could be lost in a failover",
+                        l.name
+                    ));
+                }
+            }
+        }
+        let healthy = self.etcd.iter().filter(|(_, h)| *h).count();
+        if !self.etcd.is_empty() && healthy * 2 <= self.etcd.len() {
+            out.push(format!(
+                "etcd has {healthy} of {} members healthy, no majority: no failover can happen (the primary keeps serving)",
+                self.etcd.len()
+            ));
+        } else if healthy < self.etcd.len() {
+            out.push(format!(
+                "etcd has {healthy} of {} members healthy: one more loss stops failover",
+                self.etcd.len()
+            ));
+        }
+        out
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = format!("Cluster {} (this node: {})\n", self.name, self.node);
+        match &self.patroni_error {
+            Some(e) => out.push_str(&format!(
+                "  Patroni: not reachable ({e}); check `systemctl status patroni`\n"
+            )),
+            None => {
+                out.push_str(&format!(
+                    "  {:<16} {:<14} {:<10} {:>8} {:>10}\n",
+                    "member", "role", "state", "timeline", "lag"
+                ));
+                for m in &self.members {
+                    let lag = match &m.lag {
+                        Some(serde_json::Value::Number(n)) => format!("{n} B"),
+                        Some(v) => v.to_string().trim_matches('"').to_string(),
+                        None => "-".into(),
+                    };
+                    out.push_str(&format!(
+                        "  {:<16} {:<14} {:<10} {:>8} {:>10}\n",
+                        m.name,
+                        m.role,
+                        m.state,
+                        m.timeline.map_or("-".into(), |t| t.to_string()),
+                        lag
+                    ));
+                }
+            }
+        }
+        let etcd: Vec<String> = self
+            .etcd
+            .iter()
+            .map(|(n, h)| format!("{n} {}", if *h { "healthy" } else { "UNREACHABLE" }))
+            .collect();
+        out.push_str(&format!("  etcd: {}\n", etcd.join(", ")));
+        for w in self.warnings() {
+            out.push_str(&format!("  WARNING: {w}\n"));
+        }
+        out
+    }
+}
+
+fn host_port(ip: std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::from((ip, port)).to_string()
+}
+
+/// The cluster's state, or `None` on a single host.
+pub async fn gather(settings: &Settings) -> Option<ClusterStatus> {
+    let cl = &settings.cluster;
+    let (name, me) = (cl.name.clone()?, cl.this_node()?);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let mut st = ClusterStatus {
+        name,
+        node: me.name.clone(),
+        synchronous: cl.synchronous,
+        ..Default::default()
+    };
+    if !me.witness {
+        let url = format!("http://{}/cluster", host_port(me.address, cl.patroni_port));
+        match http.get(&url).send().await {
+            Ok(r) => match r.json::<Members>().await {
+                Ok(m) => st.members = m.members,
+                Err(e) => st.patroni_error = Some(format!("{url}: {e}")),
+            },
+            Err(e) => st.patroni_error = Some(format!("{url}: {e}")),
+        }
+    } else {
+        // A witness runs no Patroni: ask a data node's.
+        let mut last = None;
+        for n in cl.data_nodes() {
+            let url = format!("http://{}/cluster", host_port(n.address, cl.patroni_port));
+            match http.get(&url).send().await {
+                Ok(r) => {
+                    if let Ok(m) = r.json::<Members>().await {
+                        st.members = m.members;
+                        last = None;
+                        break;
+                    }
+                }
+                Err(e) => last = Some(format!("{url}: {e}")),
+            }
+        }
+        st.patroni_error = last;
+    }
+    for n in &cl.nodes {
+        let url = format!(
+            "http://{}/health",
+            host_port(n.address, cl.etcd_client_port)
+        );
+        let healthy = match http.get(&url).send().await {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .is_ok_and(|v| v["health"] == "true"),
+            Err(_) => false,
+        };
+        st.etcd.push((n.name.clone(), healthy));
+    }
+    Some(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, role: &str) -> Member {
+        Member {
+            name: name.into(),
+            role: role.into(),
+            state: "running".into(),
+            timeline: Some(1),
+            lag: Some(serde_json::json!(0)),
+        }
+    }
+
+    #[test]
+    fn an_operator_hears_about_a_lone_primary_and_a_lost_majority() {
+        let mut st = ClusterStatus {
+            name: "main".into(),
+            node: "db1".into(),
+            members: vec![member("db1", "leader"), member("db2", "sync_standby")],
+            etcd: vec![
+                ("db1".into(), true),
+                ("db2".into(), true),
+                ("w".into(), true),
+            ],
+            synchronous: true,
+            ..Default::default()
+        };
+        assert!(st.warnings().is_empty(), "{:?}", st.warnings());
+        st.members[1].role = "replica".into();
+        assert!(st.warnings()[0].contains("without a synchronous standby"));
+        st.members.pop();
+        assert!(st.warnings()[0].contains("has no standby"));
+        st.etcd[1].1 = false;
+        st.etcd[2].1 = false;
+        assert!(st.warnings().iter().any(|w| w.contains("no majority")));
+        st.members.clear();
+        assert!(st.warnings()[0].contains("no primary"));
+        let text = st.render();
+        assert!(
+            text.contains("Cluster main (this node: db1)") && text.contains("w UNREACHABLE"),
+            "{text}"
+        );
+    }
+}
