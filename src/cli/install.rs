@@ -202,7 +202,9 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let vars = install::vars(&settings, pg_version);
-    let steps = install::load_playbook(args.playbook.as_deref(), &vars)?;
+    // A single host, a cluster's PostgreSQL node, or its witness: each runs its own steps.
+    let role = install::playbook::Role::of(&settings);
+    let steps = install::load_playbook(args.playbook.as_deref(), &vars, role)?;
     if interactive && !args.dry_run {
         let answer = ask(&format!(
             "Install pgaas with PostgreSQL {pg_version} on this host ({} steps; --dry-run shows them)? [y/N]",

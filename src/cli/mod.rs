@@ -5,6 +5,7 @@ mod allow;
 mod archive;
 mod backup;
 mod cert;
+mod cluster;
 mod config;
 mod db;
 mod dev;
@@ -66,8 +67,12 @@ pub enum Command {
     Cert(cert::Command),
     /// Bootstrap this host (root): PostgreSQL, PgBouncer, TLS, control DB, API and timers.
     Install(install::Args),
-    /// Services, version, connections, sizes, certificate, backups, hba generation.
+    /// Services, version, connections, sizes, certificate, backups, hba generation; on a
+    /// cluster, its members and etcd.
     Status(status::Args),
+    /// High availability: the secrets a cluster's nodes share.
+    #[command(subcommand)]
+    Cluster(cluster::Command),
     /// Remove what `pgaas install` created (keeps data and backups unless --purge-data).
     Uninstall(uninstall::Args),
     /// Run the restore jobs the API queues, and keep the backup status fresh (a service, as
@@ -100,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Cert(cmd) => cert::run(cli.config, cmd),
         Command::Install(args) => install::run(cli.config, args),
         Command::Status(args) => status::run(cli.config, args),
+        Command::Cluster(cmd) => cluster::run(cli.config, cmd),
         Command::Uninstall(args) => uninstall::run(cli.config, args),
         Command::Worker => archive::run_worker(cli.config),
         Command::Backup(cmd) => backup::run(cli.config, cmd),

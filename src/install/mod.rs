@@ -45,6 +45,16 @@ pub fn install_settings(mut s: Settings, pg_version: u32, tls: &TlsMode) -> Sett
     s.pgbouncer
         .auth_dir
         .get_or_insert_with(|| config_dir.join("pgbouncer"));
+    if s.cluster.enabled() {
+        // Patroni runs PostgreSQL in a data directory of its own (not Debian's `main`) and
+        // includes pgaas.conf from beside its configuration.
+        let conf = s.cluster.patroni_config_dir.clone();
+        s.postgres.config_dir.get_or_insert(conf);
+        let name = s.cluster.name.clone().unwrap_or_default();
+        s.postgres.data_dir.get_or_insert_with(|| {
+            PathBuf::from(format!("/var/lib/postgresql/{pg_version}/{name}"))
+        });
+    }
     // The API reaches the control DB over the socket; never a password in the file.
     s.control_db.password = None;
     s.control_db
@@ -82,7 +92,11 @@ pub fn vars(s: &Settings, pg_version: u32) -> Vars {
         hba_dir: text(&s.postgres.hba_dir_for(pg_version)),
         pgbouncer_dir: text(&s.pgbouncer.config_dir),
         pgbouncer_auth_dir: text(&s.pgbouncer.auth_dir()),
-        postgres_unit: format!("postgresql@{pg_version}-main"),
+        postgres_unit: if s.cluster.enabled() {
+            "patroni.service".to_string()
+        } else {
+            format!("postgresql@{pg_version}-main")
+        },
         config_dir: text(config_dir),
         secrets_dir: text(
             s.control_db
@@ -117,6 +131,7 @@ pub fn vars(s: &Settings, pg_version: u32) -> Vars {
         archive_log_path: text(&s.archive.log_path),
         archive_lock_path: text(&s.archive.lock_path),
         archive_scratch_dir: text(&s.archive.scratch_dir),
+        etcd_data_dir: text(&s.cluster.etcd_data_dir),
         settings_yaml: format!(
             "# pgaas settings, written by `pgaas install` (values you change here are kept by the\n\
              # next install; run `pgaas install` again to apply them).\n{}",
@@ -125,8 +140,9 @@ pub fn vars(s: &Settings, pg_version: u32) -> Vars {
     }
 }
 
-/// The playbook to run: `--playbook FILE`, else the embedded `install.yaml`.
-pub fn load_playbook(file: Option<&Path>, vars: &Vars) -> Result<Vec<Step>> {
+/// The playbook to run: `--playbook FILE`, else the embedded `install.yaml`; only the steps
+/// for `role` (a single host, a cluster's PostgreSQL node, its witness).
+pub fn load_playbook(file: Option<&Path>, vars: &Vars, role: playbook::Role) -> Result<Vec<Step>> {
     let (source, text) = match file {
         Some(p) => (
             p.display().to_string(),
@@ -140,7 +156,9 @@ pub fn load_playbook(file: Option<&Path>, vars: &Vars) -> Result<Vec<Step>> {
                 .to_string(),
         ),
     };
-    playbook::parse(&source, &text, vars).map_err(anyhow::Error::msg)
+    let mut steps = playbook::parse(&source, &text, vars).map_err(anyhow::Error::msg)?;
+    steps.retain(|s| s.roles.contains(&role));
+    Ok(steps)
 }
 
 /// The operator's summary after a successful install.

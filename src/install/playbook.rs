@@ -48,6 +48,8 @@ pub struct Vars {
     pub archive_log_path: String,
     pub archive_lock_path: String,
     pub archive_scratch_dir: String,
+    /// etcd's data directory on a cluster's nodes (`cluster.etcd_data_dir`).
+    pub etcd_data_dir: String,
 }
 
 /// One step: a name and its action.
@@ -61,6 +63,10 @@ pub struct Step {
     /// Handlers to queue when this step changed something.
     #[serde(default)]
     pub notify: Vec<Handler>,
+    /// The hosts this step runs on (`single`, `node`, `witness`); a single host and a
+    /// cluster's PostgreSQL nodes when not given.
+    #[serde(default = "default_roles")]
+    pub roles: Vec<Role>,
     pub apt: Option<AptStep>,
     pub user: Option<UserStep>,
     pub dir: Option<DirStep>,
@@ -73,6 +79,13 @@ pub struct Step {
     pub tls: Option<Empty>,
     pub control_db: Option<Empty>,
     pub api_key: Option<ApiKeyStep>,
+    /// A cluster's shared secrets (replication, rewind and API passwords, the local CA), made
+    /// by `pgaas cluster secrets` and copied to every node.
+    pub cluster_secrets: Option<Empty>,
+    /// Wait until etcd has a majority (the other nodes' installs bring theirs up).
+    pub etcd_quorum: Option<Empty>,
+    /// Wait until Patroni runs this node's PostgreSQL, as primary or standby.
+    pub patroni_ready: Option<Empty>,
     /// Continuous archiving: pgBackRest's secrets, stanza, first backups, worker and timers.
     pub archive: Option<Empty>,
     /// The man pages and shell completions of this binary, where `man` and the shells look.
@@ -82,6 +95,30 @@ pub struct Step {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
+
+/// What a host is: a single host, a PostgreSQL node of a cluster, or a cluster's witness (etcd
+/// only). Steps name the roles they run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Single,
+    Node,
+    Witness,
+}
+
+impl Role {
+    pub fn of(settings: &crate::settings::Settings) -> Role {
+        match settings.cluster.this_node() {
+            None => Role::Single,
+            Some(n) if n.witness => Role::Witness,
+            Some(_) => Role::Node,
+        }
+    }
+}
+
+fn default_roles() -> Vec<Role> {
+    vec![Role::Single, Role::Node]
+}
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +179,10 @@ pub struct SystemdStep {
     pub unit: String,
     pub enabled: bool,
     pub state: UnitState,
+    /// Start without waiting for the unit to report ready (etcd only reports ready once a
+    /// majority of its members run, which the other nodes' installs bring).
+    #[serde(default)]
+    pub no_block: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -246,6 +287,9 @@ impl Step {
             ("tls", self.tls.is_some()),
             ("control_db", self.control_db.is_some()),
             ("api_key", self.api_key.is_some()),
+            ("cluster_secrets", self.cluster_secrets.is_some()),
+            ("etcd_quorum", self.etcd_quorum.is_some()),
+            ("patroni_ready", self.patroni_ready.is_some()),
             ("archive", self.archive.is_some()),
             ("docs", self.docs.is_some()),
         ]

@@ -79,6 +79,14 @@ fn run_handler(cx: &Cx, h: &Handler) -> Result<()> {
             "try-reload-or-restart".into(),
             h.unit.clone(),
         ],
+        // etcd reports ready only once a majority of its members run, which the other
+        // nodes' installs bring: the etcd_quorum step waits for that, with progress.
+        HandlerAction::Restart if h.unit == super::steps::ETCD_UNIT => vec![
+            "systemctl".into(),
+            "restart".into(),
+            "--no-block".into(),
+            h.unit.clone(),
+        ],
         HandlerAction::Restart => vec!["systemctl".into(), "restart".into(), h.unit.clone()],
     };
     let out = cx.system.run(&argv, &[])?;
@@ -127,9 +135,12 @@ pub fn run(steps: &[Step], cx: &mut Cx, dry_run: bool, out: &mut dyn Write) -> R
     let mut handlers = Handlers {
         pending: Vec::new(),
     };
+    // A single host, a cluster's PostgreSQL node, or its witness: each runs its own steps.
+    let role = super::playbook::Role::of(&cx.settings);
+    let steps: Vec<&Step> = steps.iter().filter(|s| s.roles.contains(&role)).collect();
     let total = steps.len();
     let width = total.to_string().len();
-    for (i, step) in steps.iter().enumerate() {
+    for (i, step) in steps.into_iter().enumerate() {
         let _ = write!(out, "[{:>width$}/{total}] {} ... ", i + 1, step.name);
         let _ = out.flush();
         let result = (|| -> Result<bool> {

@@ -436,3 +436,79 @@ fn uninstall_removes_what_was_made_and_restores_what_was_replaced() {
         "{calls:?}"
     );
 }
+
+#[test]
+fn a_cluster_node_runs_patroni_and_etcd_and_a_witness_only_etcd() {
+    use super::playbook::Role;
+    let mut s = settings();
+    s.cluster.name = Some("main".into());
+    s.cluster.nodes = ["db1", "db2", "witness"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| crate::settings::ClusterNode {
+            name: n.to_string(),
+            address: format!("10.0.0.{}", i + 1).parse().unwrap(),
+            host: None,
+            witness: *n == "witness",
+        })
+        .collect();
+    let names = |node: &str| {
+        let mut s = s.clone();
+        s.cluster.node = Some(node.into());
+        let s = super::install_settings(s, 15, &crate::install::TlsMode::SelfSigned);
+        let vars = super::vars(&s, 15);
+        let role = Role::of(&s);
+        let steps = super::load_playbook(None, &vars, role).unwrap();
+        (
+            role,
+            vars,
+            steps.into_iter().map(|s| s.name).collect::<Vec<_>>(),
+        )
+    };
+    let (role, vars, node) = names("db1");
+    assert_eq!(role, Role::Node);
+    assert_eq!(vars.postgres_unit, "patroni.service");
+    assert_eq!(vars.pg_data_dir, "/var/lib/postgresql/15/main");
+    assert_eq!(vars.pg_config_dir, "/etc/patroni");
+    for want in [
+        "no Debian main cluster on a Patroni node",
+        "Patroni and etcd",
+        "the cluster's shared secrets",
+        "etcd has a majority",
+        "Patroni runs PostgreSQL (a new cluster, or a copy of the primary)",
+        "control database, API role, migrations and access rules",
+    ] {
+        assert!(node.iter().any(|n| n == want), "{want:?} not in {node:?}");
+    }
+    assert!(!node.iter().any(|n| n.starts_with("the Debian cluster")));
+    assert!(!node.iter().any(|n| n.starts_with("continuous archiving")));
+    let (role, _, witness) = names("witness");
+    assert_eq!(role, Role::Witness);
+    assert!(witness.iter().any(|n| n == "etcd has a majority"));
+    for never in [
+        "PostgreSQL running",
+        "PgBouncer running",
+        "the API",
+        "Patroni",
+    ] {
+        assert!(
+            !witness.iter().any(|n| n.starts_with(never)),
+            "a witness runs {never:?}: {witness:?}"
+        );
+    }
+    let (role, single) = names_single(&settings());
+    assert_eq!(role, Role::Single);
+    assert!(
+        !single
+            .iter()
+            .any(|n| n.contains("etcd") || n.contains("Patroni"))
+    );
+}
+
+fn names_single(s: &crate::settings::Settings) -> (super::playbook::Role, Vec<String>) {
+    let s = super::install_settings(s.clone(), 15, &crate::install::TlsMode::SelfSigned);
+    let vars = super::vars(&s, 15);
+    let role = super::playbook::Role::of(&s);
+    let steps = super::load_playbook(None, &vars, role).unwrap();
+    (role, steps.into_iter().map(|s| s.name).collect())
+}

@@ -1,6 +1,9 @@
-//! The secrets a cluster's nodes share: the passwords of the replication and rewind roles. One
-//! small file (`replication=...` and `rewind=...` lines), made on the first node and copied once
-//! by the operator to the others, root-only on each.
+//! The secrets a cluster's nodes share: the passwords of the replication, rewind and API
+//! roles, and the local CA (certificate and key, base64 PEM) that signs every node's
+//! certificate. One small file of `name=value` lines, made once (`pgaas cluster secrets`) and
+//! copied by the operator to the other nodes, root-only on each.
+
+use base64::Engine as _;
 
 use super::Secret;
 
@@ -8,6 +11,11 @@ use super::Secret;
 pub struct ClusterSecrets {
     pub replication: Secret,
     pub rewind: Secret,
+    /// The API role's password: every node's `pgaas serve` logs into the same (replicated)
+    /// control DB.
+    pub api: Secret,
+    /// The local CA, PEM: certificate and key.
+    pub ca: Option<(String, Secret)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,6 +30,8 @@ pub enum ClusterSecretsError {
         "`{0}` must be ASCII letters and digits (it is written into Patroni's YAML and libpq's pgpass)"
     )]
     Characters(&'static str),
+    #[error("`{0}` is not a base64-encoded PEM block")]
+    Pem(&'static str),
 }
 
 impl ClusterSecrets {
@@ -29,11 +39,14 @@ impl ClusterSecrets {
         Self {
             replication: Secret::generate(),
             rewind: Secret::generate(),
+            api: Secret::generate(),
+            ca: None,
         }
     }
 
     pub fn parse(text: &str) -> Result<Self, ClusterSecretsError> {
-        let (mut replication, mut rewind) = (None, None);
+        let (mut replication, mut rewind, mut api) = (None, None, None);
+        let (mut ca_cert, mut ca_key) = (None, None);
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -45,6 +58,9 @@ impl ClusterSecrets {
             let slot = match k.trim() {
                 "replication" => &mut replication,
                 "rewind" => &mut rewind,
+                "api" => &mut api,
+                "ca_cert" => &mut ca_cert,
+                "ca_key" => &mut ca_key,
                 other => return Err(ClusterSecretsError::Unknown(other.to_string())),
             };
             *slot = Some(v.trim().to_string());
@@ -57,19 +73,50 @@ impl ClusterSecrets {
             }
             Some(v) => Ok(Secret::new(v)),
         };
+        let pem = |v: Option<String>,
+                   name: &'static str|
+         -> Result<Option<String>, ClusterSecretsError> {
+            v.map(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .filter(|p| p.starts_with("-----BEGIN"))
+                    .ok_or(ClusterSecretsError::Pem(name))
+            })
+            .transpose()
+        };
+        let ca = match (pem(ca_cert, "ca_cert")?, pem(ca_key, "ca_key")?) {
+            (Some(c), Some(k)) => Some((c, Secret::new(k))),
+            (None, None) => None,
+            (None, _) => return Err(ClusterSecretsError::Missing("ca_cert")),
+            (_, None) => return Err(ClusterSecretsError::Missing("ca_key")),
+        };
         Ok(Self {
             replication: take(replication, "replication")?,
             rewind: take(rewind, "rewind")?,
+            api: take(api, "api")?,
+            ca,
         })
     }
 
     /// The file's text.
     pub fn render(&self) -> String {
-        format!(
-            "# pgaas cluster secrets: copy this file unchanged to every node (root-only, 0600)\nreplication={}\nrewind={}\n",
+        let mut out = format!(
+            "# pgaas cluster secrets: copy this file unchanged to every node (root-only, 0600)\nreplication={}\nrewind={}\napi={}\n",
             self.replication.expose(),
-            self.rewind.expose()
-        )
+            self.rewind.expose(),
+            self.api.expose()
+        );
+        if let Some((cert, key)) = &self.ca {
+            let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+            out.push_str(&format!(
+                "ca_cert={}\nca_key={}\n",
+                b64(cert),
+                b64(key.expose())
+            ));
+        }
+        out
     }
 }
 
@@ -79,7 +126,12 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_what_it_cannot_carry() {
-        let s = ClusterSecrets::generate();
+        let mut s = ClusterSecrets::generate();
+        assert_eq!(ClusterSecrets::parse(&s.render()).unwrap(), s);
+        s.ca = Some((
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+            Secret::new("-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"),
+        ));
         assert_eq!(ClusterSecrets::parse(&s.render()).unwrap(), s);
         assert_ne!(s.replication, s.rewind);
         assert_eq!(
@@ -87,12 +139,16 @@ mod tests {
             Err(ClusterSecretsError::Missing("rewind"))
         );
         assert_eq!(
-            ClusterSecrets::parse("replication=a b\nrewind=x"),
+            ClusterSecrets::parse("replication=a b\nrewind=x\napi=y"),
             Err(ClusterSecretsError::Characters("replication"))
         );
         assert_eq!(
-            ClusterSecrets::parse("replication=a\nrewind=b\nsuperuser=c"),
+            ClusterSecrets::parse("replication=a\nrewind=b\napi=y\nsuperuser=c"),
             Err(ClusterSecretsError::Unknown("superuser".into()))
+        );
+        assert_eq!(
+            ClusterSecrets::parse("replication=a\nrewind=b\napi=y\nca_cert=eHh4"),
+            Err(ClusterSecretsError::Pem("ca_cert"))
         );
         assert_eq!(
             ClusterSecrets::parse("garbage"),

@@ -54,7 +54,7 @@ fn dry_run_of_the_embedded_playbook_prints_the_plan_and_changes_nothing() {
         "ca-certificates",
     ]));
     let vars = install::vars(&s, 15);
-    let steps = install::load_playbook(None, &vars).unwrap();
+    let steps = install::load_playbook(None, &vars, install::playbook::Role::Single).unwrap();
     let mut cx = Cx::new(
         Some(root.path().to_path_buf()),
         system.clone(),

@@ -194,6 +194,13 @@ pub fn control_db_check(cx: &mut Cx) -> Result<Plan> {
             plan.change(format!("{}: {d}", f.display()));
         }
     }
+    if super::cluster::is_standby(cx)? {
+        // A standby's control DB is the primary's: only what the primary's install makes
+        // counts here. Its access files are its own `pgaas serve`'s to write (it follows the
+        // replicated rows from its start).
+        plan.changes
+            .retain(|c| c.starts_with(BOOTSTRAP) || c.contains("migration"));
+    }
     Ok(plan)
 }
 
@@ -307,6 +314,21 @@ pub fn api_key_apply(s: &ApiKeyStep, cx: &mut Cx) -> Result<Effects> {
     Ok(Effects::default())
 }
 
+/// The names the server certificate covers: the public host, and on a cluster every
+/// PostgreSQL node (its DNS name and address), so a client that verifies the host name reaches
+/// whichever node is the primary.
+fn cert_names(s: &crate::settings::Settings) -> Vec<String> {
+    let mut names = server_names(&s.public_host);
+    for n in s.cluster.data_nodes() {
+        for name in n.host.iter().cloned().chain([n.address.to_string()]) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
 fn tls_paths(cx: &Cx) -> (ServerCertTarget, LocalCa) {
     let tls = &cx.settings.tls;
     let key_owner = cx.ids(&cx.vars.pg_user, &cx.vars.pg_user);
@@ -331,7 +353,7 @@ pub fn tls_check(cx: &mut Cx) -> Result<Plan> {
     let cert = current(&target.cert_file).filter(|_| target.key_file.exists());
     match &cx.tls {
         TlsMode::SelfSigned => {
-            let names = server_names(&cx.settings.public_host);
+            let names = cert_names(&cx.settings);
             let ca_subject = current(&ca.cert_file).map(|c| c.subject);
             let good = cert.is_some_and(|c| {
                 Some(&c.issuer) == ca_subject.as_ref()
@@ -387,7 +409,7 @@ pub fn tls_apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
     let existed: Vec<bool> = host_files.iter().map(|p| cx.path(p).exists()).collect();
     match cx.tls.clone() {
         TlsMode::SelfSigned => {
-            ca.ensure_server_cert(&target, &server_names(&cx.settings.public_host))?;
+            ca.ensure_server_cert(&target, &cert_names(&cx.settings))?;
         }
         TlsMode::Acme {
             domain,

@@ -4,6 +4,7 @@
 //! check found something, so a converged host runs no apply at all.
 
 mod archive;
+pub(crate) mod cluster;
 mod database;
 mod files;
 mod render;
@@ -66,15 +67,23 @@ pub fn check(step: &Step, cx: &mut Cx, manifest: &Manifest) -> Result<Plan> {
     } else if let Some(s) = &step.command {
         services::command_check(s, cx)
     } else if let Some(s) = &step.sql {
-        database::sql_check(s, cx)
+        cluster::on_standby_wait_for_primary(cx, &format!("{:?}", step.name), |cx| {
+            database::sql_check(s, cx)
+        })
     } else if let Some(s) = &step.secret {
         files::secret_check(s, cx)
     } else if step.tls.is_some() {
         database::tls_check(cx)
     } else if step.control_db.is_some() {
-        database::control_db_check(cx)
+        cluster::on_standby_wait_for_primary(cx, "the control database", database::control_db_check)
     } else if step.api_key.is_some() {
-        database::api_key_check(cx)
+        cluster::on_standby_wait_for_primary(cx, "the first admin API key", database::api_key_check)
+    } else if step.cluster_secrets.is_some() {
+        cluster::secrets_check(cx)
+    } else if step.etcd_quorum.is_some() {
+        cluster::etcd_quorum_check(cx)
+    } else if step.patroni_ready.is_some() {
+        cluster::patroni_ready_check(cx)
     } else if step.archive.is_some() {
         archive::check(cx)
     } else if step.docs.is_some() {
@@ -109,6 +118,12 @@ pub fn apply(step: &Step, cx: &mut Cx, manifest: &Manifest, plan: &Plan) -> Resu
         database::control_db_apply(cx, plan)?
     } else if let Some(s) = &step.api_key {
         database::api_key_apply(s, cx)?
+    } else if step.cluster_secrets.is_some() {
+        cluster::secrets_apply(cx, manifest)?
+    } else if step.etcd_quorum.is_some() {
+        cluster::etcd_quorum_apply(cx)?
+    } else if step.patroni_ready.is_some() {
+        cluster::patroni_ready_apply(cx)?
     } else if step.archive.is_some() {
         archive::apply(cx, manifest)?
     } else if step.docs.is_some() {
@@ -121,3 +136,4 @@ pub fn apply(step: &Step, cx: &mut Cx, manifest: &Manifest, plan: &Plan) -> Resu
 }
 
 pub(crate) use files::install_file;
+pub use render::ETCD_UNIT;

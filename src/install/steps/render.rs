@@ -77,6 +77,20 @@ pub fn changed_keys(old: &str, new: &str) -> Vec<String> {
 /// The handler a changed file calls for.
 pub fn handler_for(file: &Path, old: &str, new: &str, postgres_unit: &str) -> Vec<Handler> {
     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    // Under Patroni, PostgreSQL is reloaded through it; a setting read only at start is
+    // flagged by Patroni as pending a restart (`pgaas status`), which the operator schedules
+    // (`patronictl restart`), rather than restarting a primary from an install.
+    if postgres_unit == PATRONI_UNIT
+        && matches!(
+            name,
+            "pgaas.conf" | "pg_hba.conf" | "pg_ident.conf" | "config.yml"
+        )
+    {
+        return vec![Handler::new(HandlerAction::Reload, PATRONI_UNIT)];
+    }
+    if file == Path::new(ETCD_ENV_FILE) {
+        return vec![Handler::new(HandlerAction::Restart, ETCD_UNIT)];
+    }
     let needs = |keys: &[&str]| {
         changed_keys(old, new)
             .iter()
@@ -153,8 +167,60 @@ fn is_hba(path: &Path) -> bool {
         .is_some_and(|n| n == "pg_hba.conf" || n == "pgbouncer_hba.conf")
 }
 
+/// Where Debian's etcd unit reads its environment.
+pub const ETCD_ENV_FILE: &str = "/etc/default/etcd";
+pub const PATRONI_UNIT: &str = "patroni.service";
+pub const ETCD_UNIT: &str = "etcd.service";
+
+/// A cluster's files: etcd's environment on every node; on a PostgreSQL node, Patroni's
+/// configuration (it carries the replication and rewind passwords: the cluster's OS user
+/// alone reads it).
+fn cluster_files(cx: &Cx) -> Result<Vec<(ManagedFile, Attrs)>> {
+    use crate::install::playbook::Role;
+    let s = &cx.settings;
+    let mut out = vec![(
+        ManagedFile {
+            path: PathBuf::from(ETCD_ENV_FILE),
+            contents: render::patroni::render_etcd_env(s)?,
+            mode: 0o644,
+        },
+        Attrs::new("root", "root", 0o644),
+    )];
+    if Role::of(s) == Role::Node {
+        let secrets = super::cluster::read_secrets(cx)?;
+        let bin = crate::pg::binaries::PgBinaries::find(Some(cx.vars.pg_version))
+            .map(|b| b.bindir)
+            .unwrap_or_else(|_| {
+                PathBuf::from(format!("/usr/lib/postgresql/{}/bin", cx.vars.pg_version))
+            });
+        let pgpass = s.paths.state_dir.join("patroni.pgpass");
+        let contents = render::patroni::render_patroni(&render::patroni::PatroniInputs {
+            settings: s,
+            secrets: &secrets,
+            data_dir: Path::new(&cx.vars.pg_data_dir),
+            bin_dir: &bin,
+            custom_conf: &Path::new(&cx.vars.pg_config_dir).join("conf.d/pgaas.conf"),
+            pgpass: &pgpass,
+        })?;
+        out.push((
+            ManagedFile {
+                path: s.cluster.patroni_config_dir.join("config.yml"),
+                contents,
+                mode: 0o600,
+            },
+            Attrs::new(&cx.vars.pg_user, &cx.vars.pg_user, 0o600),
+        ));
+    }
+    Ok(out)
+}
+
 /// The files to write, with their attributes.
 fn files(cx: &mut Cx) -> Result<Vec<(ManagedFile, Attrs)>> {
+    use crate::install::playbook::Role;
+    let role = Role::of(&cx.settings);
+    if role == Role::Witness {
+        return cluster_files(cx);
+    }
     let mut policy = HbaPolicy::base(&cx.settings);
     let rows = rows(cx);
     let generation = match &rows {
@@ -191,6 +257,9 @@ fn files(cx: &mut Cx) -> Result<Vec<(ManagedFile, Attrs)>> {
         }
         let attrs = attrs_for(cx, &f);
         out.push((f, attrs));
+    }
+    if role == Role::Node {
+        out.extend(cluster_files(cx)?);
     }
     Ok(out)
 }

@@ -210,6 +210,13 @@ pub fn systemd_apply(s: &SystemdStep, cx: &mut Cx) -> Result<Effects> {
     }
     let active = is(cx, "is-active", &s.unit, "active")?;
     match s.state {
+        UnitState::Started if !active && s.no_block => {
+            run_ok(
+                cx,
+                &["systemctl", "start", "--no-block", &s.unit],
+                "starting the unit",
+            )?;
+        }
         UnitState::Started if !active => {
             run_ok(cx, &["systemctl", "start", &s.unit], "starting the unit")
                 .map_err(|e| e.context(format!("see `journalctl -u {} -n 50` for why", s.unit)))?;

@@ -1,0 +1,310 @@
+//! The steps only a cluster's nodes run: the shared secrets put in place (the API role's
+//! password and the local CA come from them, so every node logs into the same control DB and
+//! presents a certificate from the same CA), etcd's majority awaited, and Patroni's PostgreSQL
+//! awaited. The waits print progress and say what to do on the other nodes: the three installs
+//! bring the cluster up together, in any order.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{Effects, Plan};
+use crate::{
+    install::{
+        context::{Cx, read_opt, write_atomic},
+        manifest::Manifest,
+    },
+    model::cluster::ClusterSecrets,
+    settings::Settings,
+};
+
+/// How long a node waits for the others before it gives up (they are being installed too).
+const WAIT: Duration = Duration::from_secs(20 * 60);
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+fn missing(s: &Settings) -> String {
+    format!(
+        "the cluster's secrets file {path} is missing: run `pgaas cluster secrets` on one node \
+         (once), copy {path} to the same place on every other node (root-only, mode 0600), \
+         then run `pgaas install` again",
+        path = s.cluster.secrets_file.display()
+    )
+}
+
+/// The cluster's secrets, from the file the operator copied here.
+pub fn read_secrets(cx: &Cx) -> Result<ClusterSecrets> {
+    let path = cx.path(&cx.settings.cluster.secrets_file);
+    let Some(bytes) = read_opt(&path)? else {
+        bail!(missing(&cx.settings));
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} is readable by others (mode {:o}); it holds the cluster's passwords and CA key: chmod 600 it",
+            path.display(),
+            mode & 0o7777
+        );
+    }
+    ClusterSecrets::parse(&String::from_utf8_lossy(&bytes))
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// The files the secrets put in place: `(path, contents, mode)`.
+fn derived(cx: &Cx, secrets: &ClusterSecrets) -> Vec<(std::path::PathBuf, String, u32)> {
+    let mut out = Vec::new();
+    if let Some(p) = &cx.settings.control_db.password_file {
+        out.push((p.clone(), secrets.api.expose().to_string(), 0o600));
+    }
+    if let Some((cert, key)) = &secrets.ca {
+        let dir = Path::new(&cx.vars.tls_dir);
+        out.push((dir.join("ca.crt"), cert.clone(), 0o644));
+        out.push((dir.join("ca.key"), key.expose().to_string(), 0o600));
+    }
+    out
+}
+
+pub fn secrets_check(cx: &mut Cx) -> Result<Plan> {
+    let debian = Path::new("/etc/postgresql")
+        .join(cx.vars.pg_version.to_string())
+        .join("main/postgresql.conf");
+    if !cx.settings.cluster.this_node().is_some_and(|n| n.witness) && cx.path(&debian).exists() {
+        bail!(
+            "a Debian cluster {v}/main exists on this node, and Patroni runs PostgreSQL here: \
+             move its data elsewhere if it holds any, remove it (`pg_dropcluster --stop {v} main`) \
+             and run `pgaas install` again",
+            v = cx.vars.pg_version
+        );
+    }
+    let secrets = read_secrets(cx)?;
+    let mut plan = Plan::default();
+    for (path, want, _) in derived(cx, &secrets) {
+        let have = read_opt(&cx.path(&path))?;
+        let same = have
+            .as_deref()
+            .is_some_and(|h| String::from_utf8_lossy(h).trim_end() == want.trim_end());
+        if !same {
+            plan.change(format!("{} from the cluster's secrets", path.display()));
+        }
+    }
+    Ok(plan)
+}
+
+pub fn secrets_apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
+    let secrets = read_secrets(cx)?;
+    let mut effects = Effects::default();
+    for (path, want, mode) in derived(cx, &secrets) {
+        let target = cx.path(&path);
+        let existed = target.exists();
+        write_atomic(&target, want.as_bytes(), mode)?;
+        if !existed && !manifest.owns_path(&path) {
+            effects
+                .records
+                .push(crate::install::manifest::Record::File { path });
+        }
+    }
+    Ok(effects)
+}
+
+fn http(cx: &mut Cx) -> Result<reqwest::Client> {
+    let _ = cx;
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?)
+}
+
+fn url(ip: std::net::IpAddr, port: u16, path: &str) -> String {
+    format!("http://{}{path}", std::net::SocketAddr::from((ip, port)))
+}
+
+/// Which etcd members answer healthy: `(name, address, healthy)`.
+fn etcd_members(cx: &mut Cx) -> Result<Vec<(String, std::net::IpAddr, bool)>> {
+    let client = http(cx)?;
+    let cl = cx.settings.cluster.clone();
+    cx.block_on(async move {
+        let mut out = Vec::new();
+        for n in &cl.nodes {
+            let ok = match client
+                .get(url(n.address, cl.etcd_client_port, "/health"))
+                .send()
+                .await
+            {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|v| v["health"] == "true"),
+                Err(_) => false,
+            };
+            out.push((n.name.clone(), n.address, ok));
+        }
+        out
+    })
+}
+
+fn this_etcd_healthy(cx: &mut Cx) -> Result<bool> {
+    let me = cx.settings.cluster.this_node().map(|n| n.name.clone());
+    Ok(etcd_members(cx)?
+        .iter()
+        .any(|(name, _, ok)| *ok && Some(name) == me.as_ref()))
+}
+
+pub fn etcd_quorum_check(cx: &mut Cx) -> Result<Plan> {
+    let mut plan = Plan::default();
+    if !this_etcd_healthy(cx)? {
+        plan.change("wait until etcd has a majority (the other nodes' installs start theirs)");
+    }
+    Ok(plan)
+}
+
+pub fn etcd_quorum_apply(cx: &mut Cx) -> Result<Effects> {
+    let start = std::time::Instant::now();
+    let mut said = start - PROGRESS_EVERY;
+    loop {
+        let members = etcd_members(cx)?;
+        let me = cx.settings.cluster.node.clone();
+        if members
+            .iter()
+            .any(|(n, _, ok)| *ok && Some(n) == me.as_ref())
+        {
+            return Ok(Effects::default());
+        }
+        let waiting: Vec<String> = members
+            .iter()
+            .filter(|(_, _, ok)| !ok)
+            .map(|(n, a, _)| format!("{n} ({a})"))
+            .collect();
+        if start.elapsed() > WAIT {
+            bail!(
+                "etcd has no majority after {} minutes; not answering: {}. Run `pgaas install` on those nodes, \
+                 check that they reach each other on ports {} and {}, and see `journalctl -u etcd -n 50`",
+                WAIT.as_secs() / 60,
+                waiting.join(", "),
+                cx.settings.cluster.etcd_client_port,
+                cx.settings.cluster.etcd_peer_port
+            );
+        }
+        if said.elapsed() >= PROGRESS_EVERY {
+            eprintln!(
+                "==> waiting for etcd's majority ({}s): not answering yet: {} (run `pgaas install` there)",
+                start.elapsed().as_secs(),
+                waiting.join(", ")
+            );
+            said = std::time::Instant::now();
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Patroni's view of this node: `(PostgreSQL running, role)`.
+fn patroni_state(cx: &mut Cx) -> Result<(bool, String)> {
+    let client = http(cx)?;
+    let cl = cx.settings.cluster.clone();
+    let me = cl
+        .this_node()
+        .context("cluster.node is not one of cluster.nodes")?
+        .clone();
+    cx.block_on(async move {
+        match client
+            .get(url(me.address, cl.patroni_port, "/patroni"))
+            .send()
+            .await
+        {
+            Ok(r) => {
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                (
+                    v["state"] == "running",
+                    v["role"].as_str().unwrap_or("unknown").to_string(),
+                )
+            }
+            Err(_) => (false, "not answering".into()),
+        }
+    })
+}
+
+pub fn patroni_ready_check(cx: &mut Cx) -> Result<Plan> {
+    let mut plan = Plan::default();
+    if !patroni_state(cx)?.0 {
+        plan.change(
+            "wait until Patroni runs PostgreSQL here (a new cluster on the first node, a copy of the primary on the others)",
+        );
+    }
+    Ok(plan)
+}
+
+pub fn patroni_ready_apply(cx: &mut Cx) -> Result<Effects> {
+    let start = std::time::Instant::now();
+    let mut said = start - PROGRESS_EVERY;
+    loop {
+        let (running, role) = patroni_state(cx)?;
+        if running {
+            eprintln!("==> Patroni runs PostgreSQL here as the {role}");
+            return Ok(Effects::default());
+        }
+        if start.elapsed() > WAIT {
+            bail!(
+                "Patroni has not started PostgreSQL after {} minutes (Patroni says: {role}); see `journalctl -u patroni -n 80`",
+                WAIT.as_secs() / 60
+            );
+        }
+        if said.elapsed() >= PROGRESS_EVERY {
+            eprintln!(
+                "==> waiting for Patroni to start PostgreSQL ({}s, Patroni says: {role})",
+                start.elapsed().as_secs()
+            );
+            said = std::time::Instant::now();
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Whether this node's PostgreSQL is a standby (writes are the primary's install's to make).
+pub fn is_standby(cx: &mut Cx) -> Result<bool> {
+    if !cx.settings.cluster.enabled() {
+        return Ok(false);
+    }
+    let opts = cx.admin()?.database("postgres");
+    cx.block_on(async move {
+        let mut conn: sqlx::PgConnection = sqlx::Connection::connect_with(&opts).await?;
+        sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut conn)
+            .await
+    })?
+    .map_err(Into::into)
+}
+
+/// On a standby, a step that finds something to write waits for the primary's install to
+/// write it and replication to bring it here, instead of failing on a read-only server.
+pub fn on_standby_wait_for_primary(
+    cx: &mut Cx,
+    what: &str,
+    mut check: impl FnMut(&mut Cx) -> Result<Plan>,
+) -> Result<Plan> {
+    let plan = check(cx)?;
+    if plan.is_ok() || !is_standby(cx)? {
+        return Ok(plan);
+    }
+    let start = std::time::Instant::now();
+    let mut said = start;
+    eprintln!("==> this node is a standby: waiting for the primary's install to make {what}");
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let plan = check(cx)?;
+        if plan.is_ok() {
+            return Ok(plan);
+        }
+        if start.elapsed() > WAIT {
+            bail!(
+                "this node is a standby and the primary has not made {what} after {} minutes: \
+                 run `pgaas install` on the primary (`pgaas status` names it)",
+                WAIT.as_secs() / 60
+            );
+        }
+        if said.elapsed() >= PROGRESS_EVERY {
+            eprintln!(
+                "==> still waiting for the primary to make {what} ({}s)",
+                start.elapsed().as_secs()
+            );
+            said = std::time::Instant::now();
+        }
+    }
+}
