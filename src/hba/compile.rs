@@ -150,6 +150,15 @@ fn legacy_socket_rules(tenants: &[TenantAccess], out: &mut Vec<HbaRule>) {
 /// the nodes' addresses only. No tenant address matches these roles, and no tenant role these
 /// lines.
 fn replication_rules(r: &crate::model::hba::ReplicationAccess, out: &mut Vec<HbaRule>) {
+    // Patroni checks its own node's timeline with a replication connection over the socket.
+    out.push(rule(
+        ConnKind::Local,
+        vec![HbaName::Replication],
+        name(&r.role),
+        None,
+        HbaMethod::ScramSha256,
+        "the cluster: Patroni's replication checks on this node, over the socket",
+    ));
     let mut peers = r.peers.clone();
     peers.sort();
     peers.dedup();

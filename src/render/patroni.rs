@@ -134,9 +134,10 @@ pub fn render_patroni(i: &PatroniInputs) -> Result<String, RenderError> {
             "bin_dir": path("PostgreSQL binaries", i.bin_dir)?,
             "pgpass": path("Patroni's pgpass", i.pgpass)?,
             "custom_conf": path("pgaas.conf", i.custom_conf)?,
-            // The superuser over the socket by peer; replication over TCP.
+            // The superuser over the socket by peer; this node's own replication checks over
+            // the socket too (other nodes' replication comes over TCP).
             "use_unix_socket": true,
-            "use_unix_socket_repl": false,
+            "use_unix_socket_repl": true,
             "authentication": {
                 "superuser": { "username": s.postgres.superuser },
                 "replication": tls(&cl.replication_user, i.secrets.replication.expose())?,
@@ -200,4 +201,86 @@ pub fn render_etcd_env(s: &Settings) -> Result<String, RenderError> {
         advertise = client,
         initial = initial.join(","),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::settings::ClusterNode;
+
+    fn settings() -> Settings {
+        let mut s = Settings::default();
+        s.postgres.hba_dir = Some("/etc/pgaas/postgresql".into());
+        s.tls.ca_file = Some("/etc/pgaas/tls/ca.crt".into());
+        s.cluster.name = Some("main".into());
+        s.cluster.node = Some("db2".into());
+        s.cluster.nodes = [
+            ("db1", "10.0.0.1", false),
+            ("db2", "10.0.0.2", false),
+            ("w", "fd00::3", true),
+        ]
+        .iter()
+        .map(|(n, a, w)| ClusterNode {
+            name: n.to_string(),
+            address: a.parse().unwrap(),
+            host: None,
+            witness: *w,
+        })
+        .collect();
+        s
+    }
+
+    #[test]
+    fn patroni_keeps_pgaas_access_rules_and_the_superuser_on_the_socket() {
+        let s = settings();
+        let secrets = ClusterSecrets::generate();
+        let text = render_patroni(&PatroniInputs {
+            settings: &s,
+            secrets: &secrets,
+            data_dir: Path::new("/var/lib/postgresql/15/main"),
+            bin_dir: Path::new("/usr/lib/postgresql/15/bin"),
+            custom_conf: Path::new("/etc/patroni/conf.d/pgaas.conf"),
+            pgpass: Path::new("/var/lib/postgresql/.pgpass.patroni"),
+        })
+        .unwrap();
+        let doc: serde_json::Value = yaml_serde::from_str(&text).unwrap();
+        assert_eq!(doc["name"], "db2");
+        assert_eq!(doc["restapi"]["listen"], "10.0.0.2:8008");
+        assert_eq!(
+            doc["etcd3"]["hosts"],
+            json!(["10.0.0.1:2379", "10.0.0.2:2379", "[fd00::3]:2379"])
+        );
+        let pg = &doc["postgresql"];
+        assert_eq!(
+            pg["parameters"]["hba_file"],
+            "/etc/pgaas/postgresql/pg_hba.conf"
+        );
+        assert_eq!(pg["custom_conf"], "/etc/patroni/conf.d/pgaas.conf");
+        assert_eq!(pg["use_unix_socket"], true);
+        // No superuser password: it logs in by peer over the socket, never over TCP.
+        assert!(pg["authentication"]["superuser"].get("password").is_none());
+        assert_eq!(pg["authentication"]["replication"]["sslmode"], "verify-ca");
+        assert_eq!(
+            pg["authentication"]["rewind"]["password"],
+            secrets.rewind.expose()
+        );
+        let dcs = &doc["bootstrap"]["dcs"];
+        assert_eq!(dcs["synchronous_mode"], true);
+        assert_eq!(dcs["synchronous_mode_strict"], false);
+        assert_eq!(dcs["failsafe_mode"], true);
+        assert_eq!(dcs["postgresql"]["use_pg_rewind"], true);
+
+        let env = render_etcd_env(&s).unwrap();
+        assert!(env.contains("ETCD_NAME=db2\n"), "{env}");
+        assert!(
+            env.contains("ETCD_INITIAL_CLUSTER=db1=http://10.0.0.1:2380,db2=http://10.0.0.2:2380,w=http://[fd00::3]:2380\n"),
+            "{env}"
+        );
+        assert!(
+            env.contains("ETCD_LISTEN_CLIENT_URLS=http://10.0.0.2:2379\n"),
+            "{env}"
+        );
+    }
 }

@@ -2,7 +2,9 @@
 
 A scenario is a module in ``vm-tests/scenarios/`` with ``TIER`` ("nspawn" or "qemu"), ``SUITES``
 (Debian suites it runs on, one run each, named ``scenario@suite``) and ``test(t, machine)``, whose
-body is a sequence of ``with t.subtest("what must hold"):`` blocks. As in NixOS tests, the first
+body is a sequence of ``with t.subtest("what must hold"):`` blocks. A scenario with ``MACHINES``
+(names) gets that many nspawn machines on one private LAN (``harness.lan``) instead, as
+``test(t, machines)`` with a dict by name. As in NixOS tests, the first
 failing subtest ends its scenario: later ones build on it. A failed scenario prints the guest's
 journal and console. Whatever happens, every machine, mount, namespace and process the scenario
 started is removed, and the runner checks that nothing of it is left.
@@ -19,6 +21,7 @@ import traceback
 from pathlib import Path
 
 from . import images
+from .lan import Lan
 from .nspawn import NETNS_PREFIX, NspawnMachine
 from .pebble import Pebble
 from .qemu import QemuMachine
@@ -45,6 +48,7 @@ class Test:
         self.results = []  # (subtest, ok, seconds)
         self.cleanups = []
         self.machine = None
+        self.machines = []
 
     @contextlib.contextmanager
     def subtest(self, name):
@@ -81,6 +85,22 @@ class Test:
         self.cleanups.append(p.stop)
         return p.start()
 
+    def start_lan_machines(self, names):
+        """nspawn machines on one LAN, the i-th at 10.88.N.(i+1); started together."""
+        image = images.Image("rootfs", self.suite).ensure(self.log)
+        lan = Lan()
+        self.cleanups.append(lan.close)
+        out = {}
+        for i, name in enumerate(names, start=1):
+            m = NspawnMachine(image, self.workdir, f"{self.name}-{name}".replace("_", "-"),
+                              self.binary, lan=lan, lan_index=i)
+            self.cleanups.append(m.stop)
+            self.machines.append(m)
+            m.start()
+            out[name] = m
+        self.machine = self.machines[0]
+        return out
+
     def start_machine(self, tier):
         kind = "rootfs" if tier == "nspawn" else "disk"
         image = images.Image(kind, self.suite).ensure(self.log)
@@ -109,11 +129,19 @@ def run_one(module_name, suite, binary):
     start = time.monotonic()
     ok = True
     try:
-        with t.subtest(f"{mod.TIER} machine boots ({images.SUITES[suite]})"):
-            m = t.start_machine(mod.TIER)
-            state = m.wait_until_running()
-            t.log(f"systemd is {state}")
-        mod.test(t, m)
+        if getattr(mod, "MACHINES", None):
+            with t.subtest(f"{len(mod.MACHINES)} nspawn machines on one LAN boot "
+                           f"({images.SUITES[suite]})"):
+                machines = t.start_lan_machines(mod.MACHINES)
+                for name, m in machines.items():
+                    t.log(f"{name}: systemd is {m.wait_until_running()}, LAN {m.lan_address}")
+            mod.test(t, machines)
+        else:
+            with t.subtest(f"{mod.TIER} machine boots ({images.SUITES[suite]})"):
+                m = t.start_machine(mod.TIER)
+                state = m.wait_until_running()
+                t.log(f"systemd is {state}")
+            mod.test(t, m)
         ok = all(good for _, good, _ in t.results)
     except SubtestFailed:
         ok = False
@@ -138,9 +166,11 @@ def run_one(module_name, suite, binary):
 
 
 def _report_failure(t):
-    m = t.machine
-    if m is None:
-        return
+    for m in t.machines or ([t.machine] if t.machine else []):
+        _report_machine(m)
+
+
+def _report_machine(m):
     try:
         say(f"--- journalctl -b of {m.name} (last 400 lines)")
         say(m.journal())

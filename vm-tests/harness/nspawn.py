@@ -39,11 +39,14 @@ def free_subnet():
 
 
 class NspawnMachine(Machine):
-    def __init__(self, image, workdir, name, binary):
+    def __init__(self, image, workdir, name, binary, lan=None, lan_index=None):
         self.image, self.name, self.binary = image, name, binary
         self.dir = Path(workdir) / name
         # Named after this run's pid, so a later run can tell a leftover from a live machine.
         n = next(_serial)
+        self.serial = n
+        # A LAN shared with other machines (harness.lan), where this one is .lan_index.
+        self.lan, self.lan_index, self.lan_address = lan, lan_index, None
         self.netns = f"{NETNS_PREFIX}{os.getpid()}-{n}"
         self.veth = f"pv{os.getpid():x}n{n}"
         self.proc = None
@@ -63,14 +66,38 @@ class NspawnMachine(Machine):
         self._mount_overlay()
         self._make_network()
         self._prepare_root()
-        self.console = open(self.dir / "console.log", "w")
+        self._boot()
+        self.undo.append(self._stop_container)
+        return self
+
+    def crash(self):
+        """The machine dies at once: SIGKILL to the container's init, which takes every process
+        of its PID namespace with it (SIGKILL to systemd-nspawn alone leaves them running), then
+        to systemd-nspawn."""
+        os.kill(self.init_pid, signal.SIGKILL)
+        self.proc.kill()
+        self.proc.wait()
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{self.init_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if Path(f"/proc/{self.init_pid}").exists():
+            raise RuntimeError(f"{self.name}: its init {self.init_pid} outlived SIGKILL")
+        self.console.close()
+
+    def boot_again(self):
+        """Power the crashed machine on again, on the same disk and network."""
+        self.init_pid = None
+        self._boot()
+        return self
+
+    def _boot(self):
+        self.console = open(self.dir / "console.log", "a")
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "-D", str(self.merged), "-b", "--register=no", "--keep-unit",
              "--console=read-only", f"--machine={self.name}", "--hostname=pgaas-vm",
              f"--network-namespace-path=/run/netns/{self.netns}"],
             stdin=subprocess.DEVNULL, stdout=self.console, stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent)
-        self.undo.append(self._stop_container)
         deadline = time.monotonic() + 30
         while self.init_pid is None:
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
@@ -82,7 +109,6 @@ class NspawnMachine(Machine):
                                    f"{self.console_text()}")
             else:
                 time.sleep(0.05)
-        return self
 
     def loopback_client(self, port):
         """How a host program reaches a port on the guest's loopback: run it in the guest's netns."""
@@ -114,6 +140,8 @@ class NspawnMachine(Machine):
         # even on a host that forwards packets.
         self.proxy = AptProxy(self.host_address)
         self.undo.append(self.proxy.close)
+        if self.lan is not None:
+            self.lan_address = self.lan.join(self.netns, self.lan_index, self.serial)
 
     def _prepare_root(self):
         root = self.merged
@@ -148,7 +176,7 @@ class NspawnMachine(Machine):
             return ""
 
     def _stop_container(self):
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             # SIGTERM asks nspawn for an orderly poweroff of the container.
             self.proc.send_signal(signal.SIGTERM)
             try:

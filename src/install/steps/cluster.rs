@@ -279,8 +279,19 @@ pub fn on_standby_wait_for_primary(
     what: &str,
     mut check: impl FnMut(&mut Cx) -> Result<Plan>,
 ) -> Result<Plan> {
+    on_standby_wait(cx, what, &mut check, |p| !p.is_ok())
+}
+
+/// [`on_standby_wait_for_primary`], where `primary_work` says which of a plan's changes only
+/// the primary can make; the rest are applied here.
+pub fn on_standby_wait(
+    cx: &mut Cx,
+    what: &str,
+    check: &mut dyn FnMut(&mut Cx) -> Result<Plan>,
+    primary_work: impl Fn(&Plan) -> bool,
+) -> Result<Plan> {
     let plan = check(cx)?;
-    if plan.is_ok() || !is_standby(cx)? {
+    if !primary_work(&plan) || !is_standby(cx)? {
         return Ok(plan);
     }
     let start = std::time::Instant::now();
@@ -289,7 +300,7 @@ pub fn on_standby_wait_for_primary(
     loop {
         std::thread::sleep(Duration::from_secs(2));
         let plan = check(cx)?;
-        if plan.is_ok() {
+        if !primary_work(&plan) {
             return Ok(plan);
         }
         if start.elapsed() > WAIT {

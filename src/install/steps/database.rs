@@ -194,14 +194,15 @@ pub fn control_db_check(cx: &mut Cx) -> Result<Plan> {
             plan.change(format!("{}: {d}", f.display()));
         }
     }
-    if super::cluster::is_standby(cx)? {
-        // A standby's control DB is the primary's: only what the primary's install makes
-        // counts here. Its access files are its own `pgaas serve`'s to write (it follows the
-        // replicated rows from its start).
-        plan.changes
-            .retain(|c| c.starts_with(BOOTSTRAP) || c.contains("migration"));
-    }
     Ok(plan)
+}
+
+/// What only the primary's install can make (a standby waits for it to arrive by
+/// replication); the access files are every node's own.
+pub fn control_db_primary_work(plan: &Plan) -> bool {
+    plan.changes
+        .iter()
+        .any(|c| c.starts_with(BOOTSTRAP) || c.contains("migration"))
 }
 
 pub fn control_db_apply(cx: &mut Cx, plan: &Plan) -> Result<Effects> {
@@ -218,7 +219,10 @@ pub fn control_db_apply(cx: &mut Cx, plan: &Plan) -> Result<Effects> {
         )
     })?;
     let admin = cx.admin()?;
-    let bootstrap = plan.changes.iter().any(|c| c.starts_with(BOOTSTRAP));
+    // A standby's control DB is the primary's, read-only here: only its access files are
+    // written (from the replicated rows).
+    let standby = super::cluster::is_standby(cx)?;
+    let bootstrap = !standby && plan.changes.iter().any(|c| c.starts_with(BOOTSTRAP));
     let applier = host::hba_applier(&settings, cx.vars.pg_version, cx.root.as_deref(), None);
     let before = hba_family(cx)
         .into_iter()
@@ -233,7 +237,9 @@ pub fn control_db_apply(cx: &mut Cx, plan: &Plan) -> Result<Effects> {
             control_db::bootstrap(&admin, &settings, &password).await?;
         }
         let pool = control_db::pool(control_db::connect_options(&settings, Some(&password)), 2);
-        control_db::migrate(&pool).await?;
+        if !standby {
+            control_db::migrate(&pool).await?;
+        }
         applier.sync(&pool).await?;
         pool.close().await;
         Ok::<_, anyhow::Error>(())

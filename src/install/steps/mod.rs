@@ -75,7 +75,12 @@ pub fn check(step: &Step, cx: &mut Cx, manifest: &Manifest) -> Result<Plan> {
     } else if step.tls.is_some() {
         database::tls_check(cx)
     } else if step.control_db.is_some() {
-        cluster::on_standby_wait_for_primary(cx, "the control database", database::control_db_check)
+        cluster::on_standby_wait(
+            cx,
+            "the control database",
+            &mut database::control_db_check,
+            database::control_db_primary_work,
+        )
     } else if step.api_key.is_some() {
         cluster::on_standby_wait_for_primary(cx, "the first admin API key", database::api_key_check)
     } else if step.cluster_secrets.is_some() {

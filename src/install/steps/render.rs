@@ -193,7 +193,14 @@ fn cluster_files(cx: &Cx) -> Result<Vec<(ManagedFile, Attrs)>> {
             .unwrap_or_else(|_| {
                 PathBuf::from(format!("/usr/lib/postgresql/{}/bin", cx.vars.pg_version))
             });
-        let pgpass = s.paths.state_dir.join("patroni.pgpass");
+        // Patroni (the cluster's OS user) writes it: beside the data directories, in that
+        // user's home.
+        let data = Path::new(&cx.vars.pg_data_dir);
+        let pgpass = data
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("/var/lib/postgresql"))
+            .join(".pgpass.patroni");
         let contents = render::patroni::render_patroni(&render::patroni::PatroniInputs {
             settings: s,
             secrets: &secrets,
