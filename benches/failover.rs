@@ -18,6 +18,9 @@
 #[path = "../tests/it/ha_cluster.rs"]
 #[allow(dead_code)]
 mod ha_cluster;
+#[path = "../tests/it/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 
 use std::time::{Duration, Instant};
 

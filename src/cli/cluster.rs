@@ -17,10 +17,161 @@ pub enum Command {
     /// Make the cluster's shared secrets file (cluster.secrets_file) on this node, once; copy
     /// it to the same path on the other nodes, then run `pgaas install` on every node.
     Secrets,
+    /// Move the primary to another node, planned (maintenance of the current primary): Patroni
+    /// hands over once the other node has every commit; clients that retry see no error.
+    Switchover(SwitchoverArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SwitchoverArgs {
+    /// The node to make primary (default: the synchronous standby).
+    #[arg(long, value_name = "NODE")]
+    pub to: Option<String>,
 }
 
 pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
-    let Command::Secrets = cmd;
+    match cmd {
+        Command::Secrets => secrets(config),
+        Command::Switchover(args) => switchover(config, args),
+    }
+}
+
+fn load(config: Option<PathBuf>) -> Result<crate::settings::Settings, ExitCode> {
+    let settings = super::load_settings(LoadOptions {
+        config_file: config,
+        dotenv_dir: None,
+        env: Vec::new(),
+        flags: Vec::new(),
+    })?;
+    if !settings.cluster.enabled() {
+        eprintln!(
+            "error: this host's settings have no cluster (cluster.name, cluster.node, cluster.nodes); \
+             write them in /etc/pgaas/pgaas.yaml first (see the README's high availability section)"
+        );
+        return Err(ExitCode::from(2));
+    }
+    Ok(settings)
+}
+
+/// Members as Patroni's `/cluster` lists them: `(name, role, api_url)`.
+async fn members(
+    http: &reqwest::Client,
+    settings: &crate::settings::Settings,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let cl = &settings.cluster;
+    let mut last = None;
+    for n in cl.data_nodes() {
+        let url = format!(
+            "http://{}/cluster",
+            std::net::SocketAddr::from((n.address, cl.patroni_port))
+        );
+        match http.get(&url).send().await {
+            Ok(r) => {
+                let v: serde_json::Value = r.json().await?;
+                return Ok(v["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| {
+                        (
+                            m["name"].as_str().unwrap_or_default().to_string(),
+                            m["role"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect());
+            }
+            Err(e) => last = Some(anyhow::anyhow!("{url}: {e}")),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no PostgreSQL node in cluster.nodes")))
+}
+
+fn switchover(config: Option<PathBuf>, args: SwitchoverArgs) -> anyhow::Result<ExitCode> {
+    let settings = match load(config) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let secrets = ClusterSecrets::parse(
+        &std::fs::read_to_string(&settings.cluster.secrets_file).with_context(|| {
+            format!(
+                "reading {} (the cluster's secrets; run as root on a cluster node)",
+                settings.cluster.secrets_file.display()
+            )
+        })?,
+    )?;
+    let rt = super::tokio_runtime()?;
+    rt.block_on(async move {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()?;
+        let before = members(&http, &settings).await?;
+        let leader = before
+            .iter()
+            .find(|(_, r)| r == "leader")
+            .map(|(n, _)| n.clone())
+            .context("the cluster has no primary now; nothing to switch over (see `pgaas status`)")?;
+        let candidate = match args.to {
+            Some(to) => to,
+            None => before
+                .iter()
+                .find(|(_, r)| r == "sync_standby")
+                .or_else(|| before.iter().find(|(_, r)| r == "replica"))
+                .map(|(n, _)| n.clone())
+                .context("no standby to hand over to (see `pgaas status`)")?,
+        };
+        if candidate == leader {
+            eprintln!("{leader} is the primary already; nothing to do");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let node = settings
+            .cluster
+            .nodes
+            .iter()
+            .find(|n| n.name == leader)
+            .context("the primary Patroni names is not in cluster.nodes")?;
+        let url = format!(
+            "http://{}/switchover",
+            std::net::SocketAddr::from((node.address, settings.cluster.patroni_port))
+        );
+        eprintln!("==> switching over from {leader} to {candidate}");
+        let start = std::time::Instant::now();
+        let resp = http
+            .post(&url)
+            .basic_auth(
+                crate::render::patroni::PATRONI_API_USER,
+                Some(secrets.patroni.expose()),
+            )
+            .json(&serde_json::json!({ "leader": leader, "candidate": candidate }))
+            .send()
+            .await
+            .with_context(|| format!("asking {url}"))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!("Patroni refused the switchover ({status}): {}", text.trim());
+        }
+        // Patroni answers once the new primary runs; wait until the members say so too.
+        let deadline = start + std::time::Duration::from_secs(120);
+        loop {
+            if let Ok(m) = members(&http, &settings).await {
+                if m.iter().any(|(n, r)| *n == candidate && r == "leader") {
+                    break;
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("{candidate} is not the primary two minutes after the switchover; see `pgaas status`");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        println!(
+            "{candidate} is the primary ({:.1} s); {leader} follows it as a standby",
+            start.elapsed().as_secs_f64()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn secrets(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let settings = match super::load_settings(LoadOptions {
         config_file: config,
         dotenv_dir: None,

@@ -14,6 +14,9 @@ pub struct ClusterSecrets {
     /// The API role's password: every node's `pgaas serve` logs into the same (replicated)
     /// control DB.
     pub api: Secret,
+    /// Basic authentication of Patroni's REST API for what changes something (switchover,
+    /// restart, reload, the failsafe calls between members); reads stay open.
+    pub patroni: Secret,
     /// The local CA, PEM: certificate and key.
     pub ca: Option<(String, Secret)>,
 }
@@ -40,12 +43,13 @@ impl ClusterSecrets {
             replication: Secret::generate(),
             rewind: Secret::generate(),
             api: Secret::generate(),
+            patroni: Secret::generate(),
             ca: None,
         }
     }
 
     pub fn parse(text: &str) -> Result<Self, ClusterSecretsError> {
-        let (mut replication, mut rewind, mut api) = (None, None, None);
+        let (mut replication, mut rewind, mut api, mut patroni) = (None, None, None, None);
         let (mut ca_cert, mut ca_key) = (None, None);
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -59,6 +63,7 @@ impl ClusterSecrets {
                 "replication" => &mut replication,
                 "rewind" => &mut rewind,
                 "api" => &mut api,
+                "patroni" => &mut patroni,
                 "ca_cert" => &mut ca_cert,
                 "ca_key" => &mut ca_key,
                 other => return Err(ClusterSecretsError::Unknown(other.to_string())),
@@ -96,6 +101,7 @@ impl ClusterSecrets {
             replication: take(replication, "replication")?,
             rewind: take(rewind, "rewind")?,
             api: take(api, "api")?,
+            patroni: take(patroni, "patroni")?,
             ca,
         })
     }
@@ -103,10 +109,11 @@ impl ClusterSecrets {
     /// The file's text.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "# pgaas cluster secrets: copy this file unchanged to every node (root-only, 0600)\nreplication={}\nrewind={}\napi={}\n",
+            "# pgaas cluster secrets: copy this file unchanged to every node (root-only, 0600)\nreplication={}\nrewind={}\napi={}\npatroni={}\n",
             self.replication.expose(),
             self.rewind.expose(),
-            self.api.expose()
+            self.api.expose(),
+            self.patroni.expose()
         );
         if let Some((cert, key)) = &self.ca {
             let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -139,15 +146,15 @@ mod tests {
             Err(ClusterSecretsError::Missing("rewind"))
         );
         assert_eq!(
-            ClusterSecrets::parse("replication=a b\nrewind=x\napi=y"),
+            ClusterSecrets::parse("replication=a b\nrewind=x\napi=y\npatroni=z"),
             Err(ClusterSecretsError::Characters("replication"))
         );
         assert_eq!(
-            ClusterSecrets::parse("replication=a\nrewind=b\napi=y\nsuperuser=c"),
+            ClusterSecrets::parse("replication=a\nrewind=b\napi=y\npatroni=z\nsuperuser=c"),
             Err(ClusterSecretsError::Unknown("superuser".into()))
         );
         assert_eq!(
-            ClusterSecrets::parse("replication=a\nrewind=b\napi=y\nca_cert=eHh4"),
+            ClusterSecrets::parse("replication=a\nrewind=b\napi=y\npatroni=z\nca_cert=eHh4"),
             Err(ClusterSecretsError::Pem("ca_cert"))
         );
         assert_eq!(

@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 use super::RenderError;
 use crate::{model::cluster::ClusterSecrets, settings::Settings};
 
+/// The user of Patroni's REST API's basic authentication.
+pub const PATRONI_API_USER: &str = "pgaas";
+
 /// What a node's Patroni configuration depends on besides settings.
 #[derive(Clone, Debug)]
 pub struct PatroniInputs<'a> {
@@ -89,6 +92,9 @@ pub fn render_patroni(i: &PatroniInputs) -> Result<String, RenderError> {
         "restapi": {
             "listen": host_port(me.address, cl.patroni_port),
             "connect_address": host_port(me.address, cl.patroni_port),
+            // What changes something (switchover, restart, the failsafe calls between members)
+            // needs the password; health and state stay readable for checks.
+            "authentication": { "username": PATRONI_API_USER, "password": i.secrets.patroni.expose() },
         },
         "etcd3": { "hosts": etcd },
         "bootstrap": {
@@ -134,6 +140,9 @@ pub fn render_patroni(i: &PatroniInputs) -> Result<String, RenderError> {
             "bin_dir": path("PostgreSQL binaries", i.bin_dir)?,
             "pgpass": path("Patroni's pgpass", i.pgpass)?,
             "custom_conf": path("pgaas.conf", i.custom_conf)?,
+            // A new standby copies the primary at once: a spread checkpoint would pace itself
+            // over most of checkpoint_timeout (15 min) however little there is to write.
+            "basebackup": [{ "checkpoint": "fast" }],
             // The superuser over the socket by peer; this node's own replication checks over
             // the socket too (other nodes' replication comes over TCP).
             "use_unix_socket": true,
@@ -249,6 +258,10 @@ mod tests {
         assert_eq!(doc["name"], "db2");
         assert_eq!(doc["restapi"]["listen"], "10.0.0.2:8008");
         assert_eq!(
+            doc["restapi"]["authentication"]["password"],
+            secrets.patroni.expose()
+        );
+        assert_eq!(
             doc["etcd3"]["hosts"],
             json!(["10.0.0.1:2379", "10.0.0.2:2379", "[fd00::3]:2379"])
         );
@@ -259,6 +272,7 @@ mod tests {
         );
         assert_eq!(pg["custom_conf"], "/etc/patroni/conf.d/pgaas.conf");
         assert_eq!(pg["use_unix_socket"], true);
+        assert_eq!(pg["basebackup"], json!([{ "checkpoint": "fast" }]));
         // No superuser password: it logs in by peer over the socket, never over TCP.
         assert!(pg["authentication"]["superuser"].get("password").is_none());
         assert_eq!(pg["authentication"]["replication"]["sslmode"], "verify-ca");

@@ -185,10 +185,15 @@ impl Node {
 
     /// `pgaas status` on this node.
     pub fn status(&self) -> String {
+        self.cli(&["status"])
+    }
+
+    /// A pgaas command on this node; its stdout and stderr.
+    pub fn cli(&self, args: &[&str]) -> String {
         let out = pgaas_bin()
             .arg("--config")
             .arg(self.dir.join("pgaas.yaml"))
-            .arg("status")
+            .args(args)
             .output()
             .unwrap();
         format!(
@@ -299,6 +304,7 @@ pub fn node_settings(
     cl.etcd_client_port = ports.etcd_client;
     cl.etcd_peer_port = ports.etcd_peer;
     cl.etcd_data_dir = dir.join("etcd");
+    cl.secrets_file = base.join("cluster-secrets");
     cl.patroni_config_dir = dir.clone();
     s
 }
@@ -416,6 +422,36 @@ impl Api {
     }
 }
 
+/// One INSERT through psql, retried until it is acknowledged (an id already in, from an
+/// attempt whose answer was lost, counts); how long it took, or `None` after `limit`.
+pub fn insert_retrying(url: &str, id: u64, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        let ok = Command::new("psql")
+            .arg(url)
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                &format!("INSERT INTO acked VALUES ({id}) ON CONFLICT DO NOTHING"),
+            ])
+            .env_remove("PGPASSWORD")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// One INSERT through psql (libpq's multi-host failover); true when acknowledged.
 pub fn insert(url: &str, id: u64) -> bool {
     Command::new("psql")
@@ -486,6 +522,13 @@ impl Cluster {
         let ca = LocalCa::in_dir(&base);
         ca.ensure().unwrap();
         let secrets = ClusterSecrets::generate();
+        let secrets_file = base.join("cluster-secrets");
+        std::fs::write(&secrets_file, secrets.render()).unwrap();
+        std::fs::set_permissions(
+            &secrets_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let bin = PgBinaries::find(None).unwrap();
 
         let mut nodes: Vec<Node> = Vec::new();

@@ -182,6 +182,12 @@ class NspawnMachine(Machine):
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
+                # SIGKILL to the container's init takes every process of its PID namespace;
+                # SIGKILL to systemd-nspawn alone would leave them running.
+                try:
+                    os.kill(self.init_pid, signal.SIGKILL)
+                except (OSError, TypeError):
+                    pass
                 self.proc.kill()
                 self.proc.wait()
         self.console.close()
