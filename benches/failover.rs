@@ -4,8 +4,8 @@
 //! PostgreSQL nodes on loopback addresses of their own, configured by what pgaas renders, Patroni
 //! ttl 10 s, loop_wait 1 s, retry_timeout 4 s), `pgaas serve` on the primary. In one run:
 //!
-//! 1. the primary alone (no standby): `BENCH_PROVISIONS` (5) tenants made through the API and
-//!    `BENCH_WRITES` (300) single-row commits of a tenant, each timed;
+//! 1. the primary alone (no standby): `BENCH_PROVISIONS` (10, after 2 untimed) tenants made
+//!    through the API and `BENCH_WRITES` (300) single-row commits of a tenant, each timed;
 //! 2. the same with the standby running as the synchronous standby (`synchronous_mode`), and the
 //!    ratios synchronous / alone of the medians;
 //! 3. `BENCH_FAILOVERS` (10) failovers: the primary's Patroni, PostgreSQL and API killed with
@@ -55,7 +55,9 @@ struct Sample {
 async fn measure(cl: &Cluster, api: &Api, primary: usize, tag: &str) -> Res<Sample> {
     let mut provision = Vec::new();
     let mut db = String::new();
-    for i in 0..env_num("BENCH_PROVISIONS", 5) {
+    // Two untimed first, so neither side pays for warming up the API and the server.
+    let warm = 2;
+    for i in 0..env_num("BENCH_PROVISIONS", 10) + warm {
         let t = Instant::now();
         let (code, body, _) = api
             .call(
@@ -64,7 +66,9 @@ async fn measure(cl: &Cluster, api: &Api, primary: usize, tag: &str) -> Res<Samp
                 Some(json!({ "friendlyName": format!("{tag} {i}"), "ownerEmail": "bench@example.com" })),
             )
             .await;
-        provision.push(t.elapsed());
+        if i >= warm {
+            provision.push(t.elapsed());
+        }
         if code != 201 {
             return Err(format!("provisioning: {code} {body}").into());
         }
