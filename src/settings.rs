@@ -23,7 +23,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use archive::{ArchiveSettings, S3Repository};
-pub use cluster::{ClusterNode, ClusterSettings};
+pub use cluster::{ClusterNode, ClusterSettings, EtcdTls};
 pub use layers::{Layer, Source};
 pub use limits::{LimitsSettings, TenantSettings};
 pub use servers::{PgBouncerSettings, PoolMode, PostgresSettings};

@@ -17,6 +17,8 @@ pub struct ClusterStatus {
     pub patroni_error: Option<String>,
     /// `(node, healthy)` for every etcd member.
     pub etcd: Vec<(String, bool)>,
+    /// Why etcd could not be asked at all (its certificate is root's to read).
+    pub etcd_error: Option<String>,
     pub synchronous: bool,
 }
 
@@ -68,6 +70,9 @@ impl ClusterStatus {
                 }
             }
         }
+        if self.etcd_error.is_some() {
+            return out;
+        }
         let healthy = self.etcd.iter().filter(|(_, h)| *h).count();
         if !self.etcd.is_empty() && healthy * 2 <= self.etcd.len() {
             out.push(format!(
@@ -116,7 +121,10 @@ impl ClusterStatus {
             .iter()
             .map(|(n, h)| format!("{n} {}", if *h { "healthy" } else { "UNREACHABLE" }))
             .collect();
-        out.push_str(&format!("  etcd: {}\n", etcd.join(", ")));
+        match &self.etcd_error {
+            Some(e) => out.push_str(&format!("  etcd: not checked ({e})\n")),
+            None => out.push_str(&format!("  etcd: {}\n", etcd.join(", "))),
+        }
         for w in self.warnings() {
             out.push_str(&format!("  WARNING: {w}\n"));
         }
@@ -126,6 +134,30 @@ impl ClusterStatus {
 
 fn host_port(ip: std::net::IpAddr, port: u16) -> String {
     std::net::SocketAddr::from((ip, port)).to_string()
+}
+
+/// A client of etcd's API: TLS against the cluster's CA, authenticated with this node's etcd
+/// certificate (etcd refuses clients without one; root reads it).
+pub fn etcd_client(settings: &Settings) -> Result<reqwest::Client, String> {
+    let tls = crate::settings::EtcdTls::of(settings);
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let ca = reqwest::Certificate::from_pem(&read(&tls.ca)?).map_err(|e| e.to_string())?;
+    let mut pem = read(&tls.peer_cert)?;
+    pem.extend(read(&tls.peer_key)?);
+    let identity = reqwest::Identity::from_pem(&pem).map_err(|e| e.to_string())?;
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .identity(identity)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// etcd's health endpoint on a member.
+pub fn etcd_health_url(ip: std::net::IpAddr, port: u16) -> String {
+    format!("https://{}/health", host_port(ip, port))
 }
 
 /// The cluster's state, or `None` on a single host.
@@ -169,12 +201,16 @@ pub async fn gather(settings: &Settings) -> Option<ClusterStatus> {
         }
         st.patroni_error = last;
     }
+    let etcd = match etcd_client(settings) {
+        Ok(c) => c,
+        Err(e) => {
+            st.etcd_error = Some(e);
+            return Some(st);
+        }
+    };
     for n in &cl.nodes {
-        let url = format!(
-            "http://{}/health",
-            host_port(n.address, cl.etcd_client_port)
-        );
-        let healthy = match http.get(&url).send().await {
+        let url = etcd_health_url(n.address, cl.etcd_client_port);
+        let healthy = match etcd.get(&url).send().await {
             Ok(r) => r
                 .json::<serde_json::Value>()
                 .await

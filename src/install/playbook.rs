@@ -82,6 +82,8 @@ pub struct Step {
     /// A cluster's shared secrets (replication, rewind and API passwords, the local CA), made
     /// by `pgaas cluster secrets` and copied to every node.
     pub cluster_secrets: Option<Empty>,
+    /// etcd's certificates (server, peer and client) from the cluster's CA.
+    pub etcd_tls: Option<Empty>,
     /// Wait until etcd has a majority (the other nodes' installs bring theirs up).
     pub etcd_quorum: Option<Empty>,
     /// Wait until Patroni runs this node's PostgreSQL, as primary or standby.
@@ -288,6 +290,7 @@ impl Step {
             ("control_db", self.control_db.is_some()),
             ("api_key", self.api_key.is_some()),
             ("cluster_secrets", self.cluster_secrets.is_some()),
+            ("etcd_tls", self.etcd_tls.is_some()),
             ("etcd_quorum", self.etcd_quorum.is_some()),
             ("patroni_ready", self.patroni_ready.is_some()),
             ("archive", self.archive.is_some()),

@@ -95,6 +95,25 @@ impl LocalCa {
         target: &ServerCertTarget,
         names: &[String],
     ) -> Result<WriteOutcome, TlsError> {
+        self.ensure_cert(target, names, false)
+    }
+
+    /// [`Self::ensure_server_cert`] for a certificate that also authenticates its holder as a
+    /// client (etcd members to each other, and their clients to them).
+    pub fn ensure_peer_cert(
+        &self,
+        target: &ServerCertTarget,
+        names: &[String],
+    ) -> Result<WriteOutcome, TlsError> {
+        self.ensure_cert(target, names, true)
+    }
+
+    fn ensure_cert(
+        &self,
+        target: &ServerCertTarget,
+        names: &[String],
+        client_auth: bool,
+    ) -> Result<WriteOutcome, TlsError> {
         self.ensure()?;
         if let Ok(pem) = std::fs::read_to_string(&target.cert_file) {
             if target.key_file.exists() && cert_is_current(&pem, names, &self.cert_file) {
@@ -112,6 +131,11 @@ impl LocalCa {
             KeyUsagePurpose::KeyEncipherment,
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if client_auth {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
         let now = time_now();
         params.not_before = now - time::Duration::days(1);
         params.not_after = now + time::Duration::days(397);

@@ -67,6 +67,7 @@ pub fn render_patroni(i: &PatroniInputs) -> Result<String, RenderError> {
         s.postgres.hba_dir.clone().ok_or_else(|| {
             RenderError::invalid("postgres.hba_dir", "", "a cluster node needs it")
         })?;
+    let etcd_tls = crate::settings::EtcdTls::of(s);
     let etcd: Vec<String> = cl
         .nodes
         .iter()
@@ -96,7 +97,14 @@ pub fn render_patroni(i: &PatroniInputs) -> Result<String, RenderError> {
             // needs the password; health and state stay readable for checks.
             "authentication": { "username": PATRONI_API_USER, "password": i.secrets.patroni.expose() },
         },
-        "etcd3": { "hosts": etcd },
+        // etcd only talks TLS with a certificate from the cluster's CA, in both directions.
+        "etcd3": {
+            "hosts": etcd,
+            "protocol": "https",
+            "cacert": path("etcd CA", &etcd_tls.ca)?,
+            "cert": path("etcd client certificate", &etcd_tls.client_cert)?,
+            "key": path("etcd client key", &etcd_tls.client_key)?,
+        },
         "bootstrap": {
             "dcs": {
                 "ttl": cl.ttl_secs,
@@ -184,7 +192,9 @@ pub fn render_etcd_env(s: &Settings) -> Result<String, RenderError> {
             "no cluster.name, or cluster.node is not one of cluster.nodes",
         ));
     };
-    let url = |ip, port| format!("http://{}", host_port(ip, port));
+    let url = |ip, port| format!("https://{}", host_port(ip, port));
+    let tls = crate::settings::EtcdTls::of(s);
+    let file = |what: &str, p: &Path| path(what, p);
     let initial: Vec<String> = cl
         .nodes
         .iter()
@@ -204,7 +214,19 @@ pub fn render_etcd_env(s: &Settings) -> Result<String, RenderError> {
          ETCD_INITIAL_CLUSTER={initial}\n\
          ETCD_INITIAL_CLUSTER_STATE=new\n\
          ETCD_INITIAL_CLUSTER_TOKEN=pgaas-{scope}\n\
-         ETCD_ENABLE_V2=false\n",
+         ETCD_ENABLE_V2=false\n\
+         # Clients and members alike present a certificate from the cluster's CA.\n\
+         ETCD_CERT_FILE={cert}\n\
+         ETCD_KEY_FILE={key}\n\
+         ETCD_TRUSTED_CA_FILE={ca}\n\
+         ETCD_CLIENT_CERT_AUTH=true\n\
+         ETCD_PEER_CERT_FILE={cert}\n\
+         ETCD_PEER_KEY_FILE={key}\n\
+         ETCD_PEER_TRUSTED_CA_FILE={ca}\n\
+         ETCD_PEER_CLIENT_CERT_AUTH=true\n",
+        cert = file("etcd certificate", &tls.peer_cert)?,
+        key = file("etcd key", &tls.peer_key)?,
+        ca = file("etcd CA", &tls.ca)?,
         name = me.name,
         peer = url(me.address, cl.etcd_peer_port),
         advertise = client,
@@ -289,12 +311,20 @@ mod tests {
         let env = render_etcd_env(&s).unwrap();
         assert!(env.contains("ETCD_NAME=db2\n"), "{env}");
         assert!(
-            env.contains("ETCD_INITIAL_CLUSTER=db1=http://10.0.0.1:2380,db2=http://10.0.0.2:2380,w=http://[fd00::3]:2380\n"),
+            env.contains("ETCD_INITIAL_CLUSTER=db1=https://10.0.0.1:2380,db2=https://10.0.0.2:2380,w=https://[fd00::3]:2380\n"),
             "{env}"
         );
         assert!(
-            env.contains("ETCD_LISTEN_CLIENT_URLS=http://10.0.0.2:2379\n"),
+            env.contains("ETCD_LISTEN_CLIENT_URLS=https://10.0.0.2:2379\n"),
             "{env}"
         );
+        for both in [
+            "ETCD_CLIENT_CERT_AUTH=true\n",
+            "ETCD_PEER_CLIENT_CERT_AUTH=true\n",
+        ] {
+            assert!(env.contains(both), "{env}");
+        }
+        assert_eq!(doc["etcd3"]["protocol"], "https");
+        assert_eq!(doc["etcd3"]["cert"], "/etc/pgaas/tls/etcd-client.crt");
     }
 }

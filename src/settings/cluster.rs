@@ -46,6 +46,37 @@ pub struct ClusterSettings {
     pub etcd_data_dir: PathBuf,
 }
 
+/// etcd's TLS files on a node, all from the cluster's CA (`ca.crt` beside the server
+/// certificate, put there from the cluster's secrets): etcd's own certificate (server and peer,
+/// owned by etcd), and Patroni's client certificate (owned by the cluster's OS user). pgaas, as
+/// root, authenticates with etcd's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub peer_cert: PathBuf,
+    pub peer_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTls {
+    pub fn of(s: &super::Settings) -> Self {
+        let dir = s
+            .tls
+            .cert_file
+            .parent()
+            .unwrap_or(&s.paths.config_dir)
+            .to_path_buf();
+        Self {
+            ca: dir.join("ca.crt"),
+            peer_cert: dir.join("etcd.crt"),
+            peer_key: dir.join("etcd.key"),
+            client_cert: dir.join("etcd-client.crt"),
+            client_key: dir.join("etcd-client.key"),
+        }
+    }
+}
+
 /// One machine of the cluster.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -350,6 +350,35 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
         .get(0);
     assert_eq!(ro, "on");
 
+    // etcd answers only TLS clients holding a certificate from the cluster's CA: neither plain
+    // HTTP nor TLS without a client certificate reaches it (whoever writes to it controls what
+    // Patroni applies to PostgreSQL).
+    let etcd = format!(
+        "{}:{}",
+        nodes[2].addr, nodes[2].settings.cluster.etcd_client_port
+    );
+    let plain = http.get(format!("http://{etcd}/v3/kv/range")).send().await;
+    assert!(
+        plain.as_ref().map_or(true, |r| !r.status().is_success()),
+        "etcd answered plain HTTP: {plain:?}"
+    );
+    let ca_pem = std::fs::read(&ca.cert_file).unwrap();
+    let anonymous = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem).unwrap())
+        .build()
+        .unwrap();
+    let r = anonymous
+        .post(format!("https://{etcd}/v3/kv/range"))
+        .body(r#"{"key":"Lw=="}"#)
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "etcd answered a client without a certificate: {r:?}"
+    );
+
     // A planned switchover with `pgaas cluster switchover`, while a client writes and retries
     // each write until it is acknowledged: every write goes through, none is lost. Without the
     // password Patroni's REST API refuses it.

@@ -548,6 +548,35 @@ impl Cluster {
             nodes.push(node);
         }
 
+        // etcd's certificates from the cluster's CA, where `pgaas install` puts them: its own
+        // (server and peer) on every node, Patroni's client certificate on the data nodes.
+        for (i, node) in nodes.iter().enumerate() {
+            let tls = pgaas::settings::EtcdTls::of(&node.settings);
+            std::fs::create_dir_all(tls.ca.parent().unwrap()).unwrap();
+            std::fs::copy(&ca.cert_file, &tls.ca).unwrap();
+            let names = [node.addr.to_string()];
+            ca.ensure_peer_cert(
+                &ServerCertTarget {
+                    cert_file: tls.peer_cert.clone(),
+                    key_file: tls.peer_key.clone(),
+                    key_owner: None,
+                },
+                &names,
+            )
+            .unwrap();
+            if i < 2 {
+                ca.ensure_peer_cert(
+                    &ServerCertTarget {
+                        cert_file: tls.client_cert.clone(),
+                        key_file: tls.client_key.clone(),
+                        key_owner: Some((owner.uid, owner.gid)),
+                    },
+                    &names,
+                )
+                .unwrap();
+            }
+        }
+
         // etcd on every node, the witness too, from the environment file pgaas renders.
         for node in &mut nodes {
             let env = render_etcd_env(&node.settings).unwrap();

@@ -92,8 +92,9 @@ def test(t, machines):
             m.write_file("/etc/pgaas/pgaas.yaml", settings(machines, name))
         out = db1.succeed("pgaas cluster secrets 2>&1")
         assert "Copy it to" in out, out
-        db2.succeed("mkdir -p -m 0700 /etc/pgaas/secrets")
-        db2.write_file(SECRETS, db1.read_file(SECRETS), mode="0600")
+        for other in (db2, witness):
+            other.succeed("mkdir -p -m 0700 /etc/pgaas/secrets")
+            other.write_file(SECRETS, db1.read_file(SECRETS), mode="0600")
         # Asking again changes nothing.
         again = db1.succeed("pgaas cluster secrets 2>&1")
         assert "left as it is" in again, again

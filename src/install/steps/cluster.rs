@@ -106,6 +106,92 @@ pub fn secrets_apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
     Ok(effects)
 }
 
+/// etcd's certificates on this node: `(certificate, key, key owner)`; Patroni's only where it
+/// runs.
+fn etcd_certs(cx: &Cx) -> Vec<(std::path::PathBuf, std::path::PathBuf, String)> {
+    let tls = crate::settings::EtcdTls::of(&cx.settings);
+    let mut out = vec![(tls.peer_cert, tls.peer_key, "etcd".to_string())];
+    if !cx.settings.cluster.this_node().is_some_and(|n| n.witness) {
+        out.push((tls.client_cert, tls.client_key, cx.vars.pg_user.clone()));
+    }
+    out
+}
+
+/// The names an etcd certificate covers: the node's address (and DNS name).
+fn etcd_names(cx: &Cx) -> Vec<String> {
+    let me = cx.settings.cluster.this_node();
+    me.into_iter()
+        .flat_map(|n| n.host.iter().cloned().chain([n.address.to_string()]))
+        .collect()
+}
+
+pub fn etcd_tls_check(cx: &mut Cx) -> Result<Plan> {
+    let ca = crate::settings::EtcdTls::of(&cx.settings).ca;
+    let ca = crate::pg::tls::CertInfo::from_pem(
+        &std::fs::read_to_string(cx.path(&ca)).unwrap_or_default(),
+    );
+    let names = etcd_names(cx);
+    let mut plan = Plan::default();
+    for (cert, key, owner) in etcd_certs(cx) {
+        let current = std::fs::read_to_string(cx.path(&cert))
+            .ok()
+            .and_then(|p| crate::pg::tls::CertInfo::from_pem(&p));
+        let good = current.is_some_and(|c| {
+            ca.as_ref().is_some_and(|ca| c.issuer == ca.subject)
+                && c.days_left() > 30
+                && names.iter().all(|n| c.sans.contains(n))
+        }) && cx.path(&key).exists();
+        if !good {
+            plan.change(format!(
+                "issue {} for {} from the cluster's CA",
+                cert.display(),
+                names.join(", ")
+            ));
+        } else {
+            let want = crate::install::context::Attrs::new(&owner, &owner, 0o600);
+            for d in cx.attr_drift(&cx.path(&key), &want) {
+                plan.change(format!("{}: {d}", key.display()));
+            }
+        }
+    }
+    Ok(plan)
+}
+
+pub fn etcd_tls_apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
+    let tls = crate::settings::EtcdTls::of(&cx.settings);
+    let dir = tls.ca.parent().unwrap_or(Path::new("/"));
+    let ca = crate::pg::tls::LocalCa::in_dir(&cx.path(dir));
+    if !ca.key_file.exists() {
+        bail!(
+            "{} is missing: it comes from the cluster's secrets file (run `pgaas cluster secrets` once and copy the file here)",
+            ca.key_file.display()
+        );
+    }
+    let names = etcd_names(cx);
+    let mut effects = Effects::default();
+    for (cert, key, owner) in etcd_certs(cx) {
+        let existed = cx.path(&cert).exists();
+        let target = crate::pg::tls::ServerCertTarget {
+            cert_file: cx.path(&cert),
+            key_file: cx.path(&key),
+            key_owner: cx.ids(&owner, &owner),
+        };
+        ca.ensure_peer_cert(&target, &names)?;
+        for p in [cert, key] {
+            if !existed && !manifest.owns_path(&p) {
+                effects
+                    .records
+                    .push(crate::install::manifest::Record::File { path: p });
+            }
+        }
+    }
+    effects.notify.push(crate::install::playbook::Handler::new(
+        crate::install::playbook::HandlerAction::Restart,
+        super::ETCD_UNIT,
+    ));
+    Ok(effects)
+}
+
 fn http(cx: &mut Cx) -> Result<reqwest::Client> {
     let _ = cx;
     Ok(reqwest::Client::builder()
@@ -119,13 +205,17 @@ fn url(ip: std::net::IpAddr, port: u16, path: &str) -> String {
 
 /// Which etcd members answer healthy: `(name, address, healthy)`.
 fn etcd_members(cx: &mut Cx) -> Result<Vec<(String, std::net::IpAddr, bool)>> {
-    let client = http(cx)?;
+    let client =
+        crate::install::cluster_status::etcd_client(&cx.settings).map_err(anyhow::Error::msg)?;
     let cl = cx.settings.cluster.clone();
     cx.block_on(async move {
         let mut out = Vec::new();
         for n in &cl.nodes {
             let ok = match client
-                .get(url(n.address, cl.etcd_client_port, "/health"))
+                .get(crate::install::cluster_status::etcd_health_url(
+                    n.address,
+                    cl.etcd_client_port,
+                ))
                 .send()
                 .await
             {

@@ -85,6 +85,8 @@ pub fn check(step: &Step, cx: &mut Cx, manifest: &Manifest) -> Result<Plan> {
         cluster::on_standby_wait_for_primary(cx, "the first admin API key", database::api_key_check)
     } else if step.cluster_secrets.is_some() {
         cluster::secrets_check(cx)
+    } else if step.etcd_tls.is_some() {
+        cluster::etcd_tls_check(cx)
     } else if step.etcd_quorum.is_some() {
         cluster::etcd_quorum_check(cx)
     } else if step.patroni_ready.is_some() {
@@ -125,6 +127,8 @@ pub fn apply(step: &Step, cx: &mut Cx, manifest: &Manifest, plan: &Plan) -> Resu
         database::api_key_apply(s, cx)?
     } else if step.cluster_secrets.is_some() {
         cluster::secrets_apply(cx, manifest)?
+    } else if step.etcd_tls.is_some() {
+        cluster::etcd_tls_apply(cx, manifest)?
     } else if step.etcd_quorum.is_some() {
         cluster::etcd_quorum_apply(cx)?
     } else if step.patroni_ready.is_some() {
