@@ -24,7 +24,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use ha_cluster::{Api, Cluster, insert, wait_status};
+use ha_cluster::{Api, Cluster, insert, psql_ok, wait_status};
 use serde_json::json;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -150,16 +150,8 @@ async fn run() -> Res<()> {
             ),
         )
         + "&connect_timeout=2";
-    let created = std::process::Command::new("psql")
-        .arg(&url)
-        .args([
-            "-X",
-            "-q",
-            "-c",
-            "CREATE TABLE acked (id bigint PRIMARY KEY)",
-        ])
-        .status()?;
-    if !created.success() {
+    let created = psql_ok(&url, "CREATE TABLE acked (id bigint PRIMARY KEY)");
+    if !created {
         return Err("the tenant cannot use its URL".into());
     }
 

@@ -53,37 +53,18 @@ fn load(config: Option<PathBuf>) -> Result<crate::settings::Settings, ExitCode> 
     Ok(settings)
 }
 
-/// Members as Patroni's `/cluster` lists them: `(name, role, api_url)`.
+/// Members as Patroni's `/cluster` lists them, from whichever data node answers:
+/// `(name, role)`.
 async fn members(
     http: &reqwest::Client,
     settings: &crate::settings::Settings,
 ) -> anyhow::Result<Vec<(String, String)>> {
     let cl = &settings.cluster;
-    let mut last = None;
-    for n in cl.data_nodes() {
-        let url = format!(
-            "http://{}/cluster",
-            std::net::SocketAddr::from((n.address, cl.patroni_port))
-        );
-        match http.get(&url).send().await {
-            Ok(r) => {
-                let v: serde_json::Value = r.json().await?;
-                return Ok(v["members"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|m| {
-                        (
-                            m["name"].as_str().unwrap_or_default().to_string(),
-                            m["role"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect());
-            }
-            Err(e) => last = Some(anyhow::anyhow!("{url}: {e}")),
-        }
-    }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("no PostgreSQL node in cluster.nodes")))
+    let nodes: Vec<std::net::IpAddr> = cl.data_nodes().map(|n| n.address).collect();
+    let members = crate::install::cluster_status::members(http, &nodes, cl.patroni_port)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(members.into_iter().map(|m| (m.name, m.role)).collect())
 }
 
 fn switchover(config: Option<PathBuf>, args: SwitchoverArgs) -> anyhow::Result<ExitCode> {

@@ -136,6 +136,27 @@ fn host_port(ip: std::net::IpAddr, port: u16) -> String {
     std::net::SocketAddr::from((ip, port)).to_string()
 }
 
+/// Patroni's members as the first of `nodes` that answers sees them (`GET /cluster`), or
+/// the last error.
+pub async fn members(
+    http: &reqwest::Client,
+    nodes: &[std::net::IpAddr],
+    port: u16,
+) -> Result<Vec<Member>, String> {
+    let mut last = "no PostgreSQL node to ask".to_string();
+    for ip in nodes {
+        let url = format!("http://{}/cluster", host_port(*ip, port));
+        match http.get(&url).send().await {
+            Ok(r) => match r.json::<Members>().await {
+                Ok(m) => return Ok(m.members),
+                Err(e) => last = format!("{url}: {e}"),
+            },
+            Err(e) => last = format!("{url}: {e}"),
+        }
+    }
+    Err(last)
+}
+
 /// A client of etcd's API: TLS against the cluster's CA, authenticated with this node's etcd
 /// certificate (etcd refuses clients without one; root reads it).
 pub fn etcd_client(settings: &Settings) -> Result<reqwest::Client, String> {
@@ -174,32 +195,15 @@ pub async fn gather(settings: &Settings) -> Option<ClusterStatus> {
         synchronous: cl.synchronous,
         ..Default::default()
     };
-    if !me.witness {
-        let url = format!("http://{}/cluster", host_port(me.address, cl.patroni_port));
-        match http.get(&url).send().await {
-            Ok(r) => match r.json::<Members>().await {
-                Ok(m) => st.members = m.members,
-                Err(e) => st.patroni_error = Some(format!("{url}: {e}")),
-            },
-            Err(e) => st.patroni_error = Some(format!("{url}: {e}")),
-        }
+    // A witness runs no Patroni: it asks the data nodes'.
+    let ask: Vec<std::net::IpAddr> = if me.witness {
+        cl.data_nodes().map(|n| n.address).collect()
     } else {
-        // A witness runs no Patroni: ask a data node's.
-        let mut last = None;
-        for n in cl.data_nodes() {
-            let url = format!("http://{}/cluster", host_port(n.address, cl.patroni_port));
-            match http.get(&url).send().await {
-                Ok(r) => {
-                    if let Ok(m) = r.json::<Members>().await {
-                        st.members = m.members;
-                        last = None;
-                        break;
-                    }
-                }
-                Err(e) => last = Some(format!("{url}: {e}")),
-            }
-        }
-        st.patroni_error = last;
+        vec![me.address]
+    };
+    match members(&http, &ask, cl.patroni_port).await {
+        Ok(m) => st.members = m,
+        Err(e) => st.patroni_error = Some(e),
     }
     let etcd = match etcd_client(settings) {
         Ok(c) => c,

@@ -192,7 +192,7 @@ fn san(name: &str) -> Result<SanType, rcgen::Error> {
 
 /// Whether a PEM certificate covers every name, was issued by the CA in `ca_file`, and has more
 /// than [`RENEW_BEFORE_DAYS`] left.
-fn cert_is_current(pem: &str, names: &[String], ca_file: &Path) -> bool {
+pub fn cert_is_current(pem: &str, names: &[String], ca_file: &Path) -> bool {
     let Some(info) = CertInfo::from_pem(pem) else {
         return false;
     };

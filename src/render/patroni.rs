@@ -52,17 +52,25 @@ fn host_port(ip: std::net::IpAddr, port: u16) -> String {
     }
 }
 
+/// The cluster's name and this node's entry; an error without them.
+fn scope_and_node(
+    cl: &crate::settings::ClusterSettings,
+) -> Result<(&str, &crate::settings::ClusterNode), RenderError> {
+    match (cl.name.as_deref(), cl.this_node()) {
+        (Some(scope), Some(me)) => Ok((scope, me)),
+        _ => Err(RenderError::invalid(
+            "cluster",
+            cl.name.clone().unwrap_or_default(),
+            "no cluster.name, or cluster.node is not one of cluster.nodes",
+        )),
+    }
+}
+
 /// `/etc/patroni/config.yml` for this node.
 pub fn render_patroni(i: &PatroniInputs) -> Result<String, RenderError> {
     let s = i.settings;
     let cl = &s.cluster;
-    let (Some(scope), Some(me)) = (cl.name.as_deref(), cl.this_node()) else {
-        return Err(RenderError::invalid(
-            "cluster",
-            cl.name.clone().unwrap_or_default(),
-            "no cluster.name, or cluster.node is not one of cluster.nodes",
-        ));
-    };
+    let (scope, me) = scope_and_node(cl)?;
     let hba_dir =
         s.postgres.hba_dir.clone().ok_or_else(|| {
             RenderError::invalid("postgres.hba_dir", "", "a cluster node needs it")
@@ -185,13 +193,7 @@ pub fn render_patroni(i: &PatroniInputs) -> Result<String, RenderError> {
 /// runs a member, the witness too.
 pub fn render_etcd_env(s: &Settings) -> Result<String, RenderError> {
     let cl = &s.cluster;
-    let (Some(scope), Some(me)) = (cl.name.as_deref(), cl.this_node()) else {
-        return Err(RenderError::invalid(
-            "cluster",
-            cl.name.clone().unwrap_or_default(),
-            "no cluster.name, or cluster.node is not one of cluster.nodes",
-        ));
-    };
+    let (scope, me) = scope_and_node(cl)?;
     let url = |ip, port| format!("https://{}", host_port(ip, port));
     let tls = crate::settings::EtcdTls::of(s);
     let file = |what: &str, p: &Path| path(what, p);

@@ -5,7 +5,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -18,7 +17,7 @@ use serde_json::json;
 use crate::{
     allowlist::{Creds, connect_to, v4},
     attack::refused_before_password,
-    ha_cluster::{Api, Cluster, Node, insert, insert_retrying, wait_primary, wait_status},
+    ha_cluster::{Api, Cluster, Node, insert, insert_retrying, psql_ok, wait_primary, wait_status},
     harness::temp_state_dir,
 };
 
@@ -201,19 +200,8 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
         "sslmode=require",
         &format!("sslmode=verify-ca&sslrootcert={}", ca.cert_file.display()),
     ) + "&connect_timeout=2";
-    let created = Command::new("psql")
-        .arg(&url)
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            "CREATE TABLE acked (id bigint PRIMARY KEY)",
-        ])
-        .status()
-        .unwrap();
-    assert!(created.success(), "the tenant cannot use its URL");
+    let created = psql_ok(&url, "CREATE TABLE acked (id bigint PRIMARY KEY)");
+    assert!(created, "the tenant cannot use its URL");
     assert!(insert(&url, 0), "the tenant cannot write through {url}");
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();

@@ -422,27 +422,27 @@ impl Api {
     }
 }
 
+/// One statement through psql (libpq: multi-host URLs, failover); true when it succeeded.
+pub fn psql_ok(url: &str, sql: &str) -> bool {
+    Command::new("psql")
+        .arg(url)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env_remove("PGPASSWORD")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// One INSERT through psql, retried until it is acknowledged (an id already in, from an
 /// attempt whose answer was lost, counts); how long it took, or `None` after `limit`.
 pub fn insert_retrying(url: &str, id: u64, limit: Duration) -> Option<Duration> {
     let start = Instant::now();
     loop {
-        let ok = Command::new("psql")
-            .arg(url)
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                &format!("INSERT INTO acked VALUES ({id}) ON CONFLICT DO NOTHING"),
-            ])
-            .env_remove("PGPASSWORD")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
+        if psql_ok(
+            url,
+            &format!("INSERT INTO acked VALUES ({id}) ON CONFLICT DO NOTHING"),
+        ) {
             return Some(start.elapsed());
         }
         if start.elapsed() > limit {
@@ -452,23 +452,9 @@ pub fn insert_retrying(url: &str, id: u64, limit: Duration) -> Option<Duration> 
     }
 }
 
-/// One INSERT through psql (libpq's multi-host failover); true when acknowledged.
+/// One INSERT through psql; true when acknowledged.
 pub fn insert(url: &str, id: u64) -> bool {
-    Command::new("psql")
-        .arg(url)
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            &format!("INSERT INTO acked VALUES ({id})"),
-        ])
-        .env_remove("PGPASSWORD")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    psql_ok(url, &format!("INSERT INTO acked VALUES ({id})"))
 }
 
 pub struct Cluster {

@@ -7,13 +7,8 @@ and every veth end in it; ``close`` does that, whatever was set up.
 """
 
 import os
-import subprocess
 
-NETNS_PREFIX = "pgaasvm-"
-
-
-def sh(*cmd, check=True):
-    return subprocess.run(cmd, check=check, capture_output=True, text=True)
+from .nspawn import NETNS_PREFIX, sh
 
 
 def free_lan():

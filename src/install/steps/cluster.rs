@@ -126,21 +126,13 @@ fn etcd_names(cx: &Cx) -> Vec<String> {
 }
 
 pub fn etcd_tls_check(cx: &mut Cx) -> Result<Plan> {
-    let ca = crate::settings::EtcdTls::of(&cx.settings).ca;
-    let ca = crate::pg::tls::CertInfo::from_pem(
-        &std::fs::read_to_string(cx.path(&ca)).unwrap_or_default(),
-    );
+    let ca = cx.path(&crate::settings::EtcdTls::of(&cx.settings).ca);
     let names = etcd_names(cx);
     let mut plan = Plan::default();
     for (cert, key, owner) in etcd_certs(cx) {
-        let current = std::fs::read_to_string(cx.path(&cert))
-            .ok()
-            .and_then(|p| crate::pg::tls::CertInfo::from_pem(&p));
-        let good = current.is_some_and(|c| {
-            ca.as_ref().is_some_and(|ca| c.issuer == ca.subject)
-                && c.days_left() > 30
-                && names.iter().all(|n| c.sans.contains(n))
-        }) && cx.path(&key).exists();
+        let good = cx.path(&key).exists()
+            && std::fs::read_to_string(cx.path(&cert))
+                .is_ok_and(|pem| crate::pg::tls::cert_is_current(&pem, &names, &ca));
         if !good {
             plan.change(format!(
                 "issue {} for {} from the cluster's CA",
@@ -190,17 +182,6 @@ pub fn etcd_tls_apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
         super::ETCD_UNIT,
     ));
     Ok(effects)
-}
-
-fn http(cx: &mut Cx) -> Result<reqwest::Client> {
-    let _ = cx;
-    Ok(reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?)
-}
-
-fn url(ip: std::net::IpAddr, port: u16, path: &str) -> String {
-    format!("http://{}{path}", std::net::SocketAddr::from((ip, port)))
 }
 
 /// Which etcd members answer healthy: `(name, address, healthy)`.
@@ -287,7 +268,9 @@ pub fn etcd_quorum_apply(cx: &mut Cx) -> Result<Effects> {
 
 /// Patroni's view of this node: `(PostgreSQL running, role)`.
 fn patroni_state(cx: &mut Cx) -> Result<(bool, String)> {
-    let client = http(cx)?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let cl = cx.settings.cluster.clone();
     let me = cl
         .this_node()
@@ -295,7 +278,10 @@ fn patroni_state(cx: &mut Cx) -> Result<(bool, String)> {
         .clone();
     cx.block_on(async move {
         match client
-            .get(url(me.address, cl.patroni_port, "/patroni"))
+            .get(format!(
+                "http://{}/patroni",
+                std::net::SocketAddr::from((me.address, cl.patroni_port))
+            ))
             .send()
             .await
         {
