@@ -162,12 +162,20 @@ impl LocalPgBouncer {
     pub fn signal_reload(&self) -> Result<(), ReloadError> {
         let pid = self.pid().ok_or(ReloadError::NotRunning)?;
         nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(ReloadError::Signal)?;
-        // PgBouncer handles SIGHUP in its event loop. An answer to an SSLRequest on a new
-        // connection comes from that loop, after the signal (already pending) was handled.
+        // PgBouncer handles SIGHUP in its event loop (libevent), where the signal may be
+        // dispatched one turn after a connection accepted in the same turn. An answer to an
+        // SSLRequest on a new connection proves a turn of the loop after the signal was
+        // pending; a second answer, asked for after the first, proves the turn after that, by
+        // which the reload has run.
         let deadline = Instant::now() + Duration::from_secs(5);
+        let mut answered = 0;
         while Instant::now() < deadline {
             if ssl_request_answered(self.port) {
-                return Ok(());
+                answered += 1;
+                if answered == 2 {
+                    return Ok(());
+                }
+                continue;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
