@@ -339,6 +339,17 @@ impl Settings {
 }
 
 impl Settings {
+    /// pgBackRest's repositories, by number: 1 is this host's directory (`archive.repo_path`),
+    /// 2 the S3 one (`archive.s3`). A cluster's nodes have only the shared repository 2: a
+    /// directory on one node would be lost with it and hold nothing the next primary wrote.
+    pub fn archive_repos(&self) -> Vec<u32> {
+        match (self.cluster.enabled(), self.archive.s3.is_some()) {
+            (true, _) => vec![2],
+            (false, true) => vec![1, 2],
+            (false, false) => vec![1],
+        }
+    }
+
     /// Read the secrets given as files (`api.api_key_file`, `admin.password_file`) into their
     /// settings, for the commands that use them; a file named but unreadable is an error that
     /// names it.

@@ -63,6 +63,9 @@ fn archive_error(e: ArchiveError, field: &'static str) -> ApiError {
         ArchiveError::NotFound(m) => ApiError::NotFound(m),
         ArchiveError::Busy(m) => ApiError::Conflict(m),
         ArchiveError::Tenant(t) => t.into(),
+        // A standby's read-only control DB, a failover under way: 503 and Retry-After, as for
+        // every other write.
+        ArchiveError::Sql(e) => crate::tenant::TenantError::from(e).into(),
         e => ApiError::Internal(e.into()),
     }
 }
@@ -89,18 +92,14 @@ async fn create(
             ));
         }
     }
-    let repos = if state.settings.archive.s3.is_some() {
-        2
-    } else {
-        1
-    };
+    let repos = state.settings.archive_repos();
     let mut conn = state.pool.acquire().await?;
     let into = archive::restore::check_request(
         &mut conn,
         *id.as_uuid(),
         time,
         body.into.as_deref(),
-        repos,
+        &repos,
     )
     .await
     .map_err(|e| archive_error(e, "into"))?;

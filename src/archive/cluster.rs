@@ -51,7 +51,7 @@ impl ClusterPlan {
 pub async fn plan(host: &ArchiveHost, time: DateTime<Utc>) -> Result<ClusterPlan, ArchiveError> {
     let now = Utc::now();
     let info = host.engine.info().await?;
-    let windows = info.windows(host.engine.repos);
+    let windows = info.windows(&host.engine.repos);
     let earliest = windows
         .iter()
         .filter(|w| w.ok)

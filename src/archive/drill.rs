@@ -64,20 +64,22 @@ async fn drill(
     id: i64,
     label: &mut Option<String>,
 ) -> Result<(usize, String), ArchiveError> {
-    for repo in 1..=host.engine.repos {
+    for &repo in &host.engine.repos {
         progress(&format!(
             "verifying repository {repo} (every file's checksum)"
         ));
         host.engine.verify(repo).await?;
     }
+    // The first repository's newest backup: this host's own, or on a cluster the shared one.
+    let first = host.engine.repos.first().copied().unwrap_or(1);
     let info = host.engine.info().await?;
     let newest = info
-        .backups(1)
+        .backups(first)
         .max_by_key(|b| b.timestamp.stop)
         .ok_or_else(|| {
-            ArchiveError::Invalid(
-                "repository 1 holds no backup to drill: run `pgaas backup base --type full`".into(),
-            )
+            ArchiveError::Invalid(format!(
+                "repository {first} holds no backup to drill: run `pgaas backup base --type full`"
+            ))
         })?;
     *label = Some(newest.label.clone());
     progress(&format!(
@@ -100,7 +102,7 @@ async fn drill(
         // The newest backup, recovered just to consistency.
         let _ = set;
         scratch
-            .restore(&engine, &[], &Target::Immediate, Some(1))
+            .restore(&engine, &[], &Target::Immediate, Some(first))
             .map(|_| scratch)
     })
     .await

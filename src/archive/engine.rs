@@ -41,8 +41,8 @@ pub struct Engine {
     pub config_dir: PathBuf,
     pub stanza: String,
     pub owner: OsUser,
-    /// Repositories configured: 1, or 2 with the S3 one.
-    pub repos: u32,
+    /// The repositories configured, by number ([`Settings::archive_repos`]).
+    pub repos: Vec<u32>,
 }
 
 impl Engine {
@@ -61,7 +61,7 @@ impl Engine {
             config_dir: a.config_dir.clone(),
             stanza: a.stanza.clone(),
             owner,
-            repos: if a.s3.is_some() { 2 } else { 1 },
+            repos: settings.archive_repos(),
         })
     }
 

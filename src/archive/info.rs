@@ -111,8 +111,10 @@ impl Info {
     }
 
     /// Each repository's window, in key order.
-    pub fn windows(&self, repos: u32) -> Vec<RepoWindow> {
-        (1..=repos)
+    pub fn windows(&self, repos: &[u32]) -> Vec<RepoWindow> {
+        repos
+            .iter()
+            .copied()
             .map(|repo| {
                 let status = self
                     .repo
@@ -196,7 +198,7 @@ mod tests {
     #[test]
     fn windows_come_from_the_backups_of_each_repository() {
         let info = Info::parse(JSON, "pgaas").unwrap();
-        let w = info.windows(2);
+        let w = info.windows(&[1, 2]);
         assert_eq!(w[0].earliest, at(1011));
         assert_eq!(w[0].last_full, at(1010));
         assert_eq!(w[0].last_diff, at(2005));

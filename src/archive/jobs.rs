@@ -256,8 +256,48 @@ async fn reopen_closed(conn: &mut PgConnection) -> Result<(), ArchiveError> {
 }
 
 /// The worker: run queued jobs as they come (woken by the API's notification, and every
-/// `poll` anyway), refresh the cached repository status every minute, until dropped.
+/// `poll` anyway), refresh the cached repository status every minute, until dropped. On a
+/// cluster's node it works only while the node is primary: a standby's control DB is
+/// read-only and its PostgreSQL archives nothing, so it waits there, and starts (undoing what
+/// the old primary's worker left half-done) when Patroni promotes it.
 pub async fn work(host: ArchiveHost, poll: Duration) -> Result<(), ArchiveError> {
+    if !host.settings.cluster.enabled() {
+        return work_as_primary(&host, poll).await;
+    }
+    loop {
+        wait_until_primary(&host, poll).await;
+        match work_as_primary(&host, poll).await {
+            Ok(()) => tracing::info!("this node is now a standby: the worker waits"),
+            // A failover under way: the connections end, the node may come back either way.
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "the worker lost its primary; waiting");
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
+}
+
+/// Until this cluster node's PostgreSQL answers as primary.
+async fn wait_until_primary(host: &ArchiveHost, poll: Duration) {
+    let mut said = None;
+    loop {
+        let now = match host.is_standby().await {
+            Ok(false) => return,
+            Ok(true) => "this node is a standby: restore jobs and repository checks wait until it is primary".to_string(),
+            Err(e) => format!("PostgreSQL does not answer ({}); waiting", crate::error_chain(&e)),
+        };
+        if said.as_ref() != Some(&now) {
+            tracing::info!("{now}");
+            said = Some(now);
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// The worker's loop on a primary (or a single host); `Ok` when a cluster's node has become a
+/// standby.
+async fn work_as_primary(host: &ArchiveHost, poll: Duration) -> Result<(), ArchiveError> {
+    let host = host.clone();
     if let Err(e) = recover_interrupted(&host).await {
         tracing::error!(error = %crate::error_chain(&e), "recovering interrupted restores failed");
     }
@@ -267,7 +307,11 @@ pub async fn work(host: ArchiveHost, poll: Duration) -> Result<(), ArchiveError>
     listener.listen(CHANNEL).await?;
     let progress = super::log_progress();
     let mut last_status: Option<std::time::Instant> = None;
+    let clustered = host.settings.cluster.enabled();
     loop {
+        if clustered && host.is_standby().await? {
+            return Ok(());
+        }
         if last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
             if let Err(e) = super::status::refresh_cache(&host).await {
                 tracing::warn!(error = %crate::error_chain(&e), "refreshing the backup status failed");

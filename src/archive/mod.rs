@@ -223,14 +223,18 @@ pub async fn bootstrap(
     progress(&format!(
         "pgBackRest: stanza {} in {} repositor{}",
         host.engine.stanza,
-        host.engine.repos,
-        if host.engine.repos == 1 { "y" } else { "ies" }
+        host.engine.repos.len(),
+        if host.engine.repos.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        }
     ));
     host.engine.stanza_create().await?;
     progress("pgBackRest: checking that WAL reaches the repositories");
     host.engine.check(60).await?;
     let info = host.engine.info().await?;
-    for repo in 1..=host.engine.repos {
+    for &repo in &host.engine.repos {
         if info.backups(repo).next().is_none() {
             progress(&format!(
                 "pgBackRest: first full backup into repository {repo}"

@@ -74,6 +74,28 @@ impl ArchiveHost {
         Ok(superuser_connect(&self.settings, database).await?)
     }
 
+    /// Whether this host is a cluster's standby, which leaves archiving, backups, drills and
+    /// restores to the primary (a single host never is).
+    pub async fn is_standby(&self) -> Result<bool, ArchiveError> {
+        if !self.settings.cluster.enabled() {
+            return Ok(false);
+        }
+        let mut conn = self.superuser("postgres").await?;
+        Ok(sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut conn)
+            .await?)
+    }
+
+    /// What a standby says instead of running `what`.
+    pub fn standby_note(&self, what: &str) -> String {
+        let c = &self.settings.cluster;
+        format!(
+            "this node ({}) is a standby of cluster {}: {what} run on the primary (`pgaas status` names it); nothing to do here",
+            c.node.as_deref().unwrap_or("?"),
+            c.name.as_deref().unwrap_or("?")
+        )
+    }
+
     pub async fn control(&self) -> Result<PgConnection, ArchiveError> {
         let name = self.settings.control_db.name.clone();
         self.superuser(&name).await
@@ -118,7 +140,7 @@ pub fn describe_window(earliest: Option<DateTime<Utc>>, latest: DateTime<Utc>) -
 /// none does.
 pub fn choose_repo(
     info: &Info,
-    repos: u32,
+    repos: &[u32],
     database: &str,
     created: DateTime<Utc>,
     time: DateTime<Utc>,
@@ -129,8 +151,9 @@ pub fn choose_repo(
             "{} is in the future; the recoverable window of {database} is {}",
             time.format("%Y-%m-%d %H:%M:%S+00"),
             describe_window(
-                (1..=repos)
-                    .filter_map(|r| info.earliest_for(r, created))
+                repos
+                    .iter()
+                    .filter_map(|r| info.earliest_for(*r, created))
                     .min(),
                 now
             )
@@ -252,7 +275,7 @@ pub async fn check_request(
     tenant: Uuid,
     time: DateTime<Utc>,
     into: Option<&str>,
-    repos: u32,
+    repos: &[u32],
 ) -> Result<Option<String>, ArchiveError> {
     let row = tenant_row(conn, tenant).await?;
     // The name first: a malformed request is refused before the window is looked at.
@@ -378,7 +401,7 @@ async fn steps(
     let info = host.engine.info().await?;
     let repo = choose_repo(
         &info,
-        host.engine.repos,
+        &host.engine.repos,
         &db,
         tenant.created_at,
         time,

@@ -98,7 +98,7 @@ pub async fn refresh_cache(host: &ArchiveHost) -> Result<Vec<RepoWindow>, Archiv
     let mut conn = host.control().await?;
     let result = async {
         let info = host.engine.info().await?;
-        let mut windows = info.windows(host.engine.repos);
+        let mut windows = info.windows(&host.engine.repos);
         for w in &mut windows {
             if let (Some(id), Some(seg)) = (info.archive_id(w.repo), w.newest_wal.clone()) {
                 if let Ok(Some(t)) = host.engine.newest_wal_upload(w.repo, id, &seg).await {
@@ -171,7 +171,15 @@ pub async fn read(
         sqlx::query_as("SELECT repos, error, refreshed_at FROM archive_status WHERE id")
             .fetch_optional(&mut *conn)
             .await?;
-    let archiver = archiver(conn).await?;
+    // A standby archives nothing: its node's primary does, into the same repository.
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&mut *conn)
+        .await?;
+    let archiver = if standby {
+        None
+    } else {
+        Some(archiver(conn).await?)
+    };
     let last_drill = last_drill(conn).await?;
     let (repositories, refresh_error, refreshed_at) = match cache {
         Some((repos, error, at)) => (repos.map(|j| j.0).unwrap_or_default(), error, Some(at)),
@@ -181,7 +189,7 @@ pub async fn read(
         enabled: true,
         stanza: a.stanza.clone(),
         repositories,
-        archiver: Some(archiver),
+        archiver,
         last_drill,
         refreshed_at,
         refresh_error,

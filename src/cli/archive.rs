@@ -46,16 +46,24 @@ pub(super) async fn base(
     repo: Option<u32>,
 ) -> Result<ExitCode, ArchiveError> {
     let host = host(settings)?;
+    if host.is_standby().await? {
+        println!("{}", host.standby_note("backups"));
+        return Ok(ExitCode::SUCCESS);
+    }
     let repos: Vec<u32> = match repo {
-        Some(r) if r >= 1 && r <= host.engine.repos => vec![r],
+        Some(r) if host.engine.repos.contains(&r) => vec![r],
         Some(r) => {
             return Err(ArchiveError::Invalid(format!(
-                "repository {r} is not configured (there {} {})",
-                if host.engine.repos == 1 { "is" } else { "are" },
-                host.engine.repos
+                "repository {r} is not configured (this host has {})",
+                host.engine
+                    .repos
+                    .iter()
+                    .map(|r| format!("repository {r}"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             )));
         }
-        None => (1..=host.engine.repos).collect(),
+        None => host.engine.repos.clone(),
     };
     let progress = archive::terminal_progress();
     for r in repos {
@@ -84,6 +92,9 @@ pub(super) fn print_status(s: &BackupStatus) {
         return;
     }
     println!("Continuous archiving: stanza {}", s.stanza);
+    if s.archiver.is_none() {
+        println!("  WAL archiver:  the primary's (this node is a standby)");
+    }
     if let Some(a) = &s.archiver {
         println!(
             "  WAL archiver:  {} segments archived, last {} at {} ({}), {} failures{}",
@@ -132,8 +143,11 @@ pub(super) fn print_status(s: &BackupStatus) {
 pub(super) async fn status(settings: &Settings, json: bool) -> Result<ExitCode, ArchiveError> {
     let s = if settings.archive.enabled {
         let host = host(settings)?;
-        // A failure is recorded and reported as a problem below.
-        let _ = status::refresh_cache(&host).await;
+        // A failure is recorded and reported as a problem below. A standby's control DB is
+        // read-only: it shows what the primary's worker last recorded.
+        if !host.is_standby().await? {
+            let _ = status::refresh_cache(&host).await;
+        }
         let mut conn = host.control().await?;
         status::read(&mut conn, settings).await?
     } else {
@@ -163,6 +177,10 @@ pub(super) async fn status(settings: &Settings, json: bool) -> Result<ExitCode, 
 /// `pgaas backup drill`: exit 1 when the drill fails.
 pub(super) async fn drill(settings: &Settings, json: bool) -> Result<ExitCode, ArchiveError> {
     let host = host(settings)?;
+    if host.is_standby().await? {
+        println!("{}", host.standby_note("restore drills"));
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = archive::drill::run(&host, &archive::terminal_progress()).await?;
     let _ = status::refresh_cache(&host).await;
     if json {
@@ -201,6 +219,12 @@ pub(super) async fn restore_tenant(
 ) -> Result<ExitCode, ArchiveError> {
     let time = archive::parse_time(time)?;
     let host = host(settings)?;
+    if host.is_standby().await? {
+        return Err(ArchiveError::Invalid(format!(
+            "this node ({}) is a standby, whose databases are read-only copies of the primary's: run the restore on the primary (`pgaas status` names it), or ask the API",
+            settings.cluster.node.as_deref().unwrap_or("?")
+        )));
+    }
     let mut conn = host.control().await?;
     let target = crate::backup::targets::resolve(&mut conn, settings, db).await?;
     let Some(tenant) = target.tenant else {
@@ -215,7 +239,7 @@ pub(super) async fn restore_tenant(
         *tenant.as_uuid(),
         time,
         into,
-        host.engine.repos,
+        &host.engine.repos,
     )
     .await?;
     let job = archive::jobs::enqueue(&mut conn, *tenant.as_uuid(), time, into.as_deref()).await?;
@@ -253,6 +277,14 @@ pub(super) async fn restore_cluster(
     yes: bool,
 ) -> Result<ExitCode, ArchiveError> {
     let time = archive::parse_time(time)?;
+    if settings.cluster.enabled() {
+        return Err(ArchiveError::Invalid(
+            "this host is a node of a Patroni cluster, whose PostgreSQL Patroni runs: taking the whole cluster back in time is not done by pgaas here. \
+             Restore one tenant at a time (`pgaas restore DB --time T`), or rebuild the cluster from the repository with Patroni's own procedure \
+             (bootstrap the new cluster from a pgBackRest restore)"
+                .into(),
+        ));
+    }
     let host = host(settings)?;
     let plan = archive::cluster::plan(&host, time).await?;
     eprintln!("{}", plan.describe());

@@ -481,8 +481,14 @@ fn a_cluster_node_runs_patroni_and_etcd_and_a_witness_only_etcd() {
         assert!(node.iter().any(|n| n == want), "{want:?} not in {node:?}");
     }
     assert!(!node.iter().any(|n| n.starts_with("the Debian cluster")));
-    assert!(!node.iter().any(|n| n.starts_with("continuous archiving")));
+    // Archiving runs on the data nodes too: into the shared repository, from the primary.
+    assert!(node.iter().any(|n| n.starts_with("continuous archiving")));
     let (role, _, witness) = names("witness");
+    assert!(
+        !witness
+            .iter()
+            .any(|n| n.starts_with("continuous archiving"))
+    );
     assert_eq!(role, Role::Witness);
     assert!(witness.iter().any(|n| n == "etcd has a majority"));
     for never in [

@@ -1,5 +1,5 @@
 //! The secrets a cluster's nodes share: the passwords of the replication, rewind and API
-//! roles, and the local CA (certificate and key, base64 PEM) that signs every node's
+//! roles, the passphrase of the backup repository they share, and the local CA (certificate and key, base64 PEM) that signs every node's
 //! certificate. One small file of `name=value` lines, made once (`pgaas cluster secrets`) and
 //! copied by the operator to the other nodes, root-only on each.
 
@@ -17,6 +17,10 @@ pub struct ClusterSecrets {
     /// Basic authentication of Patroni's REST API for what changes something (switchover,
     /// restart, reload, the failsafe calls between members); reads stay open.
     pub patroni: Secret,
+    /// The passphrase that encrypts the shared pgBackRest repository (`archive.s3`): whichever
+    /// node is primary archives into it, so every node must hold the same one. Absent in a file
+    /// made before continuous archiving ran on clusters.
+    pub backup: Option<Secret>,
     /// The local CA, PEM: certificate and key.
     pub ca: Option<(String, Secret)>,
 }
@@ -25,7 +29,9 @@ pub struct ClusterSecrets {
 pub enum ClusterSecretsError {
     #[error("line {0} is not `name=value`")]
     Line(usize),
-    #[error("`{0}` is not a cluster secret (replication, rewind)")]
+    #[error(
+        "`{0}` is not a cluster secret (replication, rewind, api, patroni, backup, ca_cert, ca_key)"
+    )]
     Unknown(String),
     #[error("`{0}` is missing or empty")]
     Missing(&'static str),
@@ -44,12 +50,14 @@ impl ClusterSecrets {
             rewind: Secret::generate(),
             api: Secret::generate(),
             patroni: Secret::generate(),
+            backup: Some(Secret::generate()),
             ca: None,
         }
     }
 
     pub fn parse(text: &str) -> Result<Self, ClusterSecretsError> {
-        let (mut replication, mut rewind, mut api, mut patroni) = (None, None, None, None);
+        let (mut replication, mut rewind, mut api, mut patroni, mut backup) =
+            (None, None, None, None, None);
         let (mut ca_cert, mut ca_key) = (None, None);
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -64,6 +72,7 @@ impl ClusterSecrets {
                 "rewind" => &mut rewind,
                 "api" => &mut api,
                 "patroni" => &mut patroni,
+                "backup" => &mut backup,
                 "ca_cert" => &mut ca_cert,
                 "ca_key" => &mut ca_key,
                 other => return Err(ClusterSecretsError::Unknown(other.to_string())),
@@ -102,6 +111,7 @@ impl ClusterSecrets {
             rewind: take(rewind, "rewind")?,
             api: take(api, "api")?,
             patroni: take(patroni, "patroni")?,
+            backup: backup.map(|b| take(Some(b), "backup")).transpose()?,
             ca,
         })
     }
@@ -115,6 +125,9 @@ impl ClusterSecrets {
             self.api.expose(),
             self.patroni.expose()
         );
+        if let Some(b) = &self.backup {
+            out.push_str(&format!("backup={}\n", b.expose()));
+        }
         if let Some((cert, key)) = &self.ca {
             let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
             out.push_str(&format!(
@@ -141,6 +154,9 @@ mod tests {
         ));
         assert_eq!(ClusterSecrets::parse(&s.render()).unwrap(), s);
         assert_ne!(s.replication, s.rewind);
+        // A file made before the backup passphrase was shared still reads.
+        s.backup = None;
+        assert_eq!(ClusterSecrets::parse(&s.render()).unwrap(), s);
         assert_eq!(
             ClusterSecrets::parse("replication=abc\n"),
             Err(ClusterSecretsError::Missing("rewind"))

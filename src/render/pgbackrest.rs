@@ -30,6 +30,8 @@ struct Ctx {
     binary: String,
     os_user: String,
     stanza: String,
+    /// Repository 1, this host's directory: not on a cluster's nodes.
+    local_repo: bool,
     repo_path: String,
     retention_full: u32,
     retention_diff: u32,
@@ -110,6 +112,7 @@ pub fn render_conf(s: &Settings, data_dir: &Path, generation: u64) -> Result<Str
         binary: plain_path("archive.binary", &a.binary)?,
         os_user: word("postgres.os_user", &pg.os_user)?,
         stanza: word("archive.stanza", &a.stanza)?,
+        local_repo: s.archive_repos().contains(&1),
         repo_path: conf_path("archive.repo_path", &a.repo_path)?,
         retention_full: a.retention_full,
         retention_diff: a.retention_diff,

@@ -146,6 +146,30 @@ fn every_template_matches_its_golden_file() {
         "pgbackrest-s3.conf",
         &file(&files, "/etc/pgaas/pgbackrest/pgbackrest.conf").contents,
     );
+    // A cluster's node: the shared repository alone, under its own number, with both retentions.
+    let mut node = with_s3.clone();
+    node.cluster.name = Some("main".into());
+    node.cluster.node = Some("db1".into());
+    node.cluster.nodes = ["db1", "db2", "witness"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| crate::settings::ClusterNode {
+            name: (*n).into(),
+            address: std::net::IpAddr::from([10, 0, 0, i as u8 + 1]),
+            host: None,
+            witness: *n == "witness",
+        })
+        .collect();
+    let conf =
+        crate::render::pgbackrest::render_conf(&node, Path::new("/var/lib/pg/main"), 1).unwrap();
+    assert!(!conf.contains("repo1-"), "{conf}");
+    for line in [
+        "repo2-type=s3",
+        "repo2-retention-full=2",
+        "repo2-retention-diff=7",
+    ] {
+        assert!(conf.lines().any(|l| l == line), "{line} not in:\n{conf}");
+    }
     for version in [16, 17] {
         let files = managed_files(&inputs(&s, &p, version)).unwrap();
         golden(

@@ -276,10 +276,19 @@ fn a_cluster_section_is_checked_as_a_whole() {
         "address 10.0.0.1 is listed twice",
         "loop_wait_secs + 2 x retry_timeout_secs <= ttl_secs",
         "port 5432 is already",
-        "continuous archiving is not yet run",
+        "archive into one repository, whichever of them is primary",
     ] {
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");
     }
+    // With the shared off-host repository, archiving on a cluster is accepted.
+    let archived = good.replace(
+        "archive:\n  enabled: false\n",
+        "archive:\n  s3: { endpoint: s3.example.net, bucket: backups }\n",
+    );
+    let s = Settings::load(&opts(Some(write(&dir, "archived.yaml", &archived)), &[])).unwrap();
+    assert!(s.archive.enabled && s.archive.s3.is_some());
+    assert_eq!(s.archive_repos(), vec![2]);
+
     // Nodes without a cluster name are a mistake too, not a silently single host.
     let nameless = "cluster:\n  nodes:\n    - { name: db1, address: 10.0.0.1 }\n";
     let err = Settings::load(&opts(Some(write(&dir, "nameless.yaml", nameless)), &[])).unwrap_err();

@@ -510,10 +510,11 @@ fn check_cluster(c: &mut Checker<'_>, s: &Settings) {
         ),
         Some(_) => {}
     }
-    if s.archive.enabled {
+    if s.archive.enabled && s.archive.s3.is_none() {
         c.fail(
-            "archive.enabled",
-            "continuous archiving is not yet run from a cluster's primary; set archive.enabled: false on cluster nodes",
+            "archive.s3",
+            "a cluster's nodes archive into one repository, whichever of them is primary: \
+             set archive.s3 (an S3-compatible store every node reaches), or archive.enabled: false",
         );
     }
 }

@@ -32,7 +32,7 @@ use crate::{
 mod offsite;
 mod operations;
 mod restore;
-mod s3;
+pub mod s3;
 
 /// A platform with continuous archiving, its API and its restore worker.
 pub struct ArchivePlatform {

@@ -76,6 +76,8 @@ pub struct Node {
     pub patroni: Option<Child>,
     pub etcd: Option<Child>,
     pub serve: Option<Child>,
+    /// `pgaas worker` (restore jobs, repository checks), when archiving is on.
+    pub worker: Option<Child>,
 }
 
 impl Node {
@@ -137,23 +139,44 @@ impl Node {
 
     /// `pgaas serve` with this node's settings file.
     pub fn start_serve(&mut self) {
+        self.serve = Some(self.spawn_pgaas("serve"));
+    }
+
+    /// `pgaas worker` with this node's settings file.
+    pub fn start_worker(&mut self) {
+        self.worker = Some(self.spawn_pgaas("worker"));
+    }
+
+    /// `pgaas COMMAND`, logging to COMMAND.log, its pid beside the node's directory.
+    fn spawn_pgaas(&self, command: &str) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("serve.log"))
+            .open(self.dir.join(format!("{command}.log")))
             .unwrap();
         let child = pgaas_bin()
             .arg("--config")
             .arg(self.dir.join("pgaas.yaml"))
-            .arg("serve")
+            .arg(command)
             .env("PGAAS_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        std::fs::write(self.dir.with_extension("serve.pid"), child.id().to_string()).unwrap();
-        self.serve = Some(child);
+        std::fs::write(
+            self.dir.with_extension(format!("{command}.pid")),
+            child.id().to_string(),
+        )
+        .unwrap();
+        child
+    }
+
+    /// The last lines of `pgaas worker`'s log.
+    pub fn worker_log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("worker.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     pub async fn wait_health(&self, http: &reqwest::Client) {
@@ -220,7 +243,7 @@ impl Node {
 
     /// The machine dies: pgaas, Patroni and every PostgreSQL process, SIGKILL, no shutdown.
     pub fn kill_hard(&mut self) {
-        for child in [self.serve.take(), self.patroni.take()]
+        for child in [self.serve.take(), self.worker.take(), self.patroni.take()]
             .into_iter()
             .flatten()
         {
@@ -254,6 +277,13 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        for mut child in [self.serve.take(), self.worker.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         for child in [self.patroni.take(), self.etcd.take()]
             .into_iter()
             .flatten()
@@ -476,6 +506,18 @@ impl Cluster {
     /// etcd on all three nodes, both data nodes' files, and Patroni on the first `running` of
     /// them. `base` must be a directory the cluster's OS user can traverse.
     pub async fn start(base: PathBuf, running: usize) -> Cluster {
+        Self::start_with(base, running, |_, _| {}).await
+    }
+
+    /// [`Cluster::start`], with `tweak` adjusting each node's settings (given its directory)
+    /// before anything is written. With archiving on, each data node gets what `pgaas install`
+    /// puts there: the shared repository's passphrase from the cluster's secrets, pgBackRest's
+    /// directories and `conf.d/secrets.conf`.
+    pub async fn start_with(
+        base: PathBuf,
+        running: usize,
+        tweak: impl Fn(&mut Settings, &Path),
+    ) -> Cluster {
         let owner = OsUser::cluster_owner().unwrap();
         std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
@@ -519,8 +561,9 @@ impl Cluster {
 
         let mut nodes: Vec<Node> = Vec::new();
         for (name, last) in [("n1", 1u8), ("n2", 2), ("w", 3)] {
-            let settings = node_settings(&base, name, &ports, &cluster_nodes, &ca);
+            let mut settings = node_settings(&base, name, &ports, &cluster_nodes, &ca);
             let dir = base.join(name);
+            tweak(&mut settings, &dir);
             std::fs::create_dir_all(dir.join("socket")).unwrap();
             let node = Node {
                 name,
@@ -530,6 +573,7 @@ impl Cluster {
                 patroni: None,
                 etcd: None,
                 serve: None,
+                worker: None,
             };
             nodes.push(node);
         }
@@ -595,6 +639,12 @@ impl Cluster {
             )
             .unwrap();
             write_access_files(node, &owner);
+            if let (true, Some(s3)) = (node.settings.archive.enabled, &node.settings.archive.s3) {
+                let pass = secrets.backup.as_ref().unwrap().expose();
+                std::fs::write(&s3.cipher_pass_file, pass).unwrap();
+                pgaas::archive::prepare_dirs(&node.settings, &owner).unwrap();
+                pgaas::archive::write_secrets(&node.settings, (owner.uid, owner.gid)).unwrap();
+            }
             let yaml = render_patroni(&PatroniInputs {
                 settings: &node.settings,
                 secrets: &secrets,

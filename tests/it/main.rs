@@ -11,6 +11,7 @@ mod bind;
 mod cli;
 mod cloudflare;
 mod ha;
+mod ha_archive;
 mod ha_cluster;
 mod harness;
 mod install;

@@ -4,6 +4,11 @@
 //! stanza in every repository, pgBackRest's own check that WAL reaches them, a first full backup
 //! into each (nothing is recoverable before one), then the worker and the backup and drill
 //! timers. pgBackRest always runs as the cluster's OS user (`runuser`), never as root.
+//!
+//! On a cluster's node the repository is the shared S3 one and its passphrase comes from the
+//! cluster's secrets (the `cluster_secrets` step writes it): the primary's install makes the
+//! stanza and the first backup; a standby's only installs the units, which wait there until
+//! its node is promoted.
 
 use anyhow::{Context, Result, bail};
 
@@ -41,16 +46,13 @@ fn pgbackrest(cx: &Cx, args: &[&str]) -> Result<crate::system::CmdOutput> {
 
 /// Repositories that hold no backup yet (all of them when the stanza is missing).
 fn repos_without_backup(cx: &Cx) -> Vec<u32> {
-    let repos = if cx.settings.archive.s3.is_some() {
-        2
-    } else {
-        1
-    };
     let info = pgbackrest(cx, &["info", "--output=json"])
         .ok()
         .filter(|o| o.success)
         .and_then(|o| Info::parse(&o.stdout, &cx.settings.archive.stanza).ok());
-    (1..=repos)
+    cx.settings
+        .archive_repos()
+        .into_iter()
         .filter(|r| info.as_ref().is_none_or(|i| i.backups(*r).next().is_none()))
         .collect()
 }
@@ -84,7 +86,9 @@ pub fn check(cx: &mut Cx) -> Result<Plan> {
         }
     }
     let missing = repos_without_backup(cx);
-    if !missing.is_empty() {
+    // A standby's install leaves the stanza to the primary's (a dry run before PostgreSQL runs
+    // cannot ask: it shows the work).
+    if !missing.is_empty() && !super::cluster::is_standby(cx).unwrap_or(false) {
         plan.change(format!(
             "pgBackRest stanza {}: create it, check that WAL reaches the repositories, first full backup into repositor{} {}",
             a.stanza,
@@ -143,7 +147,11 @@ pub fn apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
         effects.records.extend(records);
     }
     let missing = repos_without_backup(cx);
-    if !missing.is_empty() {
+    if !missing.is_empty() && super::cluster::is_standby(cx)? {
+        eprintln!(
+            "==> this node is a standby: the primary's install makes pgBackRest's stanza and first backup"
+        );
+    } else if !missing.is_empty() {
         for (what, args) in [
             ("stanza-create", vec!["stanza-create"]),
             ("check", vec!["check", "--archive-timeout=120"]),

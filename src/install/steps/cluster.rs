@@ -51,17 +51,33 @@ pub fn read_secrets(cx: &Cx) -> Result<ClusterSecrets> {
 }
 
 /// The files the secrets put in place: `(path, contents, mode)`.
-fn derived(cx: &Cx, secrets: &ClusterSecrets) -> Vec<(std::path::PathBuf, String, u32)> {
+fn derived(cx: &Cx, secrets: &ClusterSecrets) -> Result<Vec<(std::path::PathBuf, String, u32)>> {
     let mut out = Vec::new();
     if let Some(p) = &cx.settings.control_db.password_file {
         out.push((p.clone(), secrets.api.expose().to_string(), 0o600));
+    }
+    let a = &cx.settings.archive;
+    if let (true, Some(s3)) = (a.enabled, &a.s3) {
+        let Some(pass) = &secrets.backup else {
+            bail!(
+                "{} has no `backup` line (it was made before continuous archiving ran on clusters): \
+                 add one line `backup=` followed by 64 random letters and digits \
+                 (`openssl rand -hex 32`), the same on every node, and run `pgaas install` again",
+                cx.settings.cluster.secrets_file.display()
+            );
+        };
+        out.push((
+            s3.cipher_pass_file.clone(),
+            pass.expose().to_string(),
+            0o600,
+        ));
     }
     if let Some((cert, key)) = &secrets.ca {
         let dir = Path::new(&cx.vars.tls_dir);
         out.push((dir.join("ca.crt"), cert.clone(), 0o644));
         out.push((dir.join("ca.key"), key.expose().to_string(), 0o600));
     }
-    out
+    Ok(out)
 }
 
 pub fn secrets_check(cx: &mut Cx) -> Result<Plan> {
@@ -78,7 +94,7 @@ pub fn secrets_check(cx: &mut Cx) -> Result<Plan> {
     }
     let secrets = read_secrets(cx)?;
     let mut plan = Plan::default();
-    for (path, want, _) in derived(cx, &secrets) {
+    for (path, want, _) in derived(cx, &secrets)? {
         let have = read_opt(&cx.path(&path))?;
         let same = have
             .as_deref()
@@ -93,7 +109,7 @@ pub fn secrets_check(cx: &mut Cx) -> Result<Plan> {
 pub fn secrets_apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
     let secrets = read_secrets(cx)?;
     let mut effects = Effects::default();
-    for (path, want, mode) in derived(cx, &secrets) {
+    for (path, want, mode) in derived(cx, &secrets)? {
         let target = cx.path(&path);
         let existed = target.exists();
         write_atomic(&target, want.as_bytes(), mode)?;
