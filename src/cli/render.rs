@@ -35,6 +35,14 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    if settings.cluster.enabled() {
+        eprintln!(
+            "note: this host is node {} of cluster {}: Patroni's and etcd's files are written by `pgaas install` \
+             (run it again after changing the cluster section; it changes only what differs)",
+            settings.cluster.node.as_deref().unwrap_or("?"),
+            settings.cluster.name.as_deref().unwrap_or("?")
+        );
+    }
     let pg_version = match args.pg_version.or(settings.postgres.version) {
         Some(v) => v,
         None => PgBinaries::find(None)?.version,
