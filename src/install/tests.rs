@@ -518,3 +518,67 @@ fn names_single(s: &crate::settings::Settings) -> (super::playbook::Role, Vec<St
     let steps = super::load_playbook(None, &vars, role).unwrap();
     (role, steps.into_iter().map(|s| s.name).collect())
 }
+
+#[test]
+fn a_cluster_node_takes_the_backup_passphrase_from_the_cluster_secrets() {
+    let root = tempfile::tempdir().unwrap();
+    let mut s = settings();
+    s.cluster.name = Some("main".into());
+    s.cluster.node = Some("db2".into());
+    s.cluster.nodes = ["db1", "db2", "witness"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| crate::settings::ClusterNode {
+            name: n.to_string(),
+            address: format!("10.0.0.{}", i + 1).parse().unwrap(),
+            host: None,
+            witness: *n == "witness",
+        })
+        .collect();
+    s.archive.s3 = Some(crate::settings::S3Repository {
+        endpoint: "s3.example.net".into(),
+        bucket: "backups".into(),
+        ..Default::default()
+    });
+    let pass_file = s.archive.s3.as_ref().unwrap().cipher_pass_file.clone();
+    let secrets_file = root
+        .path()
+        .join(s.cluster.secrets_file.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(secrets_file.parent().unwrap()).unwrap();
+    let write_secrets = |text: &str| {
+        std::fs::write(&secrets_file, text).unwrap();
+        std::fs::set_permissions(
+            &secrets_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+    };
+    let secrets = crate::model::cluster::ClusterSecrets::generate();
+    write_secrets(&secrets.render());
+    let mut cx = cx(root.path(), Arc::new(FakeSystem::new(PACKAGES)), s);
+    let plan = super::steps::cluster::secrets_check(&mut cx).unwrap();
+    let want = format!("{} from the cluster's secrets", pass_file.display());
+    assert!(plan.changes.contains(&want), "{:?}", plan.changes);
+    let manifest = Manifest::default();
+    super::steps::cluster::secrets_apply(&mut cx, &manifest).unwrap();
+    let written = root.path().join(pass_file.strip_prefix("/").unwrap());
+    assert_eq!(
+        std::fs::read_to_string(&written).unwrap(),
+        secrets.backup.as_ref().unwrap().expose()
+    );
+    assert!(
+        super::steps::cluster::secrets_check(&mut cx)
+            .unwrap()
+            .is_ok()
+    );
+
+    // A secrets file from before the passphrase was shared: the operator is told what to add,
+    // rather than each node generating a passphrase of its own.
+    let old = crate::model::cluster::ClusterSecrets {
+        backup: None,
+        ..secrets
+    };
+    write_secrets(&old.render());
+    let e = super::steps::cluster::secrets_check(&mut cx).unwrap_err();
+    assert!(format!("{e:#}").contains("has no `backup` line"), "{e:#}");
+}
