@@ -282,7 +282,10 @@ async fn wait_until_primary(host: &ArchiveHost, poll: Duration) {
     let mut said = None;
     loop {
         let now = match host.is_standby().await {
-            Ok(false) => return,
+            Ok(false) => {
+                tracing::info!("this node is primary: the worker runs restore jobs and checks the repositories");
+                return;
+            }
             Ok(true) => "this node is a standby: restore jobs and repository checks wait until it is primary".to_string(),
             Err(e) => format!("PostgreSQL does not answer ({}); waiting", crate::error_chain(&e)),
         };

@@ -243,9 +243,11 @@ pub fn problems(s: &BackupStatus, settings: &Settings, now: DateTime<Utc>) -> Ve
         }
         match r.last_backup {
             None => out.push(format!(
-                "repository {} holds no backup yet: run `pgaas backup base --type full{}`",
+                "repository {} holds no backup yet: run `pgaas backup base --type full{}`{}",
                 r.repo,
-                if r.repo > 1 { format!(" --repo {}", r.repo) } else { String::new() }
+                if r.repo > 1 { format!(" --repo {}", r.repo) } else { String::new() },
+                // No archiver: this node is a standby.
+                if s.archiver.is_none() { " on the primary" } else { "" }
             )),
             Some(t) if (now - t).num_hours() >= i64::from(a.max_backup_age_hours) => out.push(format!(
                 "repository {}: the newest backup is from {} (older than {}h): check the pgaas-backup-full/-diff timers",

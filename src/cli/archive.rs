@@ -178,7 +178,15 @@ pub(super) async fn status(settings: &Settings, json: bool) -> Result<ExitCode, 
 pub(super) async fn drill(settings: &Settings, json: bool) -> Result<ExitCode, ArchiveError> {
     let host = host(settings)?;
     if host.is_standby().await? {
-        println!("{}", host.standby_note("restore drills"));
+        let note = host.standby_note("restore drills");
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "skipped": "standby", "detail": note })
+            );
+        } else {
+            println!("{note}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let report = archive::drill::run(&host, &archive::terminal_progress()).await?;

@@ -184,6 +184,27 @@ fn secrets(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     {
         secrets.api = p;
     }
+    // A host that already archives keeps its repository's passphrase: its backups are
+    // encrypted with it.
+    if let Some(s3) = settings
+        .archive
+        .s3
+        .as_ref()
+        .filter(|_| settings.archive.enabled)
+    {
+        if let Some(p) = crate::settings::read_secret_file(&s3.cipher_pass_file)
+            .with_context(|| format!("reading {}", s3.cipher_pass_file.display()))?
+            .filter(|p| !p.expose().is_empty())
+        {
+            if !p.expose().chars().all(|c| c.is_ascii_alphanumeric()) {
+                anyhow::bail!(
+                    "{} holds a passphrase with characters other than letters and digits, which the cluster's secrets file cannot carry",
+                    s3.cipher_pass_file.display()
+                );
+            }
+            secrets.backup = Some(p);
+        }
+    }
     let tls_dir = settings
         .tls
         .cert_file

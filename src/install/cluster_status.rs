@@ -34,6 +34,10 @@ pub struct Member {
     /// Bytes behind the leader; Patroni reports `"unknown"` for a member it cannot measure.
     #[serde(default)]
     pub lag: Option<serde_json::Value>,
+    /// A setting read only at start (`archive_mode`, `shared_buffers`, ...) changed and waits
+    /// for a restart, which Patroni makes when asked.
+    #[serde(default)]
+    pub pending_restart: bool,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +73,13 @@ impl ClusterStatus {
                     ));
                 }
             }
+        }
+        for m in self.members.iter().filter(|m| m.pending_restart) {
+            out.push(format!(
+                "{} has settings waiting for a restart of its PostgreSQL (such as archive_mode): \
+                 `patronictl -c /etc/patroni/config.yml restart {} {}` when convenient, the standby first",
+                m.name, self.name, m.name
+            ));
         }
         if self.etcd_error.is_some() {
             return out;
@@ -237,6 +248,7 @@ mod tests {
             state: "running".into(),
             timeline: Some(1),
             lag: Some(serde_json::json!(0)),
+            pending_restart: false,
         }
     }
 
@@ -255,6 +267,19 @@ mod tests {
             ..Default::default()
         };
         assert!(st.warnings().is_empty(), "{:?}", st.warnings());
+        // Patroni's own words for a member whose settings wait for a restart.
+        let m: Member = serde_json::from_str(
+            r#"{"name": "db2", "role": "sync_standby", "state": "streaming", "timeline": 1, "lag": 0, "pending_restart": true}"#,
+        )
+        .unwrap();
+        st.members[1] = m;
+        assert!(
+            st.warnings()[0].contains("db2 has settings waiting for a restart")
+                && st.warnings()[0].contains("restart main db2"),
+            "{:?}",
+            st.warnings()
+        );
+        st.members[1].pending_restart = false;
         st.members[1].role = "replica".into();
         assert!(st.warnings()[0].contains("without a synchronous standby"));
         st.members.pop();

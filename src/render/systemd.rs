@@ -77,6 +77,8 @@ struct PgBouncerLimits {
 #[derive(Serialize, Debug)]
 struct ApiUnit {
     generation: u64,
+    /// The unit running PostgreSQL: Debian's, or Patroni on a cluster's node.
+    postgres_unit: &'static str,
     user: String,
     binary: String,
     config_file: String,
@@ -89,6 +91,8 @@ struct ApiUnit {
 #[derive(Serialize, Debug)]
 struct JobUnit {
     generation: u64,
+    /// The unit running PostgreSQL: Debian's, or Patroni on a cluster's node.
+    postgres_unit: &'static str,
     binary: String,
     config_file: String,
     user: String,
@@ -103,6 +107,8 @@ struct TimerUnit {
 #[derive(Serialize, Debug)]
 struct ArchiveJob {
     generation: u64,
+    /// The unit running PostgreSQL: Debian's, or Patroni on a cluster's node.
+    postgres_unit: &'static str,
     description: String,
     user: String,
     binary: String,
@@ -122,10 +128,20 @@ struct ArchiveTimer {
 #[derive(Serialize, Debug)]
 struct WorkerUnit {
     generation: u64,
+    /// The unit running PostgreSQL: Debian's, or Patroni on a cluster's node.
+    postgres_unit: &'static str,
     pg_user: String,
     binary: String,
     config_file: String,
     read_write_paths: Vec<String>,
+}
+
+fn postgres_unit(s: &Settings) -> &'static str {
+    if s.cluster.enabled() {
+        "patroni.service"
+    } else {
+        "postgresql.service"
+    }
 }
 
 /// A systemd calendar expression: one line, no control characters.
@@ -159,6 +175,7 @@ fn archive_units(
     ];
     let job = |description: &str, command: &str, extra: Vec<String>| ArchiveJob {
         generation,
+        postgres_unit: postgres_unit(s),
         description: description.into(),
         user: pg_user.clone(),
         binary: binary.into(),
@@ -201,6 +218,7 @@ fn archive_units(
     worker_paths.retain(|p| seen.insert(p.trim_start_matches('-').to_string()));
     let worker = WorkerUnit {
         generation,
+        postgres_unit: postgres_unit(s),
         pg_user: pg_user.clone(),
         binary: binary.into(),
         config_file: config_file.into(),
@@ -266,8 +284,10 @@ pub fn render_units(
 ) -> Result<Vec<(&'static str, String)>, RenderError> {
     let binary = exec_arg("paths.binary", &s.paths.binary)?;
     let config_file = exec_arg("paths.config_dir", &s.paths.config_dir.join("pgaas.yaml"))?;
+    let postgres_unit = postgres_unit(s);
     let api = ApiUnit {
         generation,
+        postgres_unit,
         user: system_user("api.system_user", &s.api.system_user)?.to_string(),
         binary: binary.clone(),
         config_file: config_file.clone(),
@@ -290,6 +310,7 @@ pub fn render_units(
     // Backups run as the cluster's OS user: pg_dump reaches every database by peer over the socket.
     let backup = JobUnit {
         generation,
+        postgres_unit,
         binary: binary.clone(),
         config_file: config_file.clone(),
         user: system_user("postgres.os_user", &s.postgres.os_user)?.to_string(),
@@ -307,6 +328,7 @@ pub fn render_units(
     // and reloads them.
     let cert = JobUnit {
         generation,
+        postgres_unit,
         binary,
         config_file,
         user: "root".into(),

@@ -170,6 +170,17 @@ fn every_template_matches_its_golden_file() {
     ] {
         assert!(conf.lines().any(|l| l == line), "{line} not in:\n{conf}");
     }
+    // Its units wait for Patroni, which runs PostgreSQL there (Debian's unit is an empty shell).
+    for (name, unit) in crate::render::systemd::render_units(&node, Path::new("/etc/patroni"), 1)
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| n.ends_with(".service") && !n.starts_with("pgbouncer"))
+    {
+        assert!(
+            unit.contains("patroni.service") && !unit.contains("postgresql.service"),
+            "{name}:\n{unit}"
+        );
+    }
     for version in [16, 17] {
         let files = managed_files(&inputs(&s, &p, version)).unwrap();
         golden(

@@ -148,6 +148,32 @@ async fn archiving_follows_the_primary_and_a_tenant_recovers_past_a_failover() {
     assert_eq!(code, 503, "a restore on the standby's API: {body}");
     assert!(retry.is_some(), "{body}");
     assert!(insert_retrying(&url, 2, Duration::from_secs(10)).is_some());
+    // Everything the primary finished is in the repository before it dies: a standby does not
+    // archive what it receives, so a segment it had not pushed yet would be a gap (README).
+    let su = cl.nodes[primary].su("postgres").await.unwrap();
+    let current: String = su
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    su.batch_execute("SELECT pg_switch_wal()").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let archived: Option<String> = su
+            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if archived.is_some_and(|a| a >= current) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "segment {current} was not archived"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(su);
 
     // The primary's machine dies; the standby is promoted and writes go on, on a new timeline.
     cl.nodes[primary].kill_hard();
@@ -172,7 +198,7 @@ async fn archiving_follows_the_primary_and_a_tenant_recovers_past_a_failover() {
 
     // The promoted node's worker took over (it undid nothing: no job was running), and the
     // node takes backups into the same repository now.
-    wait_worker_says(&cl.nodes[p], "restore jobs and repository checks wait").await;
+    wait_worker_says(&cl.nodes[p], "this node is primary: the worker runs").await;
     let out = cli(&cl.nodes[p], &["backup", "base", "--type", "diff"]);
     assert!(
         out.status.success() && text(&out).contains("repository 2: diff backup taken"),

@@ -44,6 +44,44 @@ fn pgbackrest(cx: &Cx, args: &[&str]) -> Result<crate::system::CmdOutput> {
     Ok(cx.system.run(&argv, &[])?)
 }
 
+/// `archive_mode` as this node's running PostgreSQL has it.
+fn running_archive_mode(cx: &mut Cx) -> Result<String> {
+    let opts = cx.admin()?.database("postgres");
+    cx.block_on(async move {
+        let mut conn: sqlx::PgConnection = sqlx::Connection::connect_with(&opts).await?;
+        sqlx::query_scalar::<_, String>("SELECT current_setting('archive_mode')")
+            .fetch_one(&mut conn)
+            .await
+    })?
+    .map_err(Into::into)
+}
+
+/// On a cluster's node, archiving turned on for a PostgreSQL already running: `archive_mode`
+/// takes effect at its next start, which is Patroni's to make (an install never restarts a
+/// primary). A primary cannot make the stanza until then; a standby would be promoted into a
+/// primary that archives nothing.
+fn pending_archive_mode(cx: &mut Cx, standby: bool) -> Result<()> {
+    if !cx.settings.cluster.enabled() || running_archive_mode(cx)? != "off" {
+        return Ok(());
+    }
+    let cl = &cx.settings.cluster;
+    let text = format!(
+        "archive_mode is off in this node's running PostgreSQL: it takes effect at the next start, \
+         which Patroni makes. Restart it when convenient, the standby first: \
+         `patronictl -c {} restart {} {}` (on the primary this stops its tenants for a few \
+         seconds; `pgaas cluster switchover` first avoids that), then run `pgaas install` again",
+        cl.patroni_config_dir.join("config.yml").display(),
+        cl.name.as_deref().unwrap_or("?"),
+        cl.node.as_deref().unwrap_or("?"),
+    );
+    if standby {
+        eprintln!("WARNING: {text}");
+        Ok(())
+    } else {
+        bail!(text)
+    }
+}
+
 /// Repositories that hold no backup yet (all of them when the stanza is missing).
 fn repos_without_backup(cx: &Cx) -> Vec<u32> {
     let info = pgbackrest(cx, &["info", "--output=json"])
@@ -70,10 +108,18 @@ pub fn check(cx: &mut Cx) -> Result<Plan> {
     if let Some(s3) = &a.s3 {
         let pass = cx.path(&s3.cipher_pass_file);
         if read_opt(&pass)?.is_none_or(|b| b.is_empty()) {
-            plan.change(format!(
-                "generate the off-host repository's passphrase into {} (root-only, shown once)",
-                s3.cipher_pass_file.display()
-            ));
+            plan.change(if cx.settings.cluster.enabled() {
+                // A dry run before the secrets step wrote it.
+                format!(
+                    "write pgBackRest's S3 secrets into {}, with the passphrase from the cluster's secrets",
+                    a.secrets_file().display()
+                )
+            } else {
+                format!(
+                    "generate the off-host repository's passphrase into {} (root-only, shown once)",
+                    s3.cipher_pass_file.display()
+                )
+            });
         } else {
             let want = archive::secrets_text(&cx.settings, |p| cx.path(p))?;
             let have = read_opt(&cx.path(&a.secrets_file()))?;
@@ -128,6 +174,12 @@ pub fn apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
     }
     if let Some(s3) = &a.s3 {
         let pass = cx.path(&s3.cipher_pass_file);
+        if cx.settings.cluster.enabled() && read_opt(&pass)?.is_none_or(|b| b.is_empty()) {
+            bail!(
+                "{} is missing: on a cluster's node it comes from the cluster's secrets (the `cluster_secrets` step writes it)",
+                s3.cipher_pass_file.display()
+            );
+        }
         if let Some(p) = archive::ensure_passphrase(&pass)? {
             eprintln!(
                 "\n  Off-host backups are encrypted with this passphrase (shown once; kept in {}).\n  Store a copy away from this host: without it the S3 copy cannot be read.\n\n    {}\n",
@@ -146,8 +198,10 @@ pub fn apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
         )?;
         effects.records.extend(records);
     }
+    let standby = super::cluster::is_standby(cx)?;
+    pending_archive_mode(cx, standby)?;
     let missing = repos_without_backup(cx);
-    if !missing.is_empty() && super::cluster::is_standby(cx)? {
+    if !missing.is_empty() && standby {
         eprintln!(
             "==> this node is a standby: the primary's install makes pgBackRest's stanza and first backup"
         );

@@ -57,15 +57,35 @@ fn derived(cx: &Cx, secrets: &ClusterSecrets) -> Result<Vec<(std::path::PathBuf,
         out.push((p.clone(), secrets.api.expose().to_string(), 0o600));
     }
     let a = &cx.settings.archive;
-    if let (true, Some(s3)) = (a.enabled, &a.s3) {
+    let witness = cx.settings.cluster.this_node().is_some_and(|n| n.witness);
+    if let (true, false, Some(s3)) = (a.enabled, witness, &a.s3) {
         let Some(pass) = &secrets.backup else {
             bail!(
                 "{} has no `backup` line (it was made before continuous archiving ran on clusters): \
-                 add one line `backup=` followed by 64 random letters and digits \
-                 (`openssl rand -hex 32`), the same on every node, and run `pgaas install` again",
-                cx.settings.cluster.secrets_file.display()
+                 add one line `backup=` followed by the repository's passphrase (the contents of {} \
+                 on the node that archived so far, or for a new repository 64 random letters and \
+                 digits: `openssl rand -hex 32`), the same on every node, and run `pgaas install` again",
+                cx.settings.cluster.secrets_file.display(),
+                s3.cipher_pass_file.display()
             );
         };
+        // The repository's backups and WAL are encrypted with the passphrase already here:
+        // replacing it would lock every node out of them.
+        if let Some(have) = crate::settings::read_secret_file(&cx.path(&s3.cipher_pass_file))?
+            .filter(|h| !h.expose().is_empty())
+        {
+            if have.expose() != pass.expose() {
+                bail!(
+                    "{} holds a repository passphrase other than the `backup` line of {}: the \
+                     backups already in the repository are encrypted with it. Put it on that line \
+                     (on every node), or remove {} if the repository holds nothing yet, and run \
+                     `pgaas install` again",
+                    s3.cipher_pass_file.display(),
+                    cx.settings.cluster.secrets_file.display(),
+                    s3.cipher_pass_file.display()
+                );
+            }
+        }
         out.push((
             s3.cipher_pass_file.clone(),
             pass.expose().to_string(),
