@@ -15,13 +15,10 @@ import urllib.request
 import ssl
 from pathlib import Path
 
+from .certs import ca_and_leaf
 from .machine import die_with_parent
 
 HTTP_PORT = 5002  # where Pebble's validator dials HTTP-01 challenges on the machine
-
-
-def _openssl(*args):
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
 class Pebble:
@@ -34,16 +31,8 @@ class Pebble:
 
     def start(self):
         d = self.dir
-        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                 "-days", "2", "-subj", "/CN=pgaas vm-tests pebble https CA",
-                 "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                 "-subj", "/CN=pebble", "-keyout", str(d / "leaf.key"), "-out", str(d / "leaf.csr"))
-        (d / "leaf.ext").write_text(f"subjectAltName=IP:{self.listen_ip},DNS:localhost\n"
-                                    "extendedKeyUsage=serverAuth\n")
-        _openssl("x509", "-req", "-in", str(d / "leaf.csr"), "-CA", str(d / "ca.pem"),
-                 "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
-                 "-extfile", str(d / "leaf.ext"), "-out", str(d / "leaf.pem"))
+        ca_and_leaf(d, "pgaas vm-tests pebble https CA", "pebble",
+                    f"IP:{self.listen_ip},DNS:localhost")
         dns_port = _free_udp_port()
         config = {"pebble": {
             "listenAddress": f"{self.listen_ip}:14000",
