@@ -1,7 +1,8 @@
 """High availability on three machines: two PostgreSQL nodes under Patroni and a witness, etcd on
 all three, installed by `pgaas install` from the package. A tenant writes through its multi-host
-URL while the primary's machine dies; every acknowledged write is on the new primary, the rules
-hold there, and the dead machine comes back as a standby."""
+URL, directly and through PgBouncer, while etcd loses one member and then two, while the
+primary's postmaster is killed, and while the primary's machine dies; every acknowledged write is
+on the primary afterwards, the rules hold there, and the dead machine comes back as a standby."""
 
 import re
 import threading
@@ -15,6 +16,7 @@ TIER = "nspawn"
 SUITES = ("bookworm",)
 MACHINES = ("db1", "db2", "witness")
 SECRETS = "/etc/pgaas/secrets/cluster"
+TTL = 20
 
 
 def settings(machines, me):
@@ -24,14 +26,20 @@ def settings(machines, me):
     # A failover within about 20 s (Patroni's defaults give 30 s of leader-key lifetime).
     return (f"public_host: pgaas-vm.test\n"
             f"archive:\n  enabled: false\n"
-            f"cluster:\n  name: pgaas_vm\n  node: {me}\n  ttl_secs: 20\n  loop_wait_secs: 2\n"
+            f"cluster:\n  name: pgaas_vm\n  node: {me}\n  ttl_secs: {TTL}\n  loop_wait_secs: 2\n"
             f"  retry_timeout_secs: 5\n  nodes:\n{nodes}\n")
 
 
-def role(m):
+def patroni(m):
+    """This node's Patroni REST answer (`GET /patroni`), or None when it does not answer."""
     rc, out, _ = m.execute("curl -s -m 3 http://$(ip -4 -o addr show eth1 | awk '{print $4}' "
                            "| cut -d/ -f1):8008/patroni")
-    if rc != 0:
+    return out if rc == 0 else None
+
+
+def role(m):
+    out = patroni(m)
+    if out is None:
         return None
     return "primary" if '"role": "master"' in out or '"role": "primary"' in out else \
         ("standby" if '"role": "replica"' in out else None)
@@ -51,40 +59,110 @@ def wait_roles(machines, timeout=180):
         time.sleep(1)
 
 
-class Writer:
-    """Inserts through the tenant's URL as fast as psql allows, recording what was acknowledged."""
+def wait_sync_standby(m, timeout=120):
+    """`pgaas status` on `m` until it names a synchronous standby; its output."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = m.succeed("pgaas status")
+        if " sync_standby " in out:
+            return out
+        assert time.monotonic() < deadline, out
+        time.sleep(2)
 
-    def __init__(self, url):
-        self.url, self.acked, self.stop = url, [], False
+
+class Writer:
+    """Inserts through a tenant's URL as fast as psql allows, recording what was acknowledged."""
+
+    def __init__(self, url, table):
+        self.url, self.table, self.acked, self.stop = url, table, [], False
+        self.last_error = ""
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
         i = 1
         while not self.stop:
-            rc, _, _ = client.psql(self.url, f"insert into acked values ({i})", timeout=30)
+            rc, _, err = client.psql(self.url, f"insert into {self.table} values ({i})", timeout=30)
             if rc == 0:
                 self.acked.append((i, time.monotonic()))
             else:
+                self.last_error = err.strip()
                 time.sleep(0.2)
             i += 1
 
+    def since(self, t):
+        return [ts for _, ts in self.acked if ts > t]
+
     def wait(self, n, since, timeout=180):
         deadline = time.monotonic() + timeout
-        while sum(1 for _, t in self.acked if t > since) < n:
+        while len(self.since(since)) < n:
             if time.monotonic() > deadline:
-                raise AssertionError(f"only {sum(1 for _, t in self.acked if t > since)} writes "
-                                     f"acknowledged within {timeout}s")
+                raise AssertionError(
+                    f"{self.table}: only {len(self.since(since))} writes acknowledged within "
+                    f"{timeout:.0f}s; last error: {self.last_error}")
             time.sleep(0.2)
+
+    def resumed(self, t):
+        """Seconds from `t` to the first write acknowledged after it."""
+        return self.since(t)[0] - t
+
+    def outage(self, t):
+        """The longest stretch without an acknowledged write from `t` on."""
+        times = [t] + self.since(t)
+        return max(b - a for a, b in zip(times, times[1:]))
+
+    def assert_none_lost(self, url):
+        """Every acknowledged write is in the table as `url` (a primary, or a standby) reads it."""
+        have = set(int(x) for x in client.psql_ok(url, f"select id from {self.table}").split())
+        lost = [i for i, _ in self.acked if i not in have]
+        assert not lost, f"{self.table}: {len(lost)} acknowledged writes lost: {lost[:20]}"
 
     def finish(self):
         self.stop = True
         self.thread.join(timeout=60)
 
 
+def pooler_view(pooled, nodes):
+    """What each node's PgBouncer answers when asked alone, for a failure message: whether its
+    server is in recovery, and whether it lets a read-write session through."""
+    lines = []
+    for name, m in nodes.items():
+        alone = re.sub(r"@[^@/]+/", f"@{m.lan_address}:6432/", pooled, count=1)
+        rc, out, err = client.psql(alone.replace("target_session_attrs=read-write",
+                                                 "target_session_attrs=any"),
+                                   "select pg_is_in_recovery()")
+        rw, _, rw_err = client.psql(alone, "select 1")
+        lines.append(f"{name} (Patroni: {role(m)}): in recovery: "
+                     f"{out.strip() if rc == 0 else err.strip()}; read-write session: "
+                     f"{'accepted' if rw == 0 else rw_err.strip()}")
+    return "\n".join(lines)
+
+
+def postmaster(m):
+    """The pid of the postmaster Patroni runs on `m`, checked to be one."""
+    pid = m.succeed("d=$(sed -n 's/^ *data_dir: *//p' /etc/patroni/config.yml | tr -d \"'\\\"\"); "
+                    "head -1 $d/postmaster.pid").strip()
+    args = m.succeed(f"ps -o args= -p {pid}")
+    assert "/bin/postgres -D" in args, args
+    return pid
+
+
 def test(t, machines):
+    writers = []
+    try:
+        scenario(t, machines, writers)
+    finally:
+        # A failed subtest leaves its writers running: stop them before the machines go.
+        for w in writers:
+            w.stop = True
+        for w in writers:
+            w.finish()
+
+
+def scenario(t, machines, writers):
     db1, db2, witness = machines["db1"], machines["db2"], machines["witness"]
     data = {"db1": db1, "db2": db2}
+    both = f"{db1.lan_address}:5432,{db2.lan_address}:5432"
 
     with t.subtest("the package on every machine; the cluster's secrets made once and copied"):
         for name, m in machines.items():
@@ -134,19 +212,34 @@ def test(t, machines):
         assert "db1 healthy, db2 healthy, witness healthy" in out, out
         assert "WARNING" not in out, out
 
-    with t.subtest("a tenant gets a multi-host URL; it writes through it from the host"):
+    with t.subtest("a tenant gets multi-host URLs, direct and pooled; it writes through both"):
         api = client.Api(data[primary], key)
         api.wait_ready()
         ca = fetch_ca(t, data[primary])
         tenant = create_tenant(api, "ha")
+        created = time.monotonic()
+        tls = f"sslmode=verify-full&sslrootcert={ca}"
         url = tenant["connection_string"]
-        assert f"@{db1.lan_address}:5432,{db2.lan_address}:5432/" in url \
-            and "target_session_attrs=read-write" in url, url
-        url = url.replace("sslmode=require", f"sslmode=verify-full&sslrootcert={ca}") \
-            + "&connect_timeout=3"
-        client.psql_ok(url, "create table acked (id bigint primary key)")
-        writer = Writer(url)
+        assert f"@{both}/" in url and "target_session_attrs=read-write" in url, url
+        url = url.replace("sslmode=require", tls) + "&connect_timeout=3"
+        # PgBouncer runs on each data node: the pooled URL names both of them too.
+        pooled = tenant.get("DATABASE_URL")
+        assert pooled, f"no pooled URL in the answer: {sorted(tenant)}"
+        assert f"@{both.replace(':5432', ':6432')}/" in pooled \
+            and "target_session_attrs=read-write" in pooled, pooled
+        pooled = pooled.replace("sslmode=require", tls) + "&connect_timeout=3"
+        client.psql_ok(url, "create table acked (id bigint primary key); "
+                            "create table pooled (id bigint primary key)")
+        writer = Writer(url, "acked")
+        writers.append(writer)
+        pooled_writer = Writer(pooled, "pooled")
+        writers.append(pooled_writer)
         writer.wait(20, 0)
+        pooled_writer.wait(20, 0, timeout=60)
+        # libpq does not try the next host after a failed authentication: while the first node
+        # listed is a standby whose PgBouncer has not learnt the new tenant, the pooled URL fails.
+        t.log(f"first write {writer.resumed(created):.1f}s after the tenant was created, "
+              f"{pooled_writer.resumed(created):.1f}s through PgBouncer")
         # The standby's API answers reads and refuses writes with a retry hint.
         sapi = client.Api(data[standby], key)
         sapi.wait_ready()
@@ -159,27 +252,84 @@ def test(t, machines):
         wl = f"/api/databases/{tenant['id']}/whitelist"
         # The host reaches the LAN from its uplink address; list something else.
         api.call("POST", wl, {"ipAddress": "192.0.2.0/24", "description": "not the host"}, expect=201)
-        standby_only = url.replace(f"{db1.lan_address}:5432,{db2.lan_address}:5432",
-                                   f"{data[standby].lan_address}:5432") \
+        standby_only = url.replace(both, f"{data[standby].lan_address}:5432") \
             .replace("target_session_attrs=read-write", "target_session_attrs=any")
         err = wait_refused(standby_only, timeout=10)
         assert refused_by_hba(err), err
         api.call("DELETE", f"{wl}/{api.call('GET', wl, expect=200)[1]['data'][0]['id']}", expect=200)
         wait_connects(standby_only, timeout=10)
 
+    with t.subtest("etcd loses one member, then two: the primary keeps taking writes throughout"):
+        witness.succeed("systemctl stop etcd")
+        one = time.monotonic()
+        writer.wait(10, one, timeout=30)
+        out = data[primary].succeed("pgaas status")
+        assert "etcd has 2 of 3 members healthy" in out, out
+        data[standby].succeed("systemctl stop etcd")
+        two = time.monotonic()
+        # Without failsafe_mode Patroni demotes the primary once it cannot renew its leader key;
+        # with it, the primary keeps serving while both members answer its REST API. Held for a
+        # whole leader-key lifetime, so a demotion cannot be missed.
+        failsafe = False
+        while time.monotonic() < two + TTL:
+            answer = patroni(data[primary]) or ""
+            failsafe = failsafe or '"failsafe_mode_is_active": true' in answer
+            time.sleep(1)
+        assert failsafe, f"Patroni on {primary} never said failsafe mode is active: " \
+                         f"{patroni(data[primary])}"
+        assert role(data[primary]) == "primary", patroni(data[primary])
+        for w in (writer, pooled_writer):
+            w.wait(1, time.monotonic() - 1, timeout=10)
+            gap = w.outage(one)
+            assert gap < 5, f"{w.table}: writes paused for {gap:.1f}s while etcd lost members"
+        t.log(f"etcd down to one member for {time.monotonic() - two:.0f}s; longest pause in writes "
+              f"{writer.outage(one):.1f}s direct, {pooled_writer.outage(one):.1f}s pooled")
+        out = data[primary].succeed("pgaas status")
+        # The member left has no majority either, so it does not call itself healthy.
+        assert re.search(r"etcd has [01] of 3 members healthy, no majority", out), out
+        for m in (witness, data[standby]):
+            m.succeed("systemctl start etcd")
+        back = time.monotonic()
+        assert wait_roles(machines, timeout=60) == (primary, standby)
+        wait_sync_standby(data[primary], timeout=60)
+        out = data[primary].succeed("pgaas status")
+        assert "db1 healthy, db2 healthy, witness healthy" in out and "WARNING" not in out, out
+        t.log(f"etcd whole again: {primary} leader, {standby} synchronous "
+              f"{time.monotonic() - back:.1f}s after etcd started")
+        writer.assert_none_lost(url)
+
+    with t.subtest("kill -9 of the primary's postmaster: writes resume, nothing acknowledged lost"):
+        before = postmaster(data[primary])
+        data[primary].succeed(f"kill -9 {before}")
+        killed = time.monotonic()
+        # Gone, or a zombie its parent has yet to reap.
+        data[primary].wait_until_succeeds(
+            f"! kill -0 {before} 2>/dev/null || ps -o stat= -p {before} | grep -q Z",
+            timeout=10, interval=0.1)
+        writer.wait(10, killed, timeout=120)
+        now_primary, now_standby = wait_roles(machines, timeout=60)
+        after = postmaster(data[now_primary])
+        assert (now_primary, after) != (primary, before), "the postmaster did not die"
+        how = "Patroni restarted PostgreSQL in place" if now_primary == primary else \
+            f"Patroni failed over to {now_primary}"
+        t.log(f"{how}; writes resumed {writer.resumed(killed):.1f}s after the kill")
+        primary, standby = now_primary, now_standby
+        writer.assert_none_lost(url)
+        pooled_writer.wait(5, killed, timeout=60)
+        t.log(f"pooled writes resumed {pooled_writer.resumed(killed):.1f}s after the kill")
+        # The next failover needs a synchronous standby to promote.
+        wait_sync_standby(data[primary], timeout=90)
+
     with t.subtest("the primary's machine dies: the standby takes over, nothing acknowledged lost"):
+        # Both writers are taking writes when the machine dies.
+        pooled_writer.wait(5, time.monotonic(), timeout=30)
         killed = time.monotonic()
         data[primary].crash()
         writer.wait(20, killed, timeout=240)
-        times = [killed] + [ts for _, ts in writer.acked if ts > killed]
-        outage = max(b - a for a, b in zip(times, times[1:]))
-        t.log(f"writes stopped for {outage:.1f}s when the primary's machine died")
+        t.log(f"writes stopped for {writer.outage(killed):.1f}s when the primary's machine died")
         new_primary, old = standby, primary
-        survivor_url = url.replace(f"{db1.lan_address}:5432,{db2.lan_address}:5432",
-                                   f"{data[new_primary].lan_address}:5432")
-        have = set(int(x) for x in client.psql_ok(survivor_url, "select id from acked").split())
-        lost = [i for i, _ in writer.acked if i not in have]
-        assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:20]}"
+        survivor_url = url.replace(both, f"{data[new_primary].lan_address}:5432")
+        writer.assert_none_lost(survivor_url)
         t.log(f"{len(writer.acked)} acknowledged writes, none lost")
         out = data[new_primary].succeed("pgaas status")
         assert re.search(rf"{new_primary}\s+leader", out), out
@@ -193,20 +343,26 @@ def test(t, machines):
                 "journalctl -u patroni --no-pager | tail -n 60")
             time.sleep(2)
         writer.finish()
-        deadline = time.monotonic() + 120
-        while True:
-            out = data[new_primary].succeed("pgaas status")
-            if " sync_standby " in out:
-                break
-            assert time.monotonic() < deadline, out
-            time.sleep(2)
+        wait_sync_standby(data[new_primary])
         old_url = survivor_url.replace(data[new_primary].lan_address, data[old].lan_address)
         old_url = old_url.replace("target_session_attrs=read-write", "target_session_attrs=any")
         deadline = time.monotonic() + 60
         while True:
-            have = set(int(x) for x in client.psql_ok(old_url, "select id from acked").split())
-            if all(i in have for i, _ in writer.acked):
+            try:
+                writer.assert_none_lost(old_url)
                 break
-            assert time.monotonic() < deadline, "the rejoined node misses acknowledged writes"
-            time.sleep(1)
+            except AssertionError:
+                assert time.monotonic() < deadline, "the rejoined node misses acknowledged writes"
+                time.sleep(1)
         assert client.psql_ok(old_url, "show transaction_read_only") == "on"
+
+    # Last, so that a pooler stuck on the old roles does not hide how the rest went.
+    with t.subtest("writes through the pooled URL resumed on the new primary, none lost"):
+        try:
+            pooled_writer.wait(20, killed, timeout=max(1, killed + 60 - time.monotonic()))
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{pooler_view(pooled, data)}") from None
+        t.log(f"pooled writes resumed {pooled_writer.resumed(killed):.1f}s after the machine died")
+        pooled_writer.finish()
+        pooled_writer.assert_none_lost(survivor_url)
+        t.log(f"{len(pooled_writer.acked)} acknowledged pooled writes, none lost")
