@@ -148,6 +148,15 @@ impl PoolerReload for ConsoleReload {
             .map(|_| ())
             .map_err(ReloadError::Console)
     }
+
+    fn reconnect(&self) -> Result<(), ReloadError> {
+        if !self.socket_path().exists() {
+            return Ok(());
+        }
+        self.command("RECONNECT;")
+            .map(|_| ())
+            .map_err(ReloadError::Console)
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,12 @@ pub enum ReloadError {
 /// Reloads PgBouncer after its files changed. Blocking: callers run it on a blocking thread.
 pub trait PoolerReload: Send + Sync {
     fn reload(&self) -> Result<(), ReloadError>;
+
+    /// `RECONNECT`: every server connection is closed once its client is done with it. A
+    /// pool keeps the parameters its first server connection reported (`in_hot_standby`,
+    /// which libpq's `target_session_attrs` reads) and gives them to every client after, so
+    /// when the node's PostgreSQL changes role the pools must start again.
+    fn reconnect(&self) -> Result<(), ReloadError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +209,16 @@ impl PoolerReload for LocalPgBouncer {
             return Ok(());
         }
         self.signal_reload()
+    }
+
+    fn reconnect(&self) -> Result<(), ReloadError> {
+        if !self.is_running() {
+            return Ok(());
+        }
+        // No signal does it; the console admits the API's system user by peer, not root.
+        Err(ReloadError::Console(super::console::ConsoleError::Server(
+            "RECONNECT needs PgBouncer's admin console, which admits the API's system user: run `pgaas serve` as that user".into(),
+        )))
     }
 }
 

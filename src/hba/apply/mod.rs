@@ -325,33 +325,45 @@ impl HbaApplier {
     /// On a cluster node: keep this node's files in line with the rows it sees. A standby's
     /// rows arrive by replication, never through this node's API, so nothing else would write
     /// its files; the primary's API writes its own on every change, and this finds them in
-    /// line. Polls the generation every `interval` (a cheap read that works on a standby), and
-    /// syncs when it moved, when the node changed role, and every `full_every` anyway (a
-    /// password rotation changes PgBouncer's auth file without a new generation).
+    /// line. Polls every `interval` (cheap reads that work on a standby): the generation of the
+    /// access rules, the node's role, and a digest of what PgBouncer's files are made of (the
+    /// tenants' secrets and rows, which change without a new generation: a tenant created or
+    /// dropped, a password rotated, a limit changed); syncs when any moved, and every
+    /// `full_every` anyway. When the role changes (and when it starts), PgBouncer's pools start
+    /// again (`RECONNECT`): each keeps the `in_hot_standby` its first server connection
+    /// reported, and libpq's `target_session_attrs=read-write` would go on skipping a promoted
+    /// node's pooler, or taking a demoted one's.
     pub async fn follow(
         self,
         pool: PgPool,
         interval: std::time::Duration,
         full_every: std::time::Duration,
     ) {
-        let mut seen: Option<(i64, bool)> = None;
+        let mut seen: Option<(i64, bool, String)> = None;
         let mut last_full = tokio::time::Instant::now();
         let mut failing = false;
+        let mut pooled_role: Option<bool> = None;
+        let mut reconnect_failing = false;
         loop {
-            let now: Result<(i64, bool), sqlx::Error> = async {
+            let now: Result<(i64, bool, String), sqlx::Error> = async {
                 let mut conn = pool.acquire().await?;
                 let g = current_generation(&mut conn).await?;
-                let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-                    .fetch_one(&mut *conn)
-                    .await?;
-                Ok((g, standby))
+                let (standby, digest): (bool, Option<String>) = sqlx::query_as(
+                    "SELECT pg_is_in_recovery(),
+                            md5((SELECT coalesce(string_agg(rolname || ':' || rolpassword, ',' ORDER BY rolname), '')
+                                   FROM pgaas_priv.tenant_secrets())
+                                || (SELECT coalesce(string_agg(d::text, ',' ORDER BY d.id), '') FROM databases d))",
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                Ok((g, standby, digest.unwrap_or_default()))
             }
             .await;
             match now {
-                Ok(state) if seen != Some(state) || last_full.elapsed() >= full_every => {
+                Ok(state) if seen.as_ref() != Some(&state) || last_full.elapsed() >= full_every => {
                     match self.sync(&pool).await {
                         Ok(_) => {
-                            if seen.is_some_and(|(g, _)| g != state.0) {
+                            if seen.as_ref().is_some_and(|(g, _, _)| *g != state.0) {
                                 tracing::info!(
                                     generation = state.0,
                                     standby = state.1,
@@ -375,6 +387,29 @@ impl HbaApplier {
                     tracing::warn!(error = %crate::error_chain(&e), "cannot read the access rules' generation; retrying");
                 }
                 Err(_) => {}
+            }
+            if let (Some((_, standby, _)), Some(pooler)) = (&seen, &self.pooler) {
+                if pooled_role != Some(*standby) {
+                    let pooler = pooler.clone();
+                    match tokio::task::spawn_blocking(move || pooler.reconnect()).await {
+                        Ok(Ok(())) => {
+                            if pooled_role.is_some() {
+                                tracing::info!(
+                                    standby = *standby,
+                                    "the node changed role: PgBouncer's pools start again"
+                                );
+                            }
+                            pooled_role = Some(*standby);
+                            reconnect_failing = false;
+                        }
+                        Ok(Err(e)) if !reconnect_failing => {
+                            reconnect_failing = true;
+                            tracing::warn!(error = %crate::error_chain(&e), "PgBouncer's pools could not be restarted after a change of role; retrying");
+                        }
+                        Ok(Err(_)) => {}
+                        Err(e) => tracing::warn!(error = %e, "the RECONNECT task failed"),
+                    }
+                }
             }
             tokio::time::sleep(interval).await;
         }
