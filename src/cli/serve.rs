@@ -39,7 +39,15 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
             control_db::connect_options(&settings, password.as_ref()),
             settings.api.pool_size,
         );
-        if let Err(e) = control_db::migrate(&pool).await {
+        // A cluster's standby cannot write: its schema is the primary's, arriving by replication.
+        let standby = settings.cluster.enabled()
+            && sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(false);
+        if standby {
+            tracing::info!("this node is a standby: the primary's pgaas applies the control DB migrations");
+        } else if let Err(e) = control_db::migrate(&pool).await {
             tracing::warn!(error = %e, "control DB migrations not applied at start; /health will report it");
         }
         let listener = tokio::net::TcpListener::bind(settings.api.listen)

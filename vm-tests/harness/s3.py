@@ -68,7 +68,9 @@ class S3:
         self.procs.append(subprocess.Popen(
             [_moto_server(), "-H", "127.0.0.1", "-p", str(http)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
+            # Path-style requests to a dotted host name: without this moto reads "s3" as a bucket.
+            env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true",
+                 "S3_IGNORE_SUBDOMAIN_BUCKETNAME": "true"},
             preexec_fn=die_with_parent))
         (d / "stunnel.conf").write_text(
             f"foreground = yes\npid =\n[s3]\naccept = {self.listen_ip}:{self.port}\n"

@@ -2,13 +2,16 @@
 all three, installed by `pgaas install` from the package. A tenant writes through its multi-host
 URL, directly and through PgBouncer, while etcd loses one member and then two, while the
 primary's postmaster is killed, and while the primary's machine dies; every acknowledged write is
-on the primary afterwards, the rules hold there, and the dead machine comes back as a standby."""
+on the primary afterwards, the rules hold there, and the dead machine comes back as a standby.
+Both data nodes archive into one S3 repository (moto on the host): the primary's install makes the
+stanza and first backup, and after the machine's death the promoted node takes the next one."""
 
 import re
 import threading
 import time
 
 from harness import client
+from harness.s3 import S3
 from harness.platform import (create_tenant, fetch_ca, first_api_key, install, install_from_package,
                               refused_by_hba, wait_connects, wait_refused)
 
@@ -16,16 +19,17 @@ TIER = "nspawn"
 SUITES = ("bookworm",)
 MACHINES = ("db1", "db2", "witness")
 SECRETS = "/etc/pgaas/secrets/cluster"
+S3_CA = "/etc/pgaas/tls/s3-ca.crt"
 TTL = 20
 
 
-def settings(machines, me):
+def settings(machines, me, s3):
     nodes = "\n".join(
         f"    - {{ name: {name}, address: {m.lan_address}{', witness: true' if name == 'witness' else ''} }}"
         for name, m in machines.items())
     # A failover within about 20 s (Patroni's defaults give 30 s of leader-key lifetime).
     return (f"public_host: pgaas-vm.test\n"
-            f"archive:\n  enabled: false\n"
+            f"archive:\n  archive_timeout_secs: 15\n{s3.settings_yaml(S3_CA)}"
             f"cluster:\n  name: pgaas_vm\n  node: {me}\n  ttl_secs: {TTL}\n  loop_wait_secs: 2\n"
             f"  retry_timeout_secs: 5\n  nodes:\n{nodes}\n")
 
@@ -165,9 +169,17 @@ def scenario(t, machines, writers):
     both = f"{db1.lan_address}:5432,{db2.lan_address}:5432"
 
     with t.subtest("the package on every machine; the cluster's secrets made once and copied"):
+        # The repository both data nodes archive into, on the host's end of the LAN.
+        s3 = S3(t.workdir, db1.lan.host_address)
+        t.cleanups.append(s3.stop)
+        s3.start()
         for name, m in machines.items():
             install_from_package(m)
-            m.write_file("/etc/pgaas/pgaas.yaml", settings(machines, name))
+            m.write_file("/etc/pgaas/pgaas.yaml", settings(machines, name, s3))
+            m.succeed(f"echo '{s3.hosts_line.strip()}' >> /etc/hosts")
+            m.write_file(S3_CA, s3.ca_pem)
+            m.succeed("mkdir -p -m 0700 /etc/pgaas/secrets")
+            m.write_file("/etc/pgaas/secrets/s3-credentials", s3.credentials, mode="0600")
         out = db1.succeed("pgaas cluster secrets 2>&1")
         assert "Copy it to" in out, out
         for other in (db2, witness):
@@ -206,6 +218,15 @@ def scenario(t, machines, writers):
                                               "systemctl is-active --quiet postgresql")
             assert rc != 0, "the witness runs PostgreSQL"
 
+    with t.subtest("archiving: the primary's install made the stanza and a backup; the standby's "
+                   "timer leaves backups to the primary"):
+        out = data[primary].succeed("pgaas backup status")
+        assert "repository 2:  ok" in out and "repository 1" not in out, out
+        out = data[standby].succeed("pgaas backup base --type full")
+        assert "is a standby" in out, out
+        for m in data.values():
+            m.succeed("systemctl is-active pgaas-worker pgaas-base-backup-full.timer")
+
     with t.subtest("pgaas status on each node shows the members and etcd"):
         out = data[standby].succeed("pgaas status")
         assert " leader " in out and " sync_standby " in out, out
@@ -238,8 +259,10 @@ def scenario(t, machines, writers):
         pooled_writer.wait(20, 0, timeout=60)
         # libpq does not try the next host after a failed authentication: while the first node
         # listed is a standby whose PgBouncer has not learnt the new tenant, the pooled URL fails.
+        # The standby's pgaas follows its tenants' secrets every 250 ms.
         t.log(f"first write {writer.resumed(created):.1f}s after the tenant was created, "
               f"{pooled_writer.resumed(created):.1f}s through PgBouncer")
+        assert pooled_writer.resumed(created) < 5, "the standby's PgBouncer learnt the tenant late"
         # The standby's API answers reads and refuses writes with a retry hint.
         sapi = client.Api(data[standby], key)
         sapi.wait_ready()
@@ -333,6 +356,14 @@ def scenario(t, machines, writers):
         t.log(f"{len(writer.acked)} acknowledged writes, none lost")
         out = data[new_primary].succeed("pgaas status")
         assert re.search(rf"{new_primary}\s+leader", out), out
+
+    with t.subtest("the promoted node archives and backs up into the same repository"):
+        data[new_primary].wait_until_succeeds(
+            "journalctl -u pgaas-worker --no-pager | grep -q 'this node is primary'", timeout=60)
+        out = data[new_primary].succeed("pgaas backup base --type incr 2>&1")
+        assert "repository 2: incr backup taken" in out, out
+        out = data[new_primary].succeed("pgaas backup status --json")
+        assert '"failing": false' in out, out
 
     with t.subtest("the dead machine boots again and rejoins as a standby"):
         data[old].boot_again()
