@@ -259,13 +259,18 @@ async fn reopen_closed(conn: &mut PgConnection) -> Result<(), ArchiveError> {
 /// `poll` anyway), refresh the cached repository status every minute, until dropped. On a
 /// cluster's node it works only while the node is primary: a standby's control DB is
 /// read-only and its PostgreSQL archives nothing, so it waits there, and starts (undoing what
-/// the old primary's worker left half-done) when Patroni promotes it.
+/// the old primary's worker left half-done) when Patroni promotes it. A promotion also starts
+/// an incremental backup at once: a segment the old primary finished but never pushed (its
+/// repository unreachable as it died) is a gap no WAL replay crosses, and the next timer
+/// backup may be a day away.
 pub async fn work(host: ArchiveHost, poll: Duration) -> Result<(), ArchiveError> {
     if !host.settings.cluster.enabled() {
         return work_as_primary(&host, poll).await;
     }
     loop {
-        wait_until_primary(&host, poll).await;
+        if wait_until_primary(&host, poll).await {
+            tokio::spawn(backup_after_promotion(host.clone()));
+        }
         match work_as_primary(&host, poll).await {
             Ok(()) => tracing::info!("this node is now a standby: the worker waits"),
             // A failover under way: the connections end, the node may come back either way.
@@ -277,17 +282,48 @@ pub async fn work(host: ArchiveHost, poll: Duration) -> Result<(), ArchiveError>
     }
 }
 
-/// Until this cluster node's PostgreSQL answers as primary.
-async fn wait_until_primary(host: &ArchiveHost, poll: Duration) {
+/// An incremental backup into each repository, right after this node was promoted.
+async fn backup_after_promotion(host: ArchiveHost) {
+    for &repo in &host.engine.repos {
+        tracing::info!(
+            repository = repo,
+            "this node was promoted: an incremental backup starts"
+        );
+        match host.engine.backup(super::BackupKind::Incr, repo).await {
+            Ok(()) => tracing::info!(
+                repository = repo,
+                "incremental backup after the promotion taken"
+            ),
+            Err(e) => tracing::warn!(repository = repo, error = %crate::error_chain(&e),
+                "the backup after the promotion failed; the timers take the next one (or run `pgaas backup base --type incr`)"),
+        }
+    }
+    if let Err(e) = super::status::refresh_cache(&host).await {
+        tracing::warn!(error = %crate::error_chain(&e), "refreshing the backup status failed");
+    }
+}
+
+/// Until this cluster node's PostgreSQL answers as primary; whether it was a standby first
+/// (a promotion).
+async fn wait_until_primary(host: &ArchiveHost, poll: Duration) -> bool {
     let mut said = None;
+    let mut was_standby = false;
     loop {
         let now = match host.is_standby().await {
             Ok(false) => {
-                tracing::info!("this node is primary: the worker runs restore jobs and checks the repositories");
-                return;
+                tracing::info!(
+                    "this node is primary: the worker runs restore jobs and checks the repositories"
+                );
+                return was_standby;
             }
-            Ok(true) => "this node is a standby: restore jobs and repository checks wait until it is primary".to_string(),
-            Err(e) => format!("PostgreSQL does not answer ({}); waiting", crate::error_chain(&e)),
+            Ok(true) => {
+                was_standby = true;
+                "this node is a standby: restore jobs and repository checks wait until it is primary".to_string()
+            }
+            Err(e) => format!(
+                "PostgreSQL does not answer ({}); waiting",
+                crate::error_chain(&e)
+            ),
         };
         if said.as_ref() != Some(&now) {
             tracing::info!("{now}");

@@ -1,9 +1,9 @@
 //! Continuous archiving on a cluster (`ha_cluster` with the real engines, and moto behind
 //! stunnel as the S3 repository both nodes share): the primary archives and takes the backups,
 //! the standby leaves them to it; when the primary dies the promoted node archives its new
-//! timeline into the same repository, takes the next backup, and its worker (which waited
-//! while the node was a standby) restores a tenant to an instant after the failover from a
-//! backup taken before it.
+//! timeline into the same repository, its worker (which waited while the node was a standby)
+//! takes an incremental backup at once, the node takes the next timer backup, and the worker
+//! restores a tenant to an instant after the failover.
 
 use std::{
     process::Output,
@@ -31,7 +31,7 @@ fn cli(node: &Node, args: &[&str]) -> Output {
 
 /// Until the worker's log says `needle`.
 async fn wait_worker_says(node: &Node, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !node.worker_log().contains(needle) {
         assert!(
             Instant::now() < deadline,
@@ -196,9 +196,10 @@ async fn archiving_follows_the_primary_and_a_tenant_recovers_past_a_failover() {
     assert!(insert_retrying(&url, 4, Duration::from_secs(10)).is_some());
     su.execute("DROP TABLE acked", &[]).await.unwrap();
 
-    // The promoted node's worker took over (it undid nothing: no job was running), and the
-    // node takes backups into the same repository now.
+    // The promoted node's worker took over (it undid nothing: no job was running) and took an
+    // incremental backup at once; the node takes backups into the same repository from now on.
     wait_worker_says(&cl.nodes[p], "this node is primary: the worker runs").await;
+    wait_worker_says(&cl.nodes[p], "incremental backup after the promotion taken").await;
     let out = cli(&cl.nodes[p], &["backup", "base", "--type", "diff"]);
     assert!(
         out.status.success() && text(&out).contains("repository 2: diff backup taken"),
@@ -206,8 +207,10 @@ async fn archiving_follows_the_primary_and_a_tenant_recovers_past_a_failover() {
         text(&out)
     );
 
-    // The tenant back to the instant after the failover, from the full backup taken before
-    // it: the WAL of both timelines came from the repository, archived by each primary in turn.
+    // The tenant back to the instant after the failover. The instant was taken a second or two
+    // after the promotion, before the worker (which looks every 10 s) could finish its backup:
+    // pgBackRest restores the full backup taken before the failover, and the WAL of both
+    // timelines comes from the repository, archived by each primary in turn.
     let (code, body, _) = api(p)
         .call(
             "POST",

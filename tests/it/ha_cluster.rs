@@ -32,13 +32,11 @@ use pgaas::{
 use serde_json::Value;
 use tokio_postgres::NoTls;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::harness::free_port;
+
+/// One cluster at a time in this process: two would share the loopback addresses, and on 2
+/// cores the load of both makes etcd answer slower than Patroni waits.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub fn v4(last: u8) -> IpAddr {
     [127, 0, 0, last].into()
@@ -500,6 +498,8 @@ pub struct Cluster {
     /// Set by [`Cluster::start_api`].
     pub api_key: String,
     pub api_port: u16,
+    /// Held while this cluster runs ([`ONE_AT_A_TIME`]).
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
@@ -518,6 +518,7 @@ impl Cluster {
         running: usize,
         tweak: impl Fn(&mut Settings, &Path),
     ) -> Cluster {
+        let turn = ONE_AT_A_TIME.lock().await;
         let owner = OsUser::cluster_owner().unwrap();
         std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
@@ -684,6 +685,7 @@ impl Cluster {
             bin,
             api_key: String::new(),
             api_port: 0,
+            _turn: turn,
         }
     }
 
