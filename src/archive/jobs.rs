@@ -282,20 +282,40 @@ pub async fn work(host: ArchiveHost, poll: Duration) -> Result<(), ArchiveError>
     }
 }
 
-/// An incremental backup into each repository, right after this node was promoted.
+/// An incremental backup into each repository, right after this node was promoted. A
+/// promoted server writes its new timeline into pg_control only at the checkpoint that ends
+/// recovery, which PostgreSQL makes in the background, and pgBackRest refuses a backup until
+/// then: a checkpoint is asked for first, and a failed attempt is tried again.
 async fn backup_after_promotion(host: ArchiveHost) {
+    const ATTEMPTS: u32 = 3;
     for &repo in &host.engine.repos {
         tracing::info!(
             repository = repo,
             "this node was promoted: an incremental backup starts"
         );
-        match host.engine.backup(super::BackupKind::Incr, repo).await {
-            Ok(()) => tracing::info!(
-                repository = repo,
-                "incremental backup after the promotion taken"
-            ),
-            Err(e) => tracing::warn!(repository = repo, error = %crate::error_chain(&e),
-                "the backup after the promotion failed; the timers take the next one (or run `pgaas backup base --type incr`)"),
+        for attempt in 1..=ATTEMPTS {
+            let result = async {
+                let mut conn = host.superuser("postgres").await?;
+                sqlx::query("CHECKPOINT").execute(&mut conn).await?;
+                drop(conn);
+                host.engine.backup(super::BackupKind::Incr, repo).await
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    tracing::info!(
+                        repository = repo,
+                        "incremental backup after the promotion taken"
+                    );
+                    break;
+                }
+                Err(e) if attempt < ATTEMPTS => {
+                    tracing::info!(repository = repo, error = %crate::error_chain(&e), "the backup after the promotion will be tried again");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+                Err(e) => tracing::warn!(repository = repo, error = %crate::error_chain(&e),
+                    "the backup after the promotion failed; the timers take the next one (or run `pgaas backup base --type incr`)"),
+            }
         }
     }
     if let Err(e) = super::status::refresh_cache(&host).await {
