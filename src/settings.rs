@@ -23,6 +23,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use archive::{ArchiveSettings, S3Repository};
+#[cfg(test)]
+pub(crate) use cluster::example_nodes;
 pub use cluster::{ClusterNode, ClusterSettings, EtcdTls};
 pub use layers::{Layer, Source};
 pub use limits::{LimitsSettings, TenantSettings};

@@ -442,16 +442,7 @@ fn a_cluster_node_runs_patroni_and_etcd_and_a_witness_only_etcd() {
     use super::playbook::Role;
     let mut s = settings();
     s.cluster.name = Some("main".into());
-    s.cluster.nodes = ["db1", "db2", "witness"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| crate::settings::ClusterNode {
-            name: n.to_string(),
-            address: format!("10.0.0.{}", i + 1).parse().unwrap(),
-            host: None,
-            witness: *n == "witness",
-        })
-        .collect();
+    s.cluster.nodes = crate::settings::example_nodes();
     let names = |node: &str| {
         let mut s = s.clone();
         s.cluster.node = Some(node.into());
@@ -525,16 +516,7 @@ fn a_cluster_node_takes_the_backup_passphrase_from_the_cluster_secrets() {
     let mut s = settings();
     s.cluster.name = Some("main".into());
     s.cluster.node = Some("db2".into());
-    s.cluster.nodes = ["db1", "db2", "witness"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| crate::settings::ClusterNode {
-            name: n.to_string(),
-            address: format!("10.0.0.{}", i + 1).parse().unwrap(),
-            host: None,
-            witness: *n == "witness",
-        })
-        .collect();
+    s.cluster.nodes = crate::settings::example_nodes();
     s.archive.s3 = Some(crate::settings::S3Repository {
         endpoint: "s3.example.net".into(),
         bucket: "backups".into(),

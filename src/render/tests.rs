@@ -150,16 +150,7 @@ fn every_template_matches_its_golden_file() {
     let mut node = with_s3.clone();
     node.cluster.name = Some("main".into());
     node.cluster.node = Some("db1".into());
-    node.cluster.nodes = ["db1", "db2", "witness"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| crate::settings::ClusterNode {
-            name: (*n).into(),
-            address: std::net::IpAddr::from([10, 0, 0, i as u8 + 1]),
-            host: None,
-            witness: *n == "witness",
-        })
-        .collect();
+    node.cluster.nodes = crate::settings::example_nodes();
     let conf =
         crate::render::pgbackrest::render_conf(&node, Path::new("/var/lib/pg/main"), 1).unwrap();
     assert!(!conf.contains("repo1-"), "{conf}");

@@ -116,6 +116,21 @@ impl Default for ClusterSettings {
     }
 }
 
+/// db1 and db2 (PostgreSQL) and a witness, on 10.0.0.1 to 10.0.0.3: the tests' cluster.
+#[cfg(test)]
+pub(crate) fn example_nodes() -> Vec<ClusterNode> {
+    ["db1", "db2", "witness"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ClusterNode {
+            name: n.to_string(),
+            address: std::net::IpAddr::from([10, 0, 0, i as u8 + 1]),
+            host: None,
+            witness: *n == "witness",
+        })
+        .collect()
+}
+
 impl ClusterSettings {
     /// Whether this host is part of a cluster at all.
     pub fn enabled(&self) -> bool {

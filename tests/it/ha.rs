@@ -4,7 +4,7 @@
 //! standby, and the access rules hold on both.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::{
     allowlist::{Creds, connect_to, v4},
     attack::refused_before_password,
-    ha_cluster::{Api, Cluster, Node, insert, insert_retrying, psql_ok, wait_primary, wait_status},
+    ha_cluster::{Cluster, Node, insert, insert_retrying, psql_ok, wait_primary, wait_status},
     harness::temp_state_dir,
 };
 
@@ -36,6 +36,7 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
     )
     .await;
     cl.start_api(primary, &[primary, standby]).await;
+    let api = cl.apis();
     let Cluster {
         mut nodes,
         ports,
@@ -43,16 +44,8 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
         secrets,
         owner,
         http,
-        api_key,
-        api_port,
         ..
     } = cl;
-    let addrs: Vec<Ipv4Addr> = nodes.iter().map(|n| n.addr).collect();
-    let api = |i: usize| Api {
-        http: http.clone(),
-        base: format!("http://{}:{api_port}", addrs[i]),
-        key: api_key.clone(),
-    };
     for (i, role) in [(primary, "primary"), (standby, "standby")] {
         let (code, health, _) = api(i).call("GET", "/health", None).await;
         assert_eq!(code, 200, "{health}");

@@ -14,9 +14,7 @@ use serde_json::json;
 
 use crate::{
     archive::{count, instant, s3, text},
-    ha_cluster::{
-        Api, Cluster, Node, insert_retrying, pgaas_bin, psql_ok, wait_primary, wait_status,
-    },
+    ha_cluster::{Cluster, Node, insert_retrying, pgaas_bin, psql_ok, wait_primary, wait_status},
     harness::temp_state_dir,
 };
 
@@ -75,13 +73,7 @@ async fn archiving_follows_the_primary_and_a_tenant_recovers_past_a_failover() {
     )
     .await;
     cl.start_api(primary, &[primary, standby]).await;
-    let (http, key, port) = (cl.http.clone(), cl.api_key.clone(), cl.api_port);
-    let addrs: Vec<_> = cl.nodes.iter().map(|n| n.addr).collect();
-    let api = |i: usize| Api {
-        http: http.clone(),
-        base: format!("http://{}:{port}", addrs[i]),
-        key: key.clone(),
-    };
+    let api = cl.apis();
 
     // A tenant with rows, then the stanza and the first full backup, which only the primary
     // takes: the shared repository has one number, 2, and no local repository 1 exists.

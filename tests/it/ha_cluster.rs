@@ -689,6 +689,18 @@ impl Cluster {
         }
     }
 
+    /// The API of node `i`, for each `i`, with the key [`Cluster::start_api`] made; owns what
+    /// it needs, so the cluster can be taken apart after.
+    pub fn apis(&self) -> impl Fn(usize) -> Api + use<> {
+        let (http, key, port) = (self.http.clone(), self.api_key.clone(), self.api_port);
+        let addrs: Vec<Ipv4Addr> = self.nodes.iter().map(|n| n.addr).collect();
+        move |i| Api {
+            http: http.clone(),
+            base: format!("http://{}:{port}", addrs[i]),
+            key: key.clone(),
+        }
+    }
+
     /// The index of the data node Patroni made primary.
     pub async fn primary(&self) -> usize {
         wait_primary(&self.http, &self.nodes[..2], Duration::from_secs(90)).await

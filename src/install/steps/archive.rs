@@ -44,24 +44,15 @@ fn pgbackrest(cx: &Cx, args: &[&str]) -> Result<crate::system::CmdOutput> {
     Ok(cx.system.run(&argv, &[])?)
 }
 
-/// `archive_mode` as this node's running PostgreSQL has it.
-fn running_archive_mode(cx: &mut Cx) -> Result<String> {
-    let opts = cx.admin()?.database("postgres");
-    cx.block_on(async move {
-        let mut conn: sqlx::PgConnection = sqlx::Connection::connect_with(&opts).await?;
-        sqlx::query_scalar::<_, String>("SELECT current_setting('archive_mode')")
-            .fetch_one(&mut conn)
-            .await
-    })?
-    .map_err(Into::into)
-}
-
 /// On a cluster's node, archiving turned on for a PostgreSQL already running: `archive_mode`
 /// takes effect at its next start, which is Patroni's to make (an install never restarts a
 /// primary). A primary cannot make the stanza until then; a standby would be promoted into a
 /// primary that archives nothing.
 fn pending_archive_mode(cx: &mut Cx, standby: bool) -> Result<()> {
-    if !cx.settings.cluster.enabled() || running_archive_mode(cx)? != "off" {
+    if !cx.settings.cluster.enabled()
+        || super::cluster::admin_scalar::<String>(cx, "SELECT current_setting('archive_mode')")?
+            != "off"
+    {
         return Ok(());
     }
     let cl = &cx.settings.cluster;

@@ -374,12 +374,22 @@ pub fn is_standby(cx: &mut Cx) -> Result<bool> {
     if !cx.settings.cluster.enabled() {
         return Ok(false);
     }
+    admin_scalar(cx, "SELECT pg_is_in_recovery()")
+}
+
+/// One value from this node's PostgreSQL, as the admin over the socket (database `postgres`).
+pub fn admin_scalar<T>(cx: &mut Cx, sql: &'static str) -> Result<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>
+        + Send
+        + Unpin
+        + 'static,
+{
     let opts = cx.admin()?.database("postgres");
     cx.block_on(async move {
         let mut conn: sqlx::PgConnection = sqlx::Connection::connect_with(&opts).await?;
-        sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
-            .fetch_one(&mut conn)
-            .await
+        sqlx::query_scalar::<_, T>(sql).fetch_one(&mut conn).await
     })?
     .map_err(Into::into)
 }
