@@ -64,13 +64,16 @@ def wait_roles(machines, timeout=180):
 
 
 def wait_sync_standby(m, timeout=120):
-    """`pgaas status` on `m` until it names a synchronous standby; its output."""
+    """`pgaas status` on the primary `m` until it names a synchronous standby, and its
+    PostgreSQL streams to that standby synchronously (Patroni's key can name the standby a
+    moment before or after PostgreSQL does: a crash in between loses commits acknowledged
+    locally, as non-strict synchronous mode allows); `pgaas status`'s output."""
     deadline = time.monotonic() + timeout
     while True:
         out = m.succeed("pgaas status")
-        if " sync_standby " in out:
+        if " sync_standby " in out and '"sync_state": "sync"' in (patroni(m) or ""):
             return out
-        assert time.monotonic() < deadline, out
+        assert time.monotonic() < deadline, f"{out}\n{patroni(m)}"
         time.sleep(2)
 
 
