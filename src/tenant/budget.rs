@@ -69,6 +69,11 @@ impl TenantService {
         id: Option<TenantId>,
         wanted: i32,
     ) -> Result<(), TenantError> {
+        // Holders keep it for a check and a commit, nothing that waits on a tenant; under load
+        // a queue of them can still outlast the session's 3 s default.
+        sqlx::query("SET LOCAL lock_timeout = '15s'")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(LOCK_KEY)
             .execute(&mut *tx)

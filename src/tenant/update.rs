@@ -28,9 +28,10 @@ impl TenantService {
         let _gate = self.gate(id).await?;
         let mut tx = self.pool.begin().await?;
         let before = self.lock_active(&mut tx, id).await?;
+        // The statements that may wait on the tenant's own locks come first, while this request
+        // holds nothing another tenant's request needs: the host-wide budget and access-file
+        // locks are taken last, each for milliseconds.
         if let Some(n) = max {
-            // Room for the new limit, with the tenant's old one given back.
-            self.reserve_connections(&mut tx, Some(id), n).await?;
             tx.execute(
                 format!(
                     "ALTER ROLE {} CONNECTION LIMIT {n}",
@@ -93,11 +94,20 @@ impl TenantService {
             (Some(applier), Some(_)) => Some(applier.apply_pooler(&mut tx).await?),
             _ => None,
         };
-        if let Err(e) = tx.commit().await {
+        let reserved = match max {
+            // Room for the new limit, with the tenant's old one given back.
+            Some(n) => self.reserve_connections(&mut tx, Some(id), n).await,
+            None => Ok(()),
+        };
+        let committed = match reserved {
+            Ok(()) => tx.commit().await.map_err(TenantError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
             if let Some(p) = pooler {
                 p.undo().await;
             }
-            return Err(e.into());
+            return Err(e);
         }
         let tenant: Tenant = row.try_into()?;
         if max_size.is_some() {

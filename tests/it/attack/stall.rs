@@ -56,7 +56,56 @@ async fn a_tenant_holding_locks_on_its_own_database_stalls_only_itself() {
         })
         .collect();
 
-    // While they wait: the health check and other tenants are served, promptly.
+    // While they wait, changes to other tenants go through: a create and a new limit for a
+    // neighbour each take the host-wide connection budget's lock, which a PATCH stuck behind
+    // the staller's lock must not be holding.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let api = |m: reqwest::Method, path: String, body: Option<serde_json::Value>| {
+        let (http, url, key) = (
+            http.clone(),
+            format!("{}{path}", p.base_url),
+            p.api_key.clone(),
+        );
+        async move {
+            let mut req = http.request(m, url).header("X-API-Key", key);
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (status, made) = api(
+        reqwest::Method::POST,
+        "/api/databases".into(),
+        Some(serde_json::json!({
+            "friendlyName": "stall newcomer",
+            "ownerEmail": format!("newcomer-{}@attack.example.com", uuid::Uuid::new_v4().simple()),
+            "maxConnections": 3
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "a create while a neighbour stalls: {made}");
+    let (status, body) = api(
+        reqwest::Method::PATCH,
+        format!("/api/databases/{}", bystander.tenant.id),
+        Some(serde_json::json!({ "maxConnections": 6 })),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "a neighbour's new limit while one stalls: {body}"
+    );
+    assert!(
+        patches.iter().any(|p| !p.is_finished()),
+        "the staller's PATCHes were still waiting meanwhile"
+    );
+
+    // And the health check and other tenants are served, promptly.
     let quick = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -109,4 +158,11 @@ async fn a_tenant_holding_locks_on_its_own_database_stalls_only_itself() {
     assert_eq!(r.status(), 200);
     remove(&svc, &staller).await;
     remove(&svc, &bystander).await;
+    let (status, body) = api(
+        reqwest::Method::DELETE,
+        format!("/api/databases/{}", made["data"]["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert!(status < 300, "{status} {body}");
 }
