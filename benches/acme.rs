@@ -7,6 +7,9 @@
 //! runs as its release binary with `--tls-dir` (no services to reload); certbot runs
 //! `certonly --standalone` from Debian's package (`apt-get install certbot`).
 
+#[path = "../tests/it/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 #[path = "../tests/it/pebble.rs"]
 mod pebble;
 

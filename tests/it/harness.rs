@@ -51,20 +51,31 @@ pub fn platform() -> &'static TestPlatform {
 
 /// A port free now, and never handed out before in this process: two servers started at
 /// once by parallel tests cannot be given the same one.
+///
+/// Drawn below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768 and up by
+/// default), never from it: there, any outgoing connection of any test may take the port as
+/// its local end between this call and the server's bind, and the server then fails with
+/// "address in use" (or, on another loopback address, binds and is unreachable from some).
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    // Each process starts at its own offset, so test binaries run one after another (or a
+    // leftover server of an earlier run) do not meet at the same ports.
+    let mut offset = next.unwrap_or((std::process::id() % u32::from(SPAN)) as u16);
+    for _ in 0..SPAN {
+        let port = FIRST + offset;
+        offset = (offset + 1) % SPAN;
+        let free = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "0.0.0.0"]
+            .iter()
+            .all(|ip| TcpListener::bind((*ip, port)).is_ok());
+        if free {
+            *next = Some(offset);
             return port;
         }
     }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// A fresh temp dir that the watchdog removes when this process exits.

@@ -11,7 +11,6 @@
 
 use std::{
     io::{Read, Write},
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
@@ -38,13 +37,7 @@ pub struct Pebble {
     dir: tempfile::TempDir,
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::harness::free_port;
 
 impl Pebble {
     pub fn start() -> Self {
