@@ -15,6 +15,9 @@ pub struct ClusterStatus {
     /// Patroni's members, as this node's Patroni sees them; empty with `patroni_error`.
     pub members: Vec<Member>,
     pub patroni_error: Option<String>,
+    /// The standbys the primary's PostgreSQL streams to (`pg_stat_replication`, read through
+    /// the leader's Patroni); `None` when there is no leader or it did not answer.
+    pub replication: Option<Vec<Replication>>,
     /// `(node, healthy)` for every etcd member.
     pub etcd: Vec<(String, bool)>,
     /// Why etcd could not be asked at all (its certificate is root's to read).
@@ -38,6 +41,34 @@ pub struct Member {
     /// for a restart, which Patroni makes when asked.
     #[serde(default)]
     pub pending_restart: bool,
+    /// The member's Patroni REST API (`http://host:port/patroni`).
+    #[serde(default)]
+    pub api_url: Option<String>,
+}
+
+/// A standby as the primary's PostgreSQL sees it: one row of its `pg_stat_replication`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Replication {
+    /// The standby's member name (Patroni sets it as the application name).
+    pub application_name: String,
+    /// `streaming`, `catchup`, `backup`, ...
+    #[serde(default)]
+    pub state: String,
+    /// `sync`, `quorum`, `async`, `potential`.
+    #[serde(default)]
+    pub sync_state: String,
+}
+
+impl Replication {
+    fn synchronous(&self) -> bool {
+        self.state == "streaming" && matches!(self.sync_state.as_str(), "sync" | "quorum")
+    }
+}
+
+#[derive(Deserialize)]
+struct PatroniNode {
+    #[serde(default)]
+    replication: Vec<Replication>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +100,17 @@ impl ClusterStatus {
                 } else if self.synchronous && !sync {
                     out.push(format!(
                         "{} is committing without a synchronous standby: commits acknowledged now could be lost in a failover",
+                        l.name
+                    ));
+                } else if let (true, Some(rep)) = (self.synchronous, &self.replication)
+                    && !rep.iter().any(Replication::synchronous)
+                {
+                    // Patroni names the synchronous standby in etcd a moment before PostgreSQL
+                    // (after a restart of the primary, say) waits for it again.
+                    out.push(format!(
+                        "{} has a synchronous standby in Patroni's view, but its PostgreSQL does not stream to one \
+                         synchronously yet: commits acknowledged now could be lost in a failover. This passes \
+                         within seconds of a restart; if it lasts, see `journalctl -u patroni` on both nodes",
                         l.name
                     ));
                 }
@@ -125,6 +167,20 @@ impl ClusterStatus {
                         lag
                     ));
                 }
+                if let Some(rep) = &self.replication {
+                    let to: Vec<String> = rep
+                        .iter()
+                        .map(|r| format!("{} ({}, {})", r.application_name, r.state, r.sync_state))
+                        .collect();
+                    out.push_str(&format!(
+                        "  the primary's PostgreSQL streams to: {}\n",
+                        if to.is_empty() {
+                            "no standby".into()
+                        } else {
+                            to.join(", ")
+                        }
+                    ));
+                }
             }
         }
         let etcd: Vec<String> = self
@@ -166,6 +222,21 @@ pub async fn members(
         }
     }
     Err(last)
+}
+
+/// The standbys the leader's PostgreSQL streams to, from its Patroni (`GET /patroni`, which
+/// reads `pg_stat_replication`): live, where the members' roles come from etcd's keys.
+async fn leader_replication(
+    http: &reqwest::Client,
+    members: &[Member],
+) -> Option<Vec<Replication>> {
+    let url = members
+        .iter()
+        .find(|m| m.role == "leader")?
+        .api_url
+        .as_ref()?;
+    let node: PatroniNode = http.get(url).send().await.ok()?.json().await.ok()?;
+    Some(node.replication)
 }
 
 /// A client of etcd's API: TLS against the cluster's CA, authenticated with this node's etcd
@@ -216,6 +287,7 @@ pub async fn gather(settings: &Settings) -> Option<ClusterStatus> {
         Ok(m) => st.members = m,
         Err(e) => st.patroni_error = Some(e),
     }
+    st.replication = leader_replication(&http, &st.members).await;
     let etcd = match etcd_client(settings) {
         Ok(c) => c,
         Err(e) => {
@@ -249,6 +321,7 @@ mod tests {
             timeline: Some(1),
             lag: Some(serde_json::json!(0)),
             pending_restart: false,
+            api_url: None,
         }
     }
 
@@ -267,6 +340,29 @@ mod tests {
             ..Default::default()
         };
         assert!(st.warnings().is_empty(), "{:?}", st.warnings());
+        // Patroni's key names db2, but the primary's PostgreSQL does not wait for it yet (just
+        // after Patroni restarted it), then does: Patroni's `GET /patroni` on the leader.
+        let live: PatroniNode = serde_json::from_str(
+            r#"{"state": "running", "role": "master", "replication": [{"usename": "replicator",
+                "application_name": "db2", "client_addr": "10.0.0.2", "state": "streaming",
+                "sync_state": "async", "sync_priority": 0}]}"#,
+        )
+        .unwrap();
+        st.replication = Some(live.replication);
+        assert!(
+            st.warnings()[0].contains("does not stream to one synchronously yet"),
+            "{:?}",
+            st.warnings()
+        );
+        assert!(st.render().contains("streams to: db2 (streaming, async)"));
+        st.replication.as_mut().unwrap()[0].sync_state = "sync".into();
+        assert!(st.warnings().is_empty(), "{:?}", st.warnings());
+        let none: PatroniNode =
+            serde_json::from_str(r#"{"state": "running", "role": "master"}"#).unwrap();
+        st.replication = Some(none.replication);
+        assert!(st.warnings()[0].contains("does not stream"));
+        assert!(st.render().contains("streams to: no standby"));
+        st.replication = None;
         // Patroni's own words for a member whose settings wait for a restart.
         let m: Member = serde_json::from_str(
             r#"{"name": "db2", "role": "sync_standby", "state": "streaming", "timeline": 1, "lag": 0, "pending_restart": true}"#,

@@ -416,7 +416,14 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
     }
     wait_status(&http, &nodes[standby], "/sync", Duration::from_secs(60)).await;
 
-    // `pgaas status` shows the cluster as Patroni and etcd see it.
+    // `pgaas status` shows the cluster as Patroni and etcd see it, and the standby as the
+    // primary's PostgreSQL streams to it (synchronously, a moment after Patroni's key says so).
+    nodes[standby]
+        .wait_status_says(&format!(
+            "streams to: {} (streaming, sync)",
+            nodes[standby].name
+        ))
+        .await;
     let text = nodes[standby].status();
     for needle in [
         "Cluster pgaas_it (this node: ",

@@ -265,10 +265,13 @@ impl Node {
             .copied()
             .filter(|l| l.contains("FATAL") || l.contains("ERROR") || l.contains("WARNING"))
             .collect();
+        let etcd = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
+        let etcd: Vec<&str> = etcd.lines().collect();
         format!(
-            "{}\n...\n{}",
+            "{}\n...\n{}\n-- etcd\n{}",
             errors[errors.len().saturating_sub(20)..].join("\n"),
-            lines[lines.len().saturating_sub(25)..].join("\n")
+            lines[lines.len().saturating_sub(25)..].join("\n"),
+            etcd[etcd.len().saturating_sub(15)..].join("\n")
         )
     }
 }
@@ -372,6 +375,49 @@ pub fn chown_tree(owner: &OsUser, dir: &Path) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Wait until every etcd member serves and the members agreed on the cluster's version, as
+/// `pgaas install` waits for etcd before it starts Patroni. etcd decides that version only
+/// once every member answers, and until then Patroni reads "3.0.0" and talks an API etcd 3.4
+/// no longer serves.
+async fn wait_etcd_cluster_version(nodes: &[Node]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let clients: Vec<reqwest::Client> = nodes
+        .iter()
+        .map(|n| pgaas::install::cluster_status::etcd_client(&n.settings).unwrap())
+        .collect();
+    loop {
+        let mut waiting = Vec::new();
+        for (n, http) in nodes.iter().zip(&clients) {
+            let url = format!(
+                "https://{}:{}/version",
+                n.addr, n.settings.cluster.etcd_client_port
+            );
+            let version = match http.get(&url).send().await {
+                Ok(r) => r.json::<Value>().await.map(|v| v["etcdcluster"].clone()),
+                Err(e) => Err(e),
+            };
+            match version {
+                Ok(Value::String(v)) if v.starts_with("3.") && v != "3.0.0" => {}
+                other => waiting.push(format!("{}: {other:?}", n.name)),
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "etcd's members never agreed on a cluster version: {}\n{}",
+            waiting.join("; "),
+            nodes
+                .iter()
+                .map(|n| format!("== {}\n{}", n.name, n.log_tail()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 pub async fn status(http: &reqwest::Client, url: &str) -> Option<u16> {
@@ -671,6 +717,7 @@ impl Cluster {
             .unwrap();
         }
         let http = reqwest::Client::new();
+        wait_etcd_cluster_version(&nodes).await;
         for node in nodes.iter_mut().take(running) {
             node.start_patroni(&owner);
         }

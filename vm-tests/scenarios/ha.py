@@ -71,7 +71,7 @@ def wait_sync_standby(m, timeout=120):
     deadline = time.monotonic() + timeout
     while True:
         out = m.succeed("pgaas status")
-        if " sync_standby " in out and '"sync_state": "sync"' in (patroni(m) or ""):
+        if " sync_standby " in out and re.search(r"streams to: \S+ \(streaming, sync\)", out):
             return out
         assert time.monotonic() < deadline, f"{out}\n{patroni(m)}"
         time.sleep(2)
@@ -231,6 +231,7 @@ def scenario(t, machines, writers):
             m.succeed("systemctl is-active pgaas-worker pgaas-base-backup-full.timer")
 
     with t.subtest("pgaas status on each node shows the members and etcd"):
+        wait_sync_standby(data[primary])
         out = data[standby].succeed("pgaas status")
         assert " leader " in out and " sync_standby " in out, out
         assert "db1 healthy, db2 healthy, witness healthy" in out, out

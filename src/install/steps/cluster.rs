@@ -220,13 +220,42 @@ pub fn etcd_tls_apply(cx: &mut Cx, manifest: &Manifest) -> Result<Effects> {
     Ok(effects)
 }
 
-/// Which etcd members answer healthy: `(name, address, healthy)`.
-fn etcd_members(cx: &mut Cx) -> Result<Vec<(String, std::net::IpAddr, bool)>> {
+/// What etcd's members say: who answers healthy, and the cluster version this node's member
+/// reports.
+struct EtcdView {
+    /// `(name, address, healthy)` for every member.
+    members: Vec<(String, std::net::IpAddr, bool)>,
+    /// This node's member's `etcdcluster` (`/version`), if it answered.
+    cluster_version: Option<String>,
+}
+
+impl EtcdView {
+    fn healthy(&self, name: Option<&String>) -> bool {
+        self.members.iter().any(|(n, _, ok)| *ok && Some(n) == name)
+    }
+
+    /// etcd sets its cluster version (the lowest of its members') once every member has
+    /// answered; until then it reports "3.0.0" (or "not_decided"), and Patroni takes that for
+    /// an etcd too old for the API it needs, so it cannot start.
+    fn version_decided(&self) -> bool {
+        cluster_version_decided(self.cluster_version.as_deref())
+    }
+}
+
+/// Whether etcd's `/version` `etcdcluster` names a decided version (3.1 or later).
+fn cluster_version_decided(v: Option<&str>) -> bool {
+    let Some(v) = v else { return false };
+    let mut parts = v.split('.').map(|p| p.parse::<u32>());
+    matches!((parts.next(), parts.next()), (Some(Ok(major)), Some(Ok(minor))) if (major, minor) >= (3, 1))
+}
+
+fn etcd_view(cx: &mut Cx) -> Result<EtcdView> {
     let client =
         crate::install::cluster_status::etcd_client(&cx.settings).map_err(anyhow::Error::msg)?;
     let cl = cx.settings.cluster.clone();
+    let me = cl.this_node().map(|n| n.address);
     cx.block_on(async move {
-        let mut out = Vec::new();
+        let mut members = Vec::new();
         for n in &cl.nodes {
             let ok = match client
                 .get(crate::install::cluster_status::etcd_health_url(
@@ -242,23 +271,34 @@ fn etcd_members(cx: &mut Cx) -> Result<Vec<(String, std::net::IpAddr, bool)>> {
                     .is_ok_and(|v| v["health"] == "true"),
                 Err(_) => false,
             };
-            out.push((n.name.clone(), n.address, ok));
+            members.push((n.name.clone(), n.address, ok));
         }
-        out
+        let mut cluster_version = None;
+        if let Some(ip) = me {
+            let url = format!(
+                "https://{}/version",
+                std::net::SocketAddr::from((ip, cl.etcd_client_port))
+            );
+            if let Ok(r) = client.get(url).send().await
+                && let Ok(v) = r.json::<serde_json::Value>().await
+            {
+                cluster_version = v["etcdcluster"].as_str().map(str::to_string);
+            }
+        }
+        EtcdView {
+            members,
+            cluster_version,
+        }
     })
-}
-
-fn this_etcd_healthy(cx: &mut Cx) -> Result<bool> {
-    let me = cx.settings.cluster.this_node().map(|n| n.name.clone());
-    Ok(etcd_members(cx)?
-        .iter()
-        .any(|(name, _, ok)| *ok && Some(name) == me.as_ref()))
 }
 
 pub fn etcd_quorum_check(cx: &mut Cx) -> Result<Plan> {
     let mut plan = Plan::default();
-    if !this_etcd_healthy(cx)? {
-        plan.change("wait until etcd has a majority (the other nodes' installs start theirs)");
+    let view = etcd_view(cx)?;
+    if !view.healthy(cx.settings.cluster.node.as_ref()) || !view.version_decided() {
+        plan.change(
+            "wait until etcd has a majority and every member has answered once (the other nodes' installs start theirs)",
+        );
     }
     Ok(plan)
 }
@@ -267,34 +307,51 @@ pub fn etcd_quorum_apply(cx: &mut Cx) -> Result<Effects> {
     let start = std::time::Instant::now();
     let mut said = start - PROGRESS_EVERY;
     loop {
-        let members = etcd_members(cx)?;
-        let me = cx.settings.cluster.node.clone();
-        if members
-            .iter()
-            .any(|(n, _, ok)| *ok && Some(n) == me.as_ref())
-        {
+        let view = etcd_view(cx)?;
+        let healthy = view.healthy(cx.settings.cluster.node.as_ref());
+        if healthy && view.version_decided() {
             return Ok(Effects::default());
         }
-        let waiting: Vec<String> = members
+        let waiting: Vec<String> = view
+            .members
             .iter()
             .filter(|(_, _, ok)| !ok)
             .map(|(n, a, _)| format!("{n} ({a})"))
             .collect();
+        let what = if healthy {
+            "every etcd member to answer once (etcd settles its cluster version only then, and \
+             Patroni needs it)"
+        } else {
+            "etcd's majority"
+        };
         if start.elapsed() > WAIT {
             bail!(
-                "etcd has no majority after {} minutes; not answering: {}. Run `pgaas install` on those nodes, \
+                "etcd has {} after {} minutes; not answering: {}. Run `pgaas install` on those nodes, \
                  check that they reach each other on ports {} and {}, and see `journalctl -u etcd -n 50`",
+                if healthy {
+                    "a majority but not every member has joined it yet"
+                } else {
+                    "no majority"
+                },
                 WAIT.as_secs() / 60,
-                waiting.join(", "),
+                if waiting.is_empty() {
+                    "none, but etcd has not settled its cluster version yet".to_string()
+                } else {
+                    waiting.join(", ")
+                },
                 cx.settings.cluster.etcd_client_port,
                 cx.settings.cluster.etcd_peer_port
             );
         }
         if said.elapsed() >= PROGRESS_EVERY {
             eprintln!(
-                "==> waiting for etcd's majority ({}s): not answering yet: {} (run `pgaas install` there)",
+                "==> waiting for {what} ({}s): not answering yet: {} (run `pgaas install` there)",
                 start.elapsed().as_secs(),
-                waiting.join(", ")
+                if waiting.is_empty() {
+                    "none".to_string()
+                } else {
+                    waiting.join(", ")
+                }
             );
             said = std::time::Instant::now();
         }
@@ -438,6 +495,28 @@ pub fn on_standby_wait(
                 start.elapsed().as_secs()
             );
             said = std::time::Instant::now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_version_decided;
+
+    #[test]
+    fn etcd_is_ready_for_patroni_only_once_its_cluster_version_is_settled() {
+        // What etcd 3.4's `/version` says with two of three members up, then with all three.
+        for undecided in [
+            None,
+            Some("3.0.0"),
+            Some("not_decided"),
+            Some(""),
+            Some("3"),
+        ] {
+            assert!(!cluster_version_decided(undecided), "{undecided:?}");
+        }
+        for decided in ["3.1.0", "3.4.0", "3.5.0", "3.6.0"] {
+            assert!(cluster_version_decided(Some(decided)), "{decided}");
         }
     }
 }
