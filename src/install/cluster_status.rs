@@ -23,6 +23,8 @@ pub struct ClusterStatus {
     /// Why etcd could not be asked at all (its certificate is root's to read).
     pub etcd_error: Option<String>,
     pub synchronous: bool,
+    /// `cluster.synchronous_strict`: without a synchronous standby, commits wait.
+    pub strict: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -92,7 +94,13 @@ impl ClusterStatus {
             Some(l) => {
                 let standbys = self.members.iter().filter(|m| m.name != l.name).count();
                 let sync = self.members.iter().any(|m| m.role == "sync_standby");
-                if standbys == 0 {
+                if self.synchronous && self.strict && !sync {
+                    out.push(format!(
+                        "{} has no synchronous standby and synchronous mode is strict: tenants' commits wait \
+                         until a standby streams again (cluster.synchronous_strict)",
+                        l.name
+                    ));
+                } else if standbys == 0 {
                     out.push(format!(
                         "{} is the primary and has no standby: a failure of it now stops every tenant",
                         l.name
@@ -239,6 +247,50 @@ async fn leader_replication(
     Some(node.replication)
 }
 
+/// Patroni's cluster-wide configuration against what pgaas's settings want, on the node at
+/// `ip`: the differences, one line each (empty when they agree). With `password` (the REST
+/// API's, from the cluster's secrets) the differences are sent (`PATCH /config`), and Patroni
+/// passes them to every member; parameters read only at start then wait for a restart, which
+/// `pgaas status` lists.
+pub async fn sync_patroni_config(
+    http: &reqwest::Client,
+    settings: &Settings,
+    ip: std::net::IpAddr,
+    password: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let url = format!(
+        "http://{}/config",
+        host_port(ip, settings.cluster.patroni_port)
+    );
+    let live: serde_json::Value = match http.get(&url).send().await {
+        Ok(r) if r.status().is_success() => r.json().await.map_err(|e| format!("{url}: {e}"))?,
+        Ok(r) => return Err(format!("{url}: {}", r.status())),
+        Err(e) => return Err(format!("{url}: {e}")),
+    };
+    let want = crate::render::patroni::dynamic_config(settings);
+    let Some((patch, lines)) = crate::render::patroni::config_drift(&live, &want) else {
+        return Ok(Vec::new());
+    };
+    if let Some(password) = password {
+        let r = http
+            .patch(&url)
+            .basic_auth(crate::render::patroni::PATRONI_API_USER, Some(password))
+            .json(&patch)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if !r.status().is_success() {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            return Err(format!(
+                "{url} refused the change: {status} {}",
+                body.trim()
+            ));
+        }
+    }
+    Ok(lines)
+}
+
 /// A client of etcd's API: TLS against the cluster's CA, authenticated with this node's etcd
 /// certificate (etcd refuses clients without one; root reads it).
 pub fn etcd_client(settings: &Settings) -> Result<reqwest::Client, String> {
@@ -275,6 +327,7 @@ pub async fn gather(settings: &Settings) -> Option<ClusterStatus> {
         name,
         node: me.name.clone(),
         synchronous: cl.synchronous,
+        strict: cl.synchronous && cl.synchronous_strict,
         ..Default::default()
     };
     // A witness runs no Patroni: it asks the data nodes'.
@@ -380,6 +433,13 @@ mod tests {
         assert!(st.warnings()[0].contains("without a synchronous standby"));
         st.members.pop();
         assert!(st.warnings()[0].contains("has no standby"));
+        st.strict = true;
+        assert!(
+            st.warnings()[0].contains("commits wait"),
+            "{:?}",
+            st.warnings()
+        );
+        st.strict = false;
         st.etcd[1].1 = false;
         st.etcd[2].1 = false;
         assert!(st.warnings().iter().any(|w| w.contains("no majority")));

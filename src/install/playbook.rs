@@ -88,6 +88,8 @@ pub struct Step {
     pub etcd_quorum: Option<Empty>,
     /// Wait until Patroni runs this node's PostgreSQL, as primary or standby.
     pub patroni_ready: Option<Empty>,
+    /// Patroni's cluster-wide settings (kept in etcd) brought in line with pgaas.yaml.
+    pub patroni_config: Option<Empty>,
     /// Continuous archiving: pgBackRest's secrets, stanza, first backups, worker and timers.
     pub archive: Option<Empty>,
     /// The man pages and shell completions of this binary, where `man` and the shells look.
@@ -293,6 +295,7 @@ impl Step {
             ("etcd_tls", self.etcd_tls.is_some()),
             ("etcd_quorum", self.etcd_quorum.is_some()),
             ("patroni_ready", self.patroni_ready.is_some()),
+            ("patroni_config", self.patroni_config.is_some()),
             ("archive", self.archive.is_some()),
             ("docs", self.docs.is_some()),
         ]

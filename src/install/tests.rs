@@ -467,6 +467,7 @@ fn a_cluster_node_runs_patroni_and_etcd_and_a_witness_only_etcd() {
         "the cluster's shared secrets",
         "etcd has a majority",
         "Patroni runs PostgreSQL (a new cluster, or a copy of the primary)",
+        "Patroni's cluster-wide settings",
         "control database, API role, migrations and access rules",
     ] {
         assert!(node.iter().any(|n| n == want), "{want:?} not in {node:?}");

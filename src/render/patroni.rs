@@ -66,6 +66,87 @@ fn scope_and_node(
     }
 }
 
+/// Patroni's cluster-wide ("dynamic") configuration as pgaas's settings want it. Patroni takes
+/// it from `bootstrap.dcs` once, when it makes the cluster, and keeps it in etcd; after that a
+/// change reaches it only through its REST API (`PATCH /config`), which `pgaas install` sends
+/// (see [`config_drift`]).
+pub fn dynamic_config(s: &Settings) -> Value {
+    let cl = &s.cluster;
+    json!({
+        "ttl": cl.ttl_secs,
+        "loop_wait": cl.loop_wait_secs,
+        "retry_timeout": cl.retry_timeout_secs,
+        "maximum_lag_on_failover": cl.maximum_lag_on_failover_bytes,
+        "synchronous_mode": cl.synchronous,
+        "synchronous_mode_strict": cl.synchronous && cl.synchronous_strict,
+        // etcd without a majority stops failover, not the primary: it keeps serving while
+        // every member answers its REST API.
+        "failsafe_mode": true,
+        "postgresql": {
+            "use_pg_rewind": true,
+            "use_slots": true,
+            // Parameters every node must share; Patroni passes them on the command line, so
+            // they win over pgaas.conf.
+            "parameters": {
+                "max_connections": s.postgres.max_connections,
+                "wal_level": "replica",
+                "hot_standby": "on",
+                "wal_log_hints": "on",
+                "max_wal_senders": 10,
+                "max_replication_slots": 10,
+                "wal_keep_size": "256MB",
+            },
+        },
+    })
+}
+
+/// What of `want` (a [`dynamic_config`]) the `live` configuration (Patroni's `GET /config`)
+/// lacks or holds otherwise: the patch for `PATCH /config` (`None` when they agree), and one
+/// line per difference for the operator. Keys pgaas does not set are left as they are.
+pub fn config_drift(live: &Value, want: &Value) -> Option<(Value, Vec<String>)> {
+    fn walk(live: &Value, want: &Value, at: &str, lines: &mut Vec<String>) -> Option<Value> {
+        match want {
+            Value::Object(keys) => {
+                let mut patch = serde_json::Map::new();
+                for (k, w) in keys {
+                    let here = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    if let Some(p) = walk(live.get(k).unwrap_or(&Value::Null), w, &here, lines) {
+                        patch.insert(k.clone(), p);
+                    }
+                }
+                (!patch.is_empty()).then_some(Value::Object(patch))
+            }
+            _ if same(live, want) => None,
+            _ => {
+                let was = if live.is_null() {
+                    "unset".to_string()
+                } else {
+                    live.to_string()
+                };
+                lines.push(format!("{at}: {was} -> {want}"));
+                Some(want.clone())
+            }
+        }
+    }
+    /// Patroni keeps what it was given, but an operator's `patronictl edit-config` may have
+    /// written `"10"` for `10` or `on` for `true`: the same value, not a difference.
+    fn same(live: &Value, want: &Value) -> bool {
+        let text = |v: &Value| match v {
+            Value::String(s) => s.to_lowercase(),
+            Value::Bool(true) => "on".into(),
+            Value::Bool(false) => "off".into(),
+            other => other.to_string(),
+        };
+        live == want || (!live.is_null() && text(live) == text(want))
+    }
+    let mut lines = Vec::new();
+    walk(live, want, "", &mut lines).map(|patch| (patch, lines))
+}
+
 /// `/etc/patroni/config.yml` for this node.
 pub fn render_patroni(i: &PatroniInputs) -> Result<String, RenderError> {
     let s = i.settings;
@@ -114,32 +195,7 @@ pub fn render_patroni(i: &PatroniInputs) -> Result<String, RenderError> {
             "key": path("etcd client key", &etcd_tls.client_key)?,
         },
         "bootstrap": {
-            "dcs": {
-                "ttl": cl.ttl_secs,
-                "loop_wait": cl.loop_wait_secs,
-                "retry_timeout": cl.retry_timeout_secs,
-                "maximum_lag_on_failover": cl.maximum_lag_on_failover_bytes,
-                "synchronous_mode": cl.synchronous,
-                "synchronous_mode_strict": false,
-                // etcd without a majority stops failover, not the primary: it keeps serving
-                // while every member answers its REST API.
-                "failsafe_mode": true,
-                "postgresql": {
-                    "use_pg_rewind": true,
-                    "use_slots": true,
-                    // Parameters every node must share; Patroni passes them on the command
-                    // line, so they win over pgaas.conf.
-                    "parameters": {
-                        "max_connections": s.postgres.max_connections,
-                        "wal_level": "replica",
-                        "hot_standby": "on",
-                        "wal_log_hints": "on",
-                        "max_wal_senders": 10,
-                        "max_replication_slots": 10,
-                        "wal_keep_size": "256MB",
-                    },
-                },
-            },
+            "dcs": dynamic_config(s),
             "initdb": [
                 { "encoding": "UTF8" },
                 { "locale": "C" },
@@ -328,5 +384,51 @@ mod tests {
         }
         assert_eq!(doc["etcd3"]["protocol"], "https");
         assert_eq!(doc["etcd3"]["cert"], "/etc/pgaas/tls/etcd-client.crt");
+    }
+
+    #[test]
+    fn a_changed_setting_reaches_patroni_as_a_patch_of_only_what_differs() {
+        let mut s = settings();
+        let live = dynamic_config(&s);
+        // As made at bootstrap: nothing to send.
+        assert!(config_drift(&live, &dynamic_config(&s)).is_none());
+        // Spelled differently by someone's `patronictl edit-config`, and a key pgaas does not
+        // set: still nothing.
+        let mut edited = live.clone();
+        edited["ttl"] = json!("30");
+        edited["postgresql"]["parameters"]["hot_standby"] = json!("ON");
+        edited["postgresql"]["parameters"]["work_mem"] = json!("8MB");
+        edited["postgresql"]["use_slots"] = json!("on");
+        assert!(config_drift(&edited, &dynamic_config(&s)).is_none());
+
+        let was = s.postgres.max_connections;
+        s.cluster.ttl_secs = 20;
+        s.cluster.synchronous_strict = true;
+        s.postgres.max_connections = 300;
+        let (patch, lines) = config_drift(&edited, &dynamic_config(&s)).unwrap();
+        assert_eq!(
+            patch,
+            json!({
+                "ttl": 20,
+                "synchronous_mode_strict": true,
+                "postgresql": { "parameters": { "max_connections": 300 } },
+            })
+        );
+        let mut lines = lines;
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                format!("postgresql.parameters.max_connections: {was} -> 300"),
+                "synchronous_mode_strict: false -> true".to_string(),
+                "ttl: \"30\" -> 20".to_string(),
+            ]
+        );
+        // A key missing from the live configuration (an older Patroni's bootstrap) is sent.
+        let mut older = live.clone();
+        older.as_object_mut().unwrap().remove("failsafe_mode");
+        let (patch, lines) = config_drift(&older, &dynamic_config(&settings())).unwrap();
+        assert_eq!(patch, json!({ "failsafe_mode": true }));
+        assert_eq!(lines, ["failsafe_mode: unset -> true"]);
     }
 }

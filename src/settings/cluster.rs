@@ -29,6 +29,10 @@ pub struct ClusterSettings {
     /// loses nothing acknowledged. Not strict: a primary without a standby keeps serving (and
     /// `pgaas status` says it is alone).
     pub synchronous: bool,
+    /// Patroni's `synchronous_mode_strict` (with `synchronous`): a primary without a standby
+    /// stops acknowledging commits instead of acknowledging them on one machine only. Tenants
+    /// then cannot write while the standby is down; off by default.
+    pub synchronous_strict: bool,
     /// A standby further behind than this is not promoted (Patroni's `maximum_lag_on_failover`).
     pub maximum_lag_on_failover_bytes: u64,
     /// Patroni's leader key lifetime, loop period and retry timeout, seconds: a dead primary is
@@ -103,6 +107,7 @@ impl Default for ClusterSettings {
             rewind_user: "pgaas_rewind".into(),
             secrets_file: PathBuf::from("/etc/pgaas/secrets/cluster"),
             synchronous: true,
+            synchronous_strict: false,
             maximum_lag_on_failover_bytes: 1024 * 1024,
             ttl_secs: 30,
             loop_wait_secs: 10,

@@ -430,6 +430,12 @@ fn check_cluster(c: &mut Checker<'_>, s: &Settings) {
             "Patroni needs loop_wait_secs + 2 x retry_timeout_secs <= ttl_secs, all at least 1",
         );
     }
+    if cl.synchronous_strict && !cl.synchronous {
+        c.fail(
+            "cluster.synchronous_strict",
+            "needs cluster.synchronous: true (strict is a kind of synchronous replication)",
+        );
+    }
     if cl.etcd_client_port == cl.etcd_peer_port {
         c.fail(
             "cluster.etcd_peer_port",

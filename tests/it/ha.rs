@@ -438,6 +438,73 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
     }
     assert!(!text.contains("WARNING"), "{text}");
 
+    // pgaas.yaml changed after Patroni made the cluster: Patroni keeps its cluster-wide
+    // settings in etcd and never reads config.yml's again, so install sends the differences
+    // through its REST API (from either node), and every member gets them; max_connections
+    // then waits for a restart, which `pgaas status` reports.
+    let mut changed = nodes[standby].settings.clone();
+    changed.cluster.maximum_lag_on_failover_bytes += 1;
+    changed.postgres.max_connections += 10;
+    let standby_ip: IpAddr = nodes[standby].addr.into();
+    let sync = |password: Option<&str>| {
+        let (http, changed, password) =
+            (http.clone(), changed.clone(), password.map(str::to_string));
+        async move {
+            pgaas::install::cluster_status::sync_patroni_config(
+                &http,
+                &changed,
+                standby_ip,
+                password.as_deref(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let mut lines = sync(None).await;
+    lines.sort();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with("maximum_lag_on_failover: ")
+            && lines[1].starts_with("postgresql.parameters.max_connections: "),
+        "{lines:?}"
+    );
+    let refused = pgaas::install::cluster_status::sync_patroni_config(
+        &http,
+        &changed,
+        standby_ip,
+        Some("not-the-password"),
+    )
+    .await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("401")),
+        "a change without Patroni's password: {refused:?}"
+    );
+    assert_eq!(sync(Some(secrets.patroni.expose())).await.len(), 2);
+    let config = format!("http://{}:{}/config", nodes[primary].addr, ports.patroni);
+    let live: serde_json::Value = http
+        .get(&config)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        live["maximum_lag_on_failover"],
+        json!(changed.cluster.maximum_lag_on_failover_bytes),
+        "the primary's Patroni: {live}"
+    );
+    assert!(
+        sync(None).await.is_empty(),
+        "a second install has nothing to send"
+    );
+    nodes[primary]
+        .wait_status_says(&format!(
+            "{} has settings waiting for a restart",
+            nodes[primary].name
+        ))
+        .await;
+
     // etcd loses a member: nothing changes but a warning. It loses a second, and with it the
     // majority: no failover could happen now, but the primary keeps taking writes well past
     // the leader key's lifetime (Patroni's failsafe mode: every member still answers).

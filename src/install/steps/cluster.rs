@@ -426,6 +426,71 @@ pub fn patroni_ready_apply(cx: &mut Cx) -> Result<Effects> {
     }
 }
 
+/// Patroni's cluster-wide configuration against pgaas.yaml, on this node's Patroni: the
+/// differences, or why it could not be asked; with `send`, the differences are sent.
+fn patroni_config(cx: &mut Cx, send: bool) -> Result<Result<Vec<String>, String>> {
+    let password = if send {
+        Some(read_secrets(cx)?.patroni.expose().to_string())
+    } else {
+        None
+    };
+    let settings = cx.settings.clone();
+    let me = settings
+        .cluster
+        .this_node()
+        .context("cluster.node is not one of cluster.nodes")?
+        .address;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    cx.block_on(async move {
+        crate::install::cluster_status::sync_patroni_config(
+            &http,
+            &settings,
+            me,
+            password.as_deref(),
+        )
+        .await
+    })
+}
+
+/// Patroni keeps its cluster-wide settings (ttl, synchronous mode, max_connections, ...) in
+/// etcd from the cluster's first start: pgaas.yaml reaches them only through its REST API.
+pub fn patroni_config_check(cx: &mut Cx) -> Result<Plan> {
+    let mut plan = Plan::default();
+    match patroni_config(cx, false)? {
+        Ok(lines) => {
+            for l in lines {
+                plan.change(format!("Patroni's cluster-wide setting {l}"));
+            }
+        }
+        // Not running yet (a dry run before the first install): the apply asks again.
+        Err(_) => plan.change("bring Patroni's cluster-wide settings in line with pgaas.yaml"),
+    }
+    Ok(plan)
+}
+
+pub fn patroni_config_apply(cx: &mut Cx) -> Result<Effects> {
+    let lines = patroni_config(cx, true)?.map_err(|e| {
+        anyhow::anyhow!(
+            "could not bring Patroni's cluster-wide settings in line with pgaas.yaml: {e}; see `journalctl -u patroni -n 50`"
+        )
+    })?;
+    for l in &lines {
+        eprintln!("==> Patroni's cluster-wide setting {l}");
+    }
+    if lines
+        .iter()
+        .any(|l| l.starts_with("postgresql.parameters."))
+    {
+        eprintln!(
+            "==> PostgreSQL reads some of these only at start: `pgaas status` lists the members waiting for a restart              (`patronictl -c /etc/patroni/config.yml restart {} <member>`, the standby first)",
+            cx.settings.cluster.name.as_deref().unwrap_or("")
+        );
+    }
+    Ok(Effects::default())
+}
+
 /// Whether this node's PostgreSQL is a standby (writes are the primary's install's to make).
 pub fn is_standby(cx: &mut Cx) -> Result<bool> {
     if !cx.settings.cluster.enabled() {

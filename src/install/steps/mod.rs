@@ -91,6 +91,8 @@ pub fn check(step: &Step, cx: &mut Cx, manifest: &Manifest) -> Result<Plan> {
         cluster::etcd_quorum_check(cx)
     } else if step.patroni_ready.is_some() {
         cluster::patroni_ready_check(cx)
+    } else if step.patroni_config.is_some() {
+        cluster::patroni_config_check(cx)
     } else if step.archive.is_some() {
         archive::check(cx)
     } else if step.docs.is_some() {
@@ -133,6 +135,8 @@ pub fn apply(step: &Step, cx: &mut Cx, manifest: &Manifest, plan: &Plan) -> Resu
         cluster::etcd_quorum_apply(cx)?
     } else if step.patroni_ready.is_some() {
         cluster::patroni_ready_apply(cx)?
+    } else if step.patroni_config.is_some() {
+        cluster::patroni_config_apply(cx)?
     } else if step.archive.is_some() {
         archive::apply(cx, manifest)?
     } else if step.docs.is_some() {
