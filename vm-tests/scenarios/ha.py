@@ -237,6 +237,24 @@ def scenario(t, machines, writers):
         assert "db1 healthy, db2 healthy, witness healthy" in out, out
         assert "WARNING" not in out, out
 
+    with t.subtest("a cluster setting changed in pgaas.yaml reaches Patroni through install"):
+        for m in data.values():
+            m.succeed("sed -i -E 's/^(\\s*maximum_lag_on_failover_bytes:).*/\\1 2097152/' "
+                      "/etc/pgaas/pgaas.yaml && grep -q 'maximum_lag_on_failover_bytes: 2097152' "
+                      "/etc/pgaas/pgaas.yaml")
+        plan = data[standby].execute("pgaas install --dry-run 2>&1")[1]
+        assert "Patroni's cluster-wide setting maximum_lag_on_failover: 1048576 -> 2097152" in plan, \
+            plan[-3000:]
+        began = time.monotonic()
+        _, report = install(data[standby], timeout=600)
+        assert "Patroni's cluster-wide settings" in report.with_status("changed"), report.output[-3000:]
+        config = data[primary].succeed(
+            "curl -s -m 3 http://$(ip -4 -o addr show eth1 | awk '{print $4}' | cut -d/ -f1):8008/config")
+        assert '"maximum_lag_on_failover": 2097152' in config, config
+        plan = data[primary].execute("pgaas install --dry-run 2>&1")[1]
+        assert re.search(r"Patroni's cluster-wide settings \.\.\. ok$", plan, re.M), plan[-3000:]
+        t.log(f"install again on {standby}: {time.monotonic() - began:.1f}s")
+
     with t.subtest("a tenant gets multi-host URLs, direct and pooled; it writes through both"):
         api = client.Api(data[primary], key)
         api.wait_ready()

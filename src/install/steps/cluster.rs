@@ -476,15 +476,26 @@ pub fn patroni_config_apply(cx: &mut Cx) -> Result<Effects> {
             "could not bring Patroni's cluster-wide settings in line with pgaas.yaml: {e}; see `journalctl -u patroni -n 50`"
         )
     })?;
+    if !lines.is_empty() {
+        // Off the step's own line, which ends with "changed".
+        eprintln!();
+    }
     for l in &lines {
         eprintln!("==> Patroni's cluster-wide setting {l}");
+    }
+    if !lines.is_empty() {
+        eprintln!(
+            "==> every member has them now; give the other data node's pgaas.yaml the same values, \
+             or its next `pgaas install` sends its own back"
+        );
     }
     if lines
         .iter()
         .any(|l| l.starts_with("postgresql.parameters."))
     {
         eprintln!(
-            "==> PostgreSQL reads some of these only at start: `pgaas status` lists the members waiting for a restart              (`patronictl -c /etc/patroni/config.yml restart {} <member>`, the standby first)",
+            "==> PostgreSQL reads some of these only at start: `pgaas status` lists the members waiting for a restart \
+             (`patronictl -c /etc/patroni/config.yml restart {} <member>`, the standby first)",
             cx.settings.cluster.name.as_deref().unwrap_or("")
         );
     }
