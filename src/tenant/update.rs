@@ -90,24 +90,20 @@ impl TenantService {
             .await?;
         // The pooler's limits change with the row: written and reloaded inside this transaction,
         // put back if it does not commit.
+        if let Some(n) = max {
+            // Room for the new limit, with the tenant's old one given back; checked before
+            // anything outside the transaction changes, so a refusal changes nothing.
+            self.reserve_connections(&mut tx, Some(id), n).await?;
+        }
         let pooler = match (&self.hba, max) {
             (Some(applier), Some(_)) => Some(applier.apply_pooler(&mut tx).await?),
             _ => None,
         };
-        let reserved = match max {
-            // Room for the new limit, with the tenant's old one given back.
-            Some(n) => self.reserve_connections(&mut tx, Some(id), n).await,
-            None => Ok(()),
-        };
-        let committed = match reserved {
-            Ok(()) => tx.commit().await.map_err(TenantError::from),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = committed {
+        if let Err(e) = tx.commit().await {
             if let Some(p) = pooler {
                 p.undo().await;
             }
-            return Err(e);
+            return Err(e.into());
         }
         let tenant: Tenant = row.try_into()?;
         if max_size.is_some() {
