@@ -410,14 +410,19 @@ async fn wait_etcd_cluster_version(nodes: &[Node]) {
             Instant::now() < deadline,
             "etcd's members never agreed on a cluster version: {}\n{}",
             waiting.join("; "),
-            nodes
-                .iter()
-                .map(|n| format!("== {}\n{}", n.name, n.log_tail()))
-                .collect::<Vec<_>>()
-                .join("\n")
+            logs(nodes)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Every node's [`Node::log_tail`], for a failure message.
+fn logs(nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("== {}\n{}", n.name, n.log_tail()))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub async fn status(http: &reqwest::Client, url: &str) -> Option<u16> {
@@ -441,11 +446,7 @@ pub async fn wait_primary(http: &reqwest::Client, nodes: &[Node], timeout: Durat
         assert!(
             Instant::now() < deadline,
             "no primary within {timeout:?}:\n{}",
-            nodes
-                .iter()
-                .map(|n| format!("== {}\n{}", n.name, n.log_tail()))
-                .collect::<Vec<_>>()
-                .join("\n")
+            logs(nodes)
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
