@@ -70,7 +70,21 @@ impl Replication {
 #[derive(Deserialize)]
 struct PatroniNode {
     #[serde(default)]
-    replication: Vec<Replication>,
+    state: String,
+    #[serde(default)]
+    role: String,
+    /// Absent both when no standby streams and when Patroni could not ask PostgreSQL.
+    #[serde(default)]
+    replication: Option<Vec<Replication>>,
+}
+
+impl PatroniNode {
+    /// The standbys, when the answer comes from a running primary's PostgreSQL; `None` when
+    /// it is unknown (PostgreSQL starting, restarting, or not answering Patroni).
+    fn streams_to(self) -> Option<Vec<Replication>> {
+        let primary = matches!(self.role.as_str(), "master" | "primary");
+        (primary && self.state == "running").then(|| self.replication.unwrap_or_default())
+    }
 }
 
 #[derive(Deserialize)]
@@ -244,7 +258,7 @@ async fn leader_replication(
         .api_url
         .as_ref()?;
     let node: PatroniNode = http.get(url).send().await.ok()?.json().await.ok()?;
-    Some(node.replication)
+    node.streams_to()
 }
 
 /// Patroni's cluster-wide configuration against what pgaas's settings want, on the node at
@@ -262,16 +276,25 @@ pub async fn sync_patroni_config(
         "http://{}/config",
         host_port(ip, settings.cluster.patroni_port)
     );
-    let live: serde_json::Value = match http.get(&url).send().await {
-        Ok(r) if r.status().is_success() => r.json().await.map_err(|e| format!("{url}: {e}"))?,
-        Ok(r) => return Err(format!("{url}: {}", r.status())),
-        Err(e) => return Err(format!("{url}: {e}")),
-    };
     let want = crate::render::patroni::dynamic_config(settings);
-    let Some((patch, lines)) = crate::render::patroni::config_drift(&live, &want) else {
-        return Ok(Vec::new());
-    };
-    if let Some(password) = password {
+    // Patroni answers 409 when another writer (the other node's install) changed the
+    // configuration in between: read it again and send what still differs.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let live: serde_json::Value = match http.get(&url).send().await {
+            Ok(r) if r.status().is_success() => {
+                r.json().await.map_err(|e| format!("{url}: {e}"))?
+            }
+            Ok(r) => return Err(format!("{url}: {}", r.status())),
+            Err(e) => return Err(format!("{url}: {e}")),
+        };
+        let Some((patch, lines)) = crate::render::patroni::config_drift(&live, &want) else {
+            return Ok(Vec::new());
+        };
+        let Some(password) = password else {
+            return Ok(lines);
+        };
         let r = http
             .patch(&url)
             .basic_auth(crate::render::patroni::PATRONI_API_USER, Some(password))
@@ -279,16 +302,20 @@ pub async fn sync_patroni_config(
             .send()
             .await
             .map_err(|e| format!("{url}: {e}"))?;
-        if !r.status().is_success() {
-            let status = r.status();
-            let body = r.text().await.unwrap_or_default();
-            return Err(format!(
-                "{url} refused the change: {status} {}",
-                body.trim()
-            ));
+        let status = r.status();
+        if status.is_success() {
+            return Ok(lines);
         }
+        if status == reqwest::StatusCode::CONFLICT && attempt < 3 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let body = r.text().await.unwrap_or_default();
+        return Err(format!(
+            "{url} refused the change: {status} {}",
+            body.trim()
+        ));
     }
-    Ok(lines)
 }
 
 /// A client of etcd's API: TLS against the cluster's CA, authenticated with this node's etcd
@@ -401,7 +428,7 @@ mod tests {
                 "sync_state": "async", "sync_priority": 0}]}"#,
         )
         .unwrap();
-        st.replication = Some(live.replication);
+        st.replication = live.streams_to();
         assert!(
             st.warnings()[0].contains("does not stream to one synchronously yet"),
             "{:?}",
@@ -412,8 +439,12 @@ mod tests {
         assert!(st.warnings().is_empty(), "{:?}", st.warnings());
         let none: PatroniNode =
             serde_json::from_str(r#"{"state": "running", "role": "master"}"#).unwrap();
-        st.replication = Some(none.replication);
+        st.replication = none.streams_to();
         assert!(st.warnings()[0].contains("does not stream"));
+        // PostgreSQL restarting under Patroni: what it streams to is unknown, not "nothing".
+        let unknown: PatroniNode =
+            serde_json::from_str(r#"{"state": "starting", "role": "master"}"#).unwrap();
+        assert!(unknown.streams_to().is_none());
         assert!(st.render().contains("streams to: no standby"));
         st.replication = None;
         // Patroni's own words for a member whose settings wait for a restart.

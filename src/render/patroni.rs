@@ -133,15 +133,30 @@ pub fn config_drift(live: &Value, want: &Value) -> Option<(Value, Vec<String>)> 
         }
     }
     /// Patroni keeps what it was given, but an operator's `patronictl edit-config` may have
-    /// written `"10"` for `10` or `on` for `true`: the same value, not a difference.
+    /// written `"10"` for `10`, or `on`/`"True"` for `true` (Patroni's own `parse_bool`
+    /// reading): the same value, not a difference. Other strings compare exactly (PostgreSQL's
+    /// units are case-sensitive).
     fn same(live: &Value, want: &Value) -> bool {
-        let text = |v: &Value| match v {
-            Value::String(s) => s.to_lowercase(),
-            Value::Bool(true) => "on".into(),
-            Value::Bool(false) => "off".into(),
-            other => other.to_string(),
+        let as_bool = |v: &Value| match v {
+            Value::Bool(b) => Some(*b),
+            Value::Number(n) => n.as_i64().and_then(|n| match n {
+                1 => Some(true),
+                0 => Some(false),
+                _ => None,
+            }),
+            Value::String(s) => match s.to_lowercase().as_str() {
+                "on" | "true" | "yes" | "1" => Some(true),
+                "off" | "false" | "no" | "0" => Some(false),
+                _ => None,
+            },
+            _ => None,
         };
-        live == want || (!live.is_null() && text(live) == text(want))
+        match (live, want) {
+            _ if live == want => true,
+            (_, Value::Bool(w)) => as_bool(live) == Some(*w),
+            (Value::String(l), Value::Number(w)) => l.trim() == w.to_string(),
+            _ => false,
+        }
     }
     let mut lines = Vec::new();
     walk(live, want, "", &mut lines).map(|patch| (patch, lines))
@@ -396,7 +411,7 @@ mod tests {
         // set: still nothing.
         let mut edited = live.clone();
         edited["ttl"] = json!("30");
-        edited["postgresql"]["parameters"]["hot_standby"] = json!("ON");
+        edited["failsafe_mode"] = json!("True");
         edited["postgresql"]["parameters"]["work_mem"] = json!("8MB");
         edited["postgresql"]["use_slots"] = json!("on");
         assert!(config_drift(&edited, &dynamic_config(&s)).is_none());

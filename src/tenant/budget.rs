@@ -77,7 +77,16 @@ impl TenantService {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(LOCK_KEY)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
+                    TenantError::Busy(
+                        "many creates and limit changes are queued on this host; try again in a moment"
+                            .into(),
+                    )
+                }
+                _ => TenantError::from(e),
+            })?;
         let budget = Budget::of(&self.settings, committed(&mut *tx, id).await?);
         if i64::from(wanted) > budget.available() {
             return Err(TenantError::Conflict(format!(

@@ -90,9 +90,13 @@ impl TenantService {
             .await?;
         // The pooler's limits change with the row: written and reloaded inside this transaction,
         // put back if it does not commit.
-        if let Some(n) = max {
+        if let Some(n) = max
+            && n > before.max_connections
+        {
             // Room for the new limit, with the tenant's old one given back; checked before
-            // anything outside the transaction changes, so a refusal changes nothing.
+            // anything outside the transaction changes, so a refusal changes nothing. A lower
+            // limit only gives room back: it is never refused, so a host over its budget (its
+            // max_connections lowered, say) has a way back.
             self.reserve_connections(&mut tx, Some(id), n).await?;
         }
         let pooler = match (&self.hba, max) {

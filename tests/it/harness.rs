@@ -52,30 +52,45 @@ pub fn platform() -> &'static TestPlatform {
 /// A port free now, and never handed out before in this process: two servers started at
 /// once by parallel tests cannot be given the same one.
 ///
-/// Drawn below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768 and up by
-/// default), never from it: there, any outgoing connection of any test may take the port as
-/// its local end between this call and the server's bind, and the server then fails with
-/// "address in use" (or, on another loopback address, binds and is unreachable from some).
+/// Drawn below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), never from it:
+/// there, any outgoing connection of any test may take the port as its local end between this
+/// call and the server's bind, and the server then fails with "address in use". Free means
+/// free for TCP and UDP (DNS servers use both) on every loopback address the tests use.
 pub fn free_port() -> u16 {
-    const FIRST: u16 = 20_000;
-    const SPAN: u16 = 12_000;
-    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    static NEXT: std::sync::Mutex<Option<u32>> = std::sync::Mutex::new(None);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (first, end) = if ephemeral > 12_000 {
+        (ephemeral.saturating_sub(12_000).max(10_000), ephemeral)
+    } else {
+        // A host whose ephemeral range starts low: the ports above it, as well as we can.
+        (ephemeral.max(61_000), 65_000)
+    };
+    let span = end - first;
     let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
     // Each process starts at its own offset, so test binaries run one after another (or a
     // leftover server of an earlier run) do not meet at the same ports.
-    let mut offset = next.unwrap_or((std::process::id() % u32::from(SPAN)) as u16);
-    for _ in 0..SPAN {
-        let port = FIRST + offset;
-        offset = (offset + 1) % SPAN;
+    let mut offset = next.unwrap_or(std::process::id() % span);
+    for _ in 0..span {
+        let port = (first + offset) as u16;
+        offset = (offset + 1) % span;
         let free = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "0.0.0.0"]
             .iter()
-            .all(|ip| TcpListener::bind((*ip, port)).is_ok());
+            .all(|ip| {
+                TcpListener::bind((*ip, port)).is_ok()
+                    && std::net::UdpSocket::bind((*ip, port)).is_ok()
+            });
         if free {
             *next = Some(offset);
             return port;
         }
     }
-    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
+    panic!(
+        "no port in {first}..{end} is free for TCP and UDP on 127.0.0.1 to 127.0.0.3 \
+         (can this machine bind 127.0.0.2 and 127.0.0.3? Linux routes all of 127/8 to lo)"
+    );
 }
 
 /// A fresh temp dir that the watchdog removes when this process exits.

@@ -626,6 +626,29 @@ async fn the_connection_budget_refuses_limits_the_host_cannot_keep() {
     svc.update(first.tenant.id, patch(25), &AuditContext::cli())
         .await
         .unwrap();
+    // A host over its budget (as after an operator lowered postgres.max_connections): raising
+    // a limit is refused, lowering one is the way back and goes through.
+    sqlx::query("UPDATE databases SET max_connections = 40 WHERE id = $1")
+        .bind(second.tenant.id.as_uuid())
+        .execute(&platform.pool)
+        .await
+        .unwrap();
+    let e = svc
+        .update(first.tenant.id, patch(26), &AuditContext::cli())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TenantError::Conflict(_)), "{e}");
+    svc.update(first.tenant.id, patch(15), &AuditContext::cli())
+        .await
+        .expect("lowering a limit on a host over its budget");
+    sqlx::query("UPDATE databases SET max_connections = 20 WHERE id = $1")
+        .bind(second.tenant.id.as_uuid())
+        .execute(&platform.pool)
+        .await
+        .unwrap();
+    svc.update(first.tenant.id, patch(25), &AuditContext::cli())
+        .await
+        .unwrap();
     let out = pgaas_bin()
         .arg("--config")
         .arg(platform.layout.settings_file())

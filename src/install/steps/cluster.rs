@@ -485,8 +485,9 @@ pub fn patroni_config_apply(cx: &mut Cx) -> Result<Effects> {
     }
     if !lines.is_empty() {
         eprintln!(
-            "==> every member has them now; give the other data node's pgaas.yaml the same values, \
-             or its next `pgaas install` sends its own back"
+            "==> Patroni passes them to every member within its loop ({}s); give the other data node's \
+             pgaas.yaml the same values, or its next `pgaas install` sends its own back",
+            cx.settings.cluster.loop_wait_secs
         );
     }
     if lines
