@@ -154,6 +154,8 @@ pub fn config_drift(live: &Value, want: &Value) -> Option<(Value, Vec<String>)> 
         match (live, want) {
             _ if live == want => true,
             (_, Value::Bool(w)) => as_bool(live) == Some(*w),
+            // `hot_standby: on` in config.yml is YAML 1.1's `true` to Patroni.
+            (Value::Bool(l), _) => as_bool(want) == Some(*l),
             (Value::String(l), Value::Number(w)) => l.trim() == w.to_string(),
             _ => false,
         }
@@ -412,6 +414,9 @@ mod tests {
         let mut edited = live.clone();
         edited["ttl"] = json!("30");
         edited["failsafe_mode"] = json!("True");
+        // What Patroni reads from `hot_standby: on` in config.yml (YAML 1.1).
+        edited["postgresql"]["parameters"]["hot_standby"] = json!(true);
+        edited["postgresql"]["parameters"]["wal_log_hints"] = json!(true);
         edited["postgresql"]["parameters"]["work_mem"] = json!("8MB");
         edited["postgresql"]["use_slots"] = json!("on");
         assert!(config_drift(&edited, &dynamic_config(&s)).is_none());
