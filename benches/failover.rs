@@ -24,7 +24,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use ha_cluster::{Api, Cluster, insert, psql_ok, wait_status};
+use ha_cluster::{Api, Cluster, insert, psql_retrying, wait_status};
 use serde_json::json;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -150,7 +150,11 @@ async fn run() -> Res<()> {
             ),
         )
         + "&connect_timeout=2";
-    let created = psql_ok(&url, "CREATE TABLE acked (id bigint PRIMARY KEY)");
+    let created = psql_retrying(
+        &url,
+        "CREATE TABLE acked (id bigint PRIMARY KEY)",
+        Duration::from_secs(10),
+    );
     if !created {
         return Err("the tenant cannot use its URL".into());
     }

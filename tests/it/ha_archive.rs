@@ -14,7 +14,9 @@ use serde_json::json;
 
 use crate::{
     archive::{count, instant, s3, text},
-    ha_cluster::{Cluster, Node, insert_retrying, pgaas_bin, psql_ok, wait_primary, wait_status},
+    ha_cluster::{
+        Cluster, Node, insert_retrying, pgaas_bin, psql_retrying, wait_primary, wait_status,
+    },
     harness::temp_state_dir,
 };
 
@@ -94,7 +96,11 @@ async fn archiving_follows_the_primary_and_a_tenant_recovers_past_a_failover() {
             cl.ca.cert_file.display()
         ),
     ) + "&connect_timeout=2";
-    assert!(psql_ok(&url, "CREATE TABLE acked (id bigint PRIMARY KEY)"));
+    assert!(psql_retrying(
+        &url,
+        "CREATE TABLE acked (id bigint PRIMARY KEY)",
+        Duration::from_secs(10)
+    ));
     assert!(insert_retrying(&url, 1, Duration::from_secs(10)).is_some());
 
     let conf = std::fs::read_to_string(cl.nodes[primary].settings.archive.config_file()).unwrap();

@@ -509,6 +509,21 @@ pub fn psql_ok(url: &str, sql: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// `sql` through psql until it succeeds, for at most `limit`. A new tenant's rule reaches the
+/// standby's pg_hba.conf a moment after the primary answers (its `pgaas serve` follows the
+/// replicated rows), and libpq does not try the next host after a refused login: a URL that
+/// lists the standby first works from then on.
+pub fn psql_retrying(url: &str, sql: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    while !psql_ok(url, sql) {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
 /// One INSERT through psql, retried until it is acknowledged (an id already in, from an
 /// attempt whose answer was lost, counts); how long it took, or `None` after `limit`.
 pub fn insert_retrying(url: &str, id: u64, limit: Duration) -> Option<Duration> {
