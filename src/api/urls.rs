@@ -77,11 +77,20 @@ pub fn prisma(pooled: &str, mode: crate::settings::PoolMode) -> String {
 }
 
 /// The hosts tenants' URLs name: the public host, or on a cluster every PostgreSQL node (its
-/// DNS name where the settings give one, else its address).
+/// DNS name where the settings give one, else its address), this node first. Creates and
+/// password changes are answered by the primary, and a new tenant's rule reaches the standby's
+/// pg_hba.conf a moment later; libpq does not try the next host after a refused login, so a
+/// URL listing the standby first could fail for that moment.
 pub fn hosts(s: &crate::settings::Settings) -> Vec<String> {
     if s.cluster.enabled() {
-        s.cluster
+        let me = s.cluster.node.as_deref();
+        let (mut first, rest): (Vec<_>, Vec<_>) = s
+            .cluster
             .data_nodes()
+            .partition(|n| Some(n.name.as_str()) == me);
+        first.extend(rest);
+        first
+            .into_iter()
             .map(|n| n.host.clone().unwrap_or_else(|| n.address.to_string()))
             .collect()
     } else {
@@ -192,6 +201,17 @@ mod tests {
                 witness: true,
             },
         ];
+        assert_eq!(
+            hosts(&s),
+            vec!["db1.example.com".to_string(), "10.0.0.2".into()]
+        );
+        // On db2, db2 first: the node answering a create is the primary.
+        s.cluster.node = Some("db2".into());
+        assert_eq!(
+            hosts(&s),
+            vec!["10.0.0.2".to_string(), "db1.example.com".into()]
+        );
+        s.cluster.node = Some("w".into());
         assert_eq!(
             hosts(&s),
             vec!["db1.example.com".to_string(), "10.0.0.2".into()]

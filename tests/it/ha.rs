@@ -70,8 +70,11 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
         .unwrap()
         .to_string();
     assert!(
-        writer_url.contains(&format!("@127.0.0.1:{0},127.0.0.2:{0}/", ports.pg))
-            && writer_url.contains("target_session_attrs=read-write"),
+        // The primary, which answered, first.
+        writer_url.contains(&format!(
+            "@{}:{2},{}:{2}/",
+            nodes[primary].addr, nodes[standby].addr, ports.pg
+        )) && writer_url.contains("target_session_attrs=read-write"),
         "not a multi-host URL: {writer_url}"
     );
     let (code, body, _) = api(primary)

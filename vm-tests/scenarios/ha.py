@@ -169,7 +169,6 @@ def test(t, machines):
 def scenario(t, machines, writers):
     db1, db2, witness = machines["db1"], machines["db2"], machines["witness"]
     data = {"db1": db1, "db2": db2}
-    both = f"{db1.lan_address}:5432,{db2.lan_address}:5432"
 
     with t.subtest("the package on every machine; the cluster's secrets made once and copied"):
         # The repository both data nodes archive into, on the host's end of the LAN.
@@ -263,6 +262,9 @@ def scenario(t, machines, writers):
         created = time.monotonic()
         tls = f"sslmode=verify-full&sslrootcert={ca}"
         url = tenant["connection_string"]
+        # Both data nodes, the one that answered (the primary) first: the standby's access
+        # rules learn the new tenant a moment later.
+        both = f"{data[primary].lan_address}:5432,{data[standby].lan_address}:5432"
         assert f"@{both}/" in url and "target_session_attrs=read-write" in url, url
         url = url.replace("sslmode=require", tls) + "&connect_timeout=3"
         # PgBouncer runs on each data node: the pooled URL names both of them too.
@@ -279,9 +281,10 @@ def scenario(t, machines, writers):
         writers.append(pooled_writer)
         writer.wait(20, 0)
         pooled_writer.wait(20, 0, timeout=60)
-        # libpq does not try the next host after a failed authentication: while the first node
-        # listed is a standby whose PgBouncer has not learnt the new tenant, the pooled URL fails.
-        # The standby's pgaas follows its tenants' secrets every 250 ms.
+        # libpq does not try the next host after a failed authentication: were the first node
+        # listed a standby whose PgBouncer has not learnt the new tenant, the pooled URL would
+        # fail. The primary is listed first, and the standby's pgaas follows its tenants' secrets
+        # every 250 ms (which matters once a failover has made the first host the standby).
         t.log(f"first write {writer.resumed(created):.1f}s after the tenant was created, "
               f"{pooled_writer.resumed(created):.1f}s through PgBouncer")
         assert pooled_writer.resumed(created) < 5, "the standby's PgBouncer learnt the tenant late"
