@@ -83,15 +83,20 @@ class Writer:
     def __init__(self, url, table):
         self.url, self.table, self.acked, self.stop = url, table, [], False
         self.last_error = ""
+        # id -> "server address|WAL position after the insert", for a failure message.
+        self.where = {}
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
         i = 1
         while not self.stop:
-            rc, _, err = client.psql(self.url, f"insert into {self.table} values ({i})", timeout=30)
+            rc, out, err = client.psql(
+                self.url, f"insert into {self.table} values ({i}) "
+                          "returning inet_server_addr(), pg_current_wal_lsn()", timeout=30)
             if rc == 0:
                 self.acked.append((i, time.monotonic()))
+                self.where[i] = out.strip()
             else:
                 self.last_error = err.strip()
                 time.sleep(0.2)
@@ -122,7 +127,13 @@ class Writer:
         """Every acknowledged write is in the table as `url` (a primary, or a standby) reads it."""
         have = set(int(x) for x in client.psql_ok(url, f"select id from {self.table}").split())
         lost = [i for i, _ in self.acked if i not in have]
-        assert not lost, f"{self.table}: {len(lost)} acknowledged writes lost: {lost[:20]}"
+        # Where each lost write and its acknowledged neighbours went (server, WAL position), and
+        # when (monotonic seconds), so that a loss can be placed against the step's events.
+        when = dict(self.acked)
+        around = sorted({j for i in lost[:3] for j in when if abs(j - i) <= 2})
+        detail = "; ".join(f"{j}{' LOST' if j in lost else ''} at {when[j]:.2f} on {self.where.get(j)}"
+                           for j in around)
+        assert not lost, f"{self.table}: {len(lost)} acknowledged writes lost: {lost[:20]} ({detail})"
 
     def finish(self):
         self.stop = True
@@ -350,6 +361,7 @@ def scenario(t, machines, writers):
         before = postmaster(data[primary])
         data[primary].succeed(f"kill -9 {before}")
         killed = time.monotonic()
+        t.log(f"killed at {killed:.2f} (monotonic, as the writers record acknowledgements)")
         # Gone, or a zombie its parent has yet to reap.
         data[primary].wait_until_succeeds(
             f"! kill -0 {before} 2>/dev/null || ps -o stat= -p {before} | grep -q Z",
@@ -372,6 +384,7 @@ def scenario(t, machines, writers):
         # Both writers are taking writes when the machine dies.
         pooled_writer.wait(5, time.monotonic(), timeout=30)
         killed = time.monotonic()
+        t.log(f"killed at {killed:.2f} (monotonic, as the writers record acknowledgements)")
         data[primary].crash()
         writer.wait(20, killed, timeout=240)
         t.log(f"writes stopped for {writer.outage(killed):.1f}s when the primary's machine died")
