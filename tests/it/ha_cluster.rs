@@ -647,7 +647,13 @@ impl Cluster {
             let tls = pgaas::settings::EtcdTls::of(&node.settings);
             std::fs::create_dir_all(tls.ca.parent().unwrap()).unwrap();
             std::fs::copy(&ca.cert_file, &tls.ca).unwrap();
-            let names = [node.addr.to_string()];
+            // etcd rejects a peer whose certificate does not name the address it connects
+            // from, and on loopback every connection comes from 127.0.0.1 (the kernel's source
+            // for all of 127/8): without that name, members reach each other only through the
+            // connections 127.0.0.1's member dials, and a leader elected elsewhere cannot reach
+            // every member, so etcd never settles its cluster version. Machines of their own
+            // (the whole-machine `ha` scenario) connect from their own addresses.
+            let names = [node.addr.to_string(), "127.0.0.1".to_string()];
             ca.ensure_peer_cert(
                 &ServerCertTarget {
                     cert_file: tls.peer_cert.clone(),
