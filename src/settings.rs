@@ -222,11 +222,18 @@ pub struct BackupSettings {
     /// `pgaas backup prune` deletes dumps older than this; the newest verified dump of each
     /// database is kept whatever its age.
     pub retention_days: u32,
+    /// A restore's load (pg_restore) is stopped past this many seconds and the restore fails,
+    /// changing nothing: a tenant's function that sleeps during its own restore holds nothing
+    /// for longer.
+    pub restore_timeout_secs: u64,
 }
 
 impl Default for BackupSettings {
     fn default() -> Self {
-        Self { retention_days: 7 }
+        Self {
+            retention_days: 7,
+            restore_timeout_secs: 6 * 3600,
+        }
     }
 }
 

@@ -21,6 +21,7 @@
 //! user it runs as, so the tests exercise the production path.
 
 mod dump;
+pub mod load;
 mod prune;
 mod restore;
 mod store;
@@ -105,6 +106,8 @@ pub enum Login {
     Superuser,
     /// The API role with its password (the API; see the module docs).
     ApiRole(Secret),
+    /// A restore's throwaway load role (`load.rs`) with its password.
+    Load { role: String, password: Secret },
 }
 
 /// The backup store and the PostgreSQL client tools that fill it.
@@ -118,6 +121,7 @@ pub struct Backups {
     api_user: String,
     control_db: String,
     retention_days: u32,
+    restore_timeout: std::time::Duration,
 }
 
 impl Backups {
@@ -133,6 +137,7 @@ impl Backups {
             api_user: settings.control_db.user.clone(),
             control_db: settings.control_db.name.clone(),
             retention_days: settings.backups.retention_days,
+            restore_timeout: std::time::Duration::from_secs(settings.backups.restore_timeout_secs),
         })
     }
 
@@ -199,8 +204,32 @@ impl Backups {
                 cmd.arg("-U").arg(&self.api_user).env("PGPASSFILE", file);
                 Some(dir)
             }
+            Login::Load { role, password } => {
+                let (dir, file) = store::pgpass(role, password)?;
+                cmd.arg("-U").arg(role).env("PGPASSFILE", file);
+                Some(dir)
+            }
         };
         cmd.arg("-d").arg(database);
         Ok((cmd, guard))
+    }
+
+    /// A superuser connection to `database` over the local socket, by peer.
+    pub(crate) async fn superuser(
+        &self,
+        database: &str,
+    ) -> Result<sqlx::PgConnection, BackupError> {
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .socket(&self.socket_dir)
+            .port(self.port)
+            .username(&self.superuser)
+            .database(database)
+            .application_name("pgaas-restore");
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
+            .await
+            .map_err(|source| BackupError::Connect {
+                socket: self.socket_dir.clone(),
+                source,
+            })
     }
 }

@@ -181,6 +181,7 @@ mod tests {
             api_user: "pgaas_api".into(),
             control_db: "postgres_control".into(),
             retention_days: 7,
+            restore_timeout: std::time::Duration::from_secs(3600),
         }
     }
 

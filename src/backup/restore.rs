@@ -1,18 +1,22 @@
 //! Restore: choose and verify the dump before anything is touched, then either restore in place
 //! (`--clean --if-exists --single-transaction`: all of it or none of it) or into a new database
-//! owned by the same role, leaving the original alone. pg_restore runs as the superuser over the
-//! local socket; into a new database it restores as the owner role (`--no-owner --role`), so
-//! every object belongs to the tenant, as if the tenant had made it.
+//! owned by the same role, leaving the original alone. A tenant's dump is loaded over the local
+//! socket by a throwaway role that is a member of the tenant's role and of nothing else
+//! (`load.rs`), as the tenant's role (`--no-owner --role`), so every object belongs to the
+//! tenant, as if the tenant had made it, and a function of the tenant's that runs during the
+//! load has the tenant's rights at most.
 
 use std::{
     path::Path,
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use sqlx::{Executor, PgConnection};
 
 use super::{
     BackupError, Backups, Login, Target, io_err,
+    load::{self, LoadRole},
     store::{self, BackupFile, Checksum},
 };
 use crate::{pg::quote::quote_ident, settings::is_plain_identifier};
@@ -115,7 +119,9 @@ impl Backups {
     }
 
     /// Restore `file` (already chosen and verified with [`Backups::choose`]). Into a new
-    /// database, a failure drops the database this call created, and nothing else.
+    /// database, a failure drops the database this call created, and nothing else. A tenant's
+    /// data is loaded as a [`LoadRole`] of the tenant's role (the module docs of `load` say
+    /// why); the control DB, which holds no tenant code, as the superuser.
     pub async fn restore(
         &self,
         conn: &mut PgConnection,
@@ -124,15 +130,19 @@ impl Backups {
         mode: &RestoreMode,
     ) -> Result<(), BackupError> {
         self.check_restore(conn, target, mode).await?;
+        let role = format!("--role={}", target.owner);
         match mode {
             RestoreMode::InPlace => {
-                let args = [
+                let mut args = vec![
                     "--clean",
                     "--if-exists",
                     "--single-transaction",
                     "--exit-on-error",
                 ];
-                self.pg_restore_async(&target.database, &args, &file.path)
+                if target.tenant.is_some() {
+                    args.extend(["--no-owner", role.as_str()]);
+                }
+                self.load(conn, target, &target.database, &args, &file.path)
                     .await
             }
             RestoreMode::Into(new) => {
@@ -155,10 +165,11 @@ impl Backups {
                         made = conn.execute(stmt.as_str()).await.map(|_| ());
                     }
                 }
-                let role = format!("--role={}", target.owner);
                 let result = match made {
                     Ok(()) => {
-                        self.pg_restore_async(
+                        self.load(
+                            conn,
+                            target,
                             new,
                             &[
                                 "--no-owner",
@@ -185,9 +196,53 @@ impl Backups {
         }
     }
 
+    /// Run pg_restore into `database`: for a tenant as a fresh [`LoadRole`], dropped afterwards
+    /// whatever happened; for the control DB as the superuser.
+    async fn load(
+        &self,
+        conn: &mut PgConnection,
+        target: &Target,
+        database: &str,
+        args: &[&str],
+        file: &Path,
+    ) -> Result<(), BackupError> {
+        if target.tenant.is_none() {
+            return self
+                .pg_restore_async(Login::Superuser, database, args, file)
+                .await;
+        }
+        // Load roles a crash left behind go first; a failure to sweep stops nothing.
+        if let Err(e) = load::sweep(self, conn).await {
+            tracing::warn!(error = %e, "could not drop expired load roles");
+        }
+        let role = LoadRole::create(conn, &target.owner, database).await?;
+        let login = Login::Load {
+            role: role.name.clone(),
+            password: role.password.clone(),
+        };
+        let result = self.pg_restore_async(login, database, args, file).await;
+        let name = role.name.clone();
+        let in_db = match self.superuser(database).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(database, error = %e, "the restored database is not reachable");
+                None
+            }
+        };
+        let mut in_db = in_db;
+        if let Err(e) = role.drop(conn, in_db.as_mut()).await {
+            tracing::error!(role = %name, error = %e, "could not drop the load role; the next restore drops it once it expires");
+        }
+        if let Some(c) = in_db {
+            let _ = sqlx::Connection::close(c).await;
+        }
+        result
+    }
+
     /// [`Backups::pg_restore`] on a blocking thread: it waits for a child process.
     async fn pg_restore_async(
         &self,
+        login: Login,
         database: &str,
         args: &[&str],
         file: &Path,
@@ -196,7 +251,7 @@ impl Backups {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            this.pg_restore(&database, &args, &file)
+            this.pg_restore(&login, &database, &args, &file)
         })
         .await
         .map_err(|e| BackupError::Restore {
@@ -205,26 +260,64 @@ impl Backups {
         })?
     }
 
-    fn pg_restore(&self, database: &str, args: &[&str], file: &Path) -> Result<(), BackupError> {
-        let (mut cmd, _guard): (Command, _) =
-            self.client("pg_restore", &Login::Superuser, database)?;
-        let out = cmd
+    /// pg_restore, stopped at `backups.restore_timeout_secs`: a load that a tenant's function
+    /// holds (it may lift `statement_timeout` and sleep) ends there and the job fails. Its
+    /// server session is ended by the caller, which drops the load role.
+    fn pg_restore(
+        &self,
+        login: &Login,
+        database: &str,
+        args: &[&str],
+        file: &Path,
+    ) -> Result<(), BackupError> {
+        let (mut cmd, _guard): (Command, _) = self.client("pg_restore", login, database)?;
+        let mut child = cmd
             .args(args)
             .arg(file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .output()
+            .spawn()
             .map_err(io_err(&self.bin.tool("pg_restore")))?;
-        if out.status.success() {
-            return Ok(());
+        // stderr is read on its own thread so a chatty pg_restore never blocks on a full pipe.
+        let mut stderr = child.stderr.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+            s
+        });
+        let deadline = Instant::now() + self.restore_timeout;
+        let status = loop {
+            match child
+                .try_wait()
+                .map_err(io_err(&self.bin.tool("pg_restore")))?
+            {
+                Some(status) => break Some(status),
+                None if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let stderr = reader.join().unwrap_or_default();
+        match status {
+            Some(s) if s.success() => Ok(()),
+            Some(_) => Err(BackupError::Restore {
+                database: database.to_string(),
+                detail: format!(
+                    "{}; nothing was changed (the restore runs in one transaction)",
+                    stderr.trim()
+                ),
+            }),
+            None => Err(BackupError::Restore {
+                database: database.to_string(),
+                detail: format!(
+                    "the load ran past backups.restore_timeout_secs ({} s) and was stopped; nothing was changed (the restore runs in one transaction)",
+                    self.restore_timeout.as_secs()
+                ),
+            }),
         }
-        Err(BackupError::Restore {
-            database: database.to_string(),
-            detail: format!(
-                "{}; nothing was changed (the restore runs in one transaction)",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        })
     }
 }

@@ -258,6 +258,15 @@ pub fn compile(policy: &HbaPolicy) -> Result<Vec<HbaRule>, HbaError> {
             "tenants over the socket, each to its own database: this is how PgBouncer reaches the \
              server",
         ),
+        rule(
+            ConnKind::Local,
+            all(),
+            vec![HbaName::group(crate::model::LOAD_GROUP)],
+            None,
+            HbaMethod::ScramSha256,
+            "restores: a throwaway role per load, a member of one tenant's role and nothing \
+             else, over the socket; only its tenant's databases grant it CONNECT",
+        ),
     ]);
     legacy_socket_rules(&tenants, &mut rules);
     tenant_rules(&tenants, &mut rules);

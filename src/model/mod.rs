@@ -18,7 +18,8 @@ pub use api_key::{ApiKey, ApiKeyRecord, PlaintextApiKey, Scope};
 pub use ids::TenantId;
 pub use input::{FriendlyName, OwnerEmail, ValidationError};
 pub use names::{
-    DbName, LEGACY_ROLE_PREFIX, RoleName, TENANT_DB_PREFIX, TENANT_GROUP, generate_tenant_names,
+    DbName, LEGACY_ROLE_PREFIX, LOAD_GROUP, RoleName, TENANT_DB_PREFIX, TENANT_GROUP,
+    generate_tenant_names,
 };
 pub use secret::{Secret, TenantPassword};
 pub use status::{QuotaState, TenantStatus};

@@ -20,6 +20,9 @@ pub const TENANT_DB_PREFIX: &str = "tenant_";
 /// The group every tenant role joins; pg_hba admits tenants over TLS by membership in it, each
 /// to the database of its own name.
 pub const TENANT_GROUP: &str = "pgaas_tenants";
+/// The group of a restore's throwaway load roles (`backup/load.rs`): pg_hba admits its members
+/// over the socket. Each is a member of one tenant role and of nothing else.
+pub const LOAD_GROUP: &str = "pgaas_loaders";
 /// The prefix of roles made before a tenant's role was named after its database.
 pub const LEGACY_ROLE_PREFIX: &str = "user_";
 

@@ -359,6 +359,12 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
             "must be between 1 and 3650 (days)",
         );
     }
+    if !(10..=7 * 86400).contains(&s.backups.restore_timeout_secs) {
+        c.fail(
+            "backups.restore_timeout_secs",
+            "must be between 10 and 604800 (seconds)",
+        );
+    }
     for (key, file, inline) in [
         (
             "api.api_key_file",

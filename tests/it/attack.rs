@@ -30,6 +30,7 @@ mod neighbours;
 mod operations;
 mod pooler;
 mod races;
+mod restore;
 mod stall;
 mod undeletable;
 

@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::harness::{pgaas_bin, platform, psql, temp_state_dir};
 
 /// The binary with the platform's settings and a backup directory of this test's own.
-fn pgaas(backup_dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn pgaas(backup_dir: &Path, args: &[&str]) -> Output {
     let p = platform();
     pgaas_bin()
         .arg("--config")
@@ -34,7 +34,7 @@ fn pgaas(backup_dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
         out.status.code(),
@@ -44,7 +44,7 @@ fn text(out: &Output) -> String {
 }
 
 /// SQL as the superuser over the socket; panics on failure.
-fn su(db: &str, sql: &str) -> String {
+pub(crate) fn su(db: &str, sql: &str) -> String {
     let p = platform();
     let conn = format!(
         "host={} port={} user={} dbname={db}",
@@ -57,7 +57,7 @@ fn su(db: &str, sql: &str) -> String {
     out
 }
 
-async fn tenant(tag: &str) -> Tenant {
+pub(crate) async fn tenant(tag: &str) -> Tenant {
     let new = NewTenant {
         friendly_name: FriendlyName::parse(&format!("backup test {tag}")).unwrap(),
         owner_email: OwnerEmail::parse(&format!(
@@ -76,7 +76,7 @@ async fn tenant(tag: &str) -> Tenant {
         .tenant
 }
 
-async fn remove(t: &Tenant) {
+pub(crate) async fn remove(t: &Tenant) {
     platform()
         .tenants()
         .delete(t.id, &AuditContext::cli())
@@ -145,7 +145,7 @@ fn listed(backup_dir: &Path, db: &str) -> Vec<Value> {
     data
 }
 
-fn run_one(backups: &Path, db: &str) -> PathBuf {
+pub(crate) fn run_one(backups: &Path, db: &str) -> PathBuf {
     let out = pgaas(backups, &["backup", "run", "--database", db]);
     assert!(out.status.success(), "{}", text(&out));
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
