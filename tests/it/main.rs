@@ -8,6 +8,7 @@ mod archive;
 mod attack;
 mod backup;
 mod bind;
+mod boundaries;
 mod cli;
 mod cloudflare;
 mod ha;
