@@ -265,15 +265,36 @@ impl TenantService {
                 continue;
             }
             let options = self.pool.connect_options().as_ref().clone().database(&db);
-            let mut other = <PgConnection as sqlx::Connection>::connect_with(&options)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(role, database = %db, error = %e, "cannot reach a database where a deleted tenant's role still has objects");
-                    TenantError::Busy(format!(
-                        "role {role} still has objects or privileges in database {db}, which \
-                         refused a connection to release them; try again"
-                    ))
-                })?;
+            // A neighbour may close its database to everyone (ALLOW_CONNECTIONS false, a
+            // connection limit of 0, CONNECT revoked from its own role): it is opened to the
+            // API for the moment the release takes, and closed again as it was.
+            let mut opened = None;
+            let mut other = match <PgConnection as sqlx::Connection>::connect_with(&options).await {
+                Ok(c) => c,
+                Err(first) => {
+                    let busy = |e: &dyn std::fmt::Display| {
+                        tracing::warn!(role, database = %db, error = %e, "cannot reach a database where a deleted tenant's role still has objects");
+                        TenantError::Busy(format!(
+                            "role {role} still has objects or privileges in database {db}, which \
+                             refused a connection to release them; try again"
+                        ))
+                    };
+                    let Some(closed) = Closed::open(conn, &db).await? else {
+                        return Err(busy(&first));
+                    };
+                    let c = <PgConnection as sqlx::Connection>::connect_with(&options).await;
+                    opened = Some(closed);
+                    match c {
+                        Ok(c) => c,
+                        Err(e) => {
+                            if let Some(closed) = opened.take() {
+                                closed.restore(conn).await;
+                            }
+                            return Err(busy(&e));
+                        }
+                    }
+                }
+            };
             let result = async {
                 other
                     .execute(format!("REASSIGN OWNED BY {role_q} TO {}", ident(&owner)?).as_str())
@@ -285,6 +306,9 @@ impl TenantService {
             }
             .await;
             let _ = sqlx::Connection::close(other).await;
+            if let Some(closed) = opened {
+                closed.restore(conn).await;
+            }
             result?;
             tracing::info!(role, database = %db, "released a deleted tenant's objects and privileges in another database");
         }
@@ -315,6 +339,83 @@ impl TenantService {
                 "role {} exists but was not created by pgaas for database {id}; left in place",
                 role.as_str()
             ))),
+        }
+    }
+}
+
+/// How a neighbour closed its database to the API, undone for a moment by [`Closed::open`] and
+/// put back by [`Closed::restore`].
+struct Closed {
+    database: String,
+    allow_connections: bool,
+    connection_limit: i32,
+    connect: bool,
+}
+
+impl Closed {
+    /// Open `database` to the API role as far as its owner's settings shut it (the API role is
+    /// a member of every tenant role, so it may change what the owner may). `None` when nothing
+    /// is closed, so opening would not help.
+    async fn open(conn: &mut PgConnection, database: &str) -> Result<Option<Self>, TenantError> {
+        let row: Option<(bool, i32, bool)> = sqlx::query_as(
+            "SELECT datallowconn, datconnlimit, has_database_privilege(current_user, oid, 'CONNECT')
+               FROM pg_database WHERE datname = $1",
+        )
+        .bind(database)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((allow_connections, connection_limit, connect)) = row else {
+            return Ok(None);
+        };
+        let closed = Self {
+            database: database.to_string(),
+            allow_connections,
+            connection_limit,
+            connect,
+        };
+        if allow_connections && connection_limit < 0 && connect {
+            return Ok(None);
+        }
+        let db_q = ident(database)?;
+        if !connect {
+            conn.execute(format!("GRANT CONNECT ON DATABASE {db_q} TO CURRENT_USER").as_str())
+                .await?;
+        }
+        conn.execute(
+            format!("ALTER DATABASE {db_q} ALLOW_CONNECTIONS true CONNECTION LIMIT -1").as_str(),
+        )
+        .await?;
+        tracing::info!(
+            database,
+            "opened a neighbour's closed database to release a deleted tenant's role there"
+        );
+        Ok(Some(closed))
+    }
+
+    /// Put the owner's settings back; a failure is logged (the guard pass re-applies pgaas's
+    /// own limits, and the owner may close its database again).
+    async fn restore(self, conn: &mut PgConnection) {
+        let result: Result<(), TenantError> = async {
+            let db_q = ident(&self.database)?;
+            conn.execute(
+                format!(
+                    "ALTER DATABASE {db_q} ALLOW_CONNECTIONS {} CONNECTION LIMIT {}",
+                    self.allow_connections, self.connection_limit
+                )
+                .as_str(),
+            )
+            .await?;
+            if !self.connect {
+                conn.execute(
+                    format!("REVOKE CONNECT ON DATABASE {db_q} FROM CURRENT_USER").as_str(),
+                )
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(database = %self.database, error = %e, "could not close a neighbour's database again as its owner had it");
         }
     }
 }

@@ -18,30 +18,94 @@ const PATTERNS: &[&str] = &[
 
 /// Per file: how many such calls, and what they reach as whom.
 const REVIEWED: &[(&str, usize, &str)] = &[
-    ("src/acme/install.rs", 1, "superuser: postgres, the certificate reload"),
-    ("src/api/backups.rs", 1, "API role: pg_dump of a tenant database (catalog reads and COPY TO with row_security off: no tenant code)"),
+    (
+        "src/acme/install.rs",
+        1,
+        "superuser: postgres, the certificate reload",
+    ),
+    (
+        "src/api/backups.rs",
+        1,
+        "API role: pg_dump of a tenant database (catalog reads and COPY TO with row_security off: no tenant code)",
+    ),
     ("src/api/mod.rs", 1, "API role: control DB health probe"),
-    ("src/archive/cluster.rs", 3, "superuser: postgres, whole-cluster restore checks"),
-    ("src/archive/jobs.rs", 1, "superuser: postgres, the restore worker's checks"),
-    ("src/archive/restore.rs", 3, "superuser: postgres and the control DB, and tenant databases by name for DDL on the database object only (ALTER/DROP/RENAME DATABASE: no tenant code)"),
-    ("src/archive/scratch.rs", 3, "superuser of the throwaway scratch cluster: pg_dump of the recovered tenant database (no tenant code, as above)"),
-    ("src/backup/load.rs", 1, "superuser: REASSIGN/DROP OWNED of an expired load role in its tenant's databases (catalog changes only; event triggers are superuser-only)"),
-    ("src/backup/mod.rs", 4, "the login each client tool uses: superuser (CLI dumps, control DB restores), API role (API dumps), a load role (tenant restores)"),
-    ("src/backup/restore.rs", 3, "load role (a member of the tenant's role only) for every tenant restore; superuser for the control DB's; superuser REASSIGN/DROP OWNED of the load role"),
-    ("src/backup/targets.rs", 2, "superuser: the control DB and postgres"),
-    ("src/cli/backup.rs", 2, "superuser: the control DB, and pg_dump of tenant databases (no tenant code)"),
+    (
+        "src/archive/cluster.rs",
+        3,
+        "superuser: postgres, whole-cluster restore checks",
+    ),
+    (
+        "src/archive/jobs.rs",
+        1,
+        "superuser: postgres, the restore worker's checks",
+    ),
+    (
+        "src/archive/restore.rs",
+        3,
+        "superuser: postgres and the control DB, and tenant databases by name for DDL on the database object only (ALTER/DROP/RENAME DATABASE: no tenant code)",
+    ),
+    (
+        "src/archive/scratch.rs",
+        3,
+        "superuser of the throwaway scratch cluster: pg_dump of the recovered tenant database (no tenant code, as above)",
+    ),
+    (
+        "src/backup/load.rs",
+        1,
+        "superuser: REASSIGN/DROP OWNED of an expired load role in its tenant's databases (catalog changes only; event triggers are superuser-only)",
+    ),
+    (
+        "src/backup/mod.rs",
+        4,
+        "the login each client tool uses: superuser (CLI dumps, control DB restores), API role (API dumps), a load role (tenant restores)",
+    ),
+    (
+        "src/backup/restore.rs",
+        3,
+        "load role (a member of the tenant's role only) for every tenant restore; superuser for the control DB's; superuser REASSIGN/DROP OWNED of the load role",
+    ),
+    (
+        "src/backup/targets.rs",
+        2,
+        "superuser: the control DB and postgres",
+    ),
+    (
+        "src/cli/backup.rs",
+        2,
+        "superuser: the control DB, and pg_dump of tenant databases (no tenant code)",
+    ),
     ("src/cli/mod.rs", 1, "API role: control DB"),
     ("src/cli/render.rs", 1, "API role: control DB"),
     ("src/cli/restore.rs", 1, "superuser: control DB"),
     ("src/cli/serve.rs", 1, "API role: control DB"),
-    ("src/control_db/mod.rs", 4, "superuser: postgres and the control DB at bootstrap; API role: control DB"),
+    (
+        "src/control_db/mod.rs",
+        4,
+        "superuser: postgres and the control DB at bootstrap; API role: control DB",
+    ),
     ("src/dev/mod.rs", 1, "API role: control DB"),
-    ("src/install/status.rs", 2, "superuser: postgres and the control DB"),
+    (
+        "src/install/status.rs",
+        2,
+        "superuser: postgres and the control DB",
+    ),
     ("src/install/steps/cluster.rs", 1, "superuser: postgres"),
-    ("src/install/steps/database.rs", 7, "superuser and API role: postgres and the control DB"),
+    (
+        "src/install/steps/database.rs",
+        7,
+        "superuser and API role: postgres and the control DB",
+    ),
     ("src/install/steps/render.rs", 1, "superuser: control DB"),
-    ("src/pg/cluster.rs", 1, "superuser of a cluster pgaas made (tests, dev): any database by name"),
-    ("src/tenant/delete.rs", 1, "API role: DROP OWNED BY a deleted tenant's role in another tenant's database (catalog changes only, no tenant code)"),
+    (
+        "src/pg/cluster.rs",
+        1,
+        "superuser of a cluster pgaas made (tests, dev): any database by name",
+    ),
+    (
+        "src/tenant/delete.rs",
+        1,
+        "API role: DROP OWNED BY a deleted tenant's role in another tenant's database (catalog changes only, no tenant code)",
+    ),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -100,7 +164,9 @@ fn every_place_pgaas_connects_is_reviewed() {
         }
     }
     for file in reviewed.keys().filter(|f| !found.contains_key(*f)) {
-        problems.push(format!("{file}: reviewed but connects nowhere now; remove it"));
+        problems.push(format!(
+            "{file}: reviewed but connects nowhere now; remove it"
+        ));
     }
     assert!(
         problems.is_empty(),

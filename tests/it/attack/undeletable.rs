@@ -151,39 +151,71 @@ async fn grants_between_tenants_make_neither_undeletable_in_either_order() {
     }
 }
 
+/// A neighbour that grants the victim a privilege and then closes its own database every way
+/// an owner can (no connections allowed, a limit of 0, CONNECT revoked from itself) makes the
+/// victim's delete go through anyway: the API opens that database for the moment the release
+/// takes, and leaves it closed as its owner had it.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_delete_that_cannot_finish_is_retryable_and_finishes_when_asked_again() {
+async fn a_neighbour_that_closes_its_database_never_blocks_a_delete() {
     let svc = platform().tenants();
     let a = tenant(&svc, "blocker").await;
     let b = tenant(&svc, "blocked").await;
-    let (a_db, b_role) = (a.tenant.database_name.as_str(), b.tenant.username.as_str());
+    let (a_db, a_role, b_role) = (
+        a.tenant.database_name.as_str(),
+        a.tenant.username.as_str(),
+        b.tenant.username.as_str(),
+    );
     let a_session = own_session(&a).await;
     a_session
         .batch_execute(&format!(
             "CREATE TABLE shared (v int); GRANT SELECT ON shared TO \"{b_role}\";
-             ALTER DATABASE \"{a_db}\" CONNECTION LIMIT 0;"
+             ALTER DATABASE \"{a_db}\" CONNECTION LIMIT 0;
+             REVOKE CONNECT ON DATABASE \"{a_db}\" FROM \"{a_role}\";"
         ))
         .await
         .unwrap();
     drop(a_session);
-    // b's database goes, but its role still holds a privilege in a's database, which refuses
-    // every new connection (its owner set its limit to 0).
-    let (status, body, retry) = api_delete(&b).await;
-    assert_eq!(status, 409, "{body}");
-    assert_eq!(body["code"], "busy", "{body}");
-    assert!(retry.is_some(), "no Retry-After");
-    assert!(
-        body["message"].as_str().unwrap().contains(a_db),
-        "the message names the database in the way: {body}"
-    );
-    // Once that database takes connections again, asking again finishes the delete.
-    su("postgres")
-        .await
-        .batch_execute(&format!("ALTER DATABASE \"{a_db}\" CONNECTION LIMIT 10"))
+    // An owner closes its database from another of its databases; the superuser stands in.
+    let admin = su("postgres").await;
+    admin
+        .batch_execute(&format!(
+            "SET ROLE \"{a_role}\"; ALTER DATABASE \"{a_db}\" ALLOW_CONNECTIONS false; RESET ROLE"
+        ))
         .await
         .unwrap();
     let (status, body, _) = api_delete(&b).await;
     assert_eq!(status, 200, "{body}");
     gone(&b).await;
+    let row = admin
+        .query_one(
+            "SELECT datallowconn, datconnlimit, has_database_privilege($2, oid, 'CONNECT'),
+                    (SELECT count(*) FROM pg_shdepend s WHERE s.dbid = d.oid
+                       AND s.refobjid NOT IN (SELECT oid FROM pg_roles))
+               FROM pg_database d WHERE datname = $1",
+            &[&a_db, &a_role],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, bool>(0),
+            row.get::<_, i32>(1),
+            row.get::<_, bool>(2),
+        ),
+        (false, 0, false),
+        "the neighbour's database is closed again as its owner left it"
+    );
+    assert_eq!(
+        row.get::<_, i64>(3),
+        0,
+        "nothing in it refers to the dropped role"
+    );
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{a_db}\" ALLOW_CONNECTIONS true CONNECTION LIMIT 10;
+             GRANT CONNECT ON DATABASE \"{a_db}\" TO \"{a_role}\""
+        ))
+        .await
+        .unwrap();
     remove(&svc, &a).await;
 }
