@@ -61,7 +61,6 @@ const ALWAYS: &[&str] = &[
     "search_path",
     "seq_page_cost",
     "standard_conforming_strings",
-    "synchronous_commit",
     "timezone",
     "xmlbinary",
     "xmloption",
@@ -94,6 +93,14 @@ pub fn refused(name: &str, value: &str, limits: &LimitsSettings) -> Option<Strin
         "idle_in_transaction_session_timeout" => {
             timeout(value, limits.idle_in_transaction_timeout_ms, &name)
         }
+        // Durability is the host's promise: a persisted value may be as strong as the host's
+        // (`on`) or stronger, never weaker (`off` and `local` lose acknowledged commits on a
+        // crash or a failover, `remote_write` on a crash of both machines). A session may still
+        // `SET` it for itself, knowingly.
+        "synchronous_commit" => match value.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "yes" | "1" | "remote_apply" => None,
+            _ => over("weaker than the host's synchronous_commit = on"),
+        },
         "lock_timeout" | "idle_session_timeout" => match duration_ms(value) {
             Some(_) => None,
             None => over("not a duration"),
@@ -341,6 +348,10 @@ mod tests {
             ("temp_buffers", "1GB"),
             ("max_parallel_workers_per_gather", "64"),
             ("vacuum_cost_delay", "0"),
+            ("synchronous_commit", "off"),
+            ("synchronous_commit", "local"),
+            ("synchronous_commit", "remote_write"),
+            ("synchronous_commit", "0"),
         ] {
             assert!(refused(name, value, &l).is_some(), "{name}={value} kept");
         }
@@ -353,6 +364,8 @@ mod tests {
             ("DateStyle", "ISO, MDY"),
             ("enable_seqscan", "off"),
             ("lock_timeout", "5s"),
+            ("synchronous_commit", "on"),
+            ("synchronous_commit", "remote_apply"),
         ] {
             assert_eq!(refused(name, value, &l), None, "{name}={value} reset");
         }

@@ -205,8 +205,14 @@ async fn a_flood_of_clients_that_never_log_in_refuses_no_other_tenant() {
     remove(&svc, &t).await;
 }
 
+/// A guard pass resets every tenant's settings: one test's pass must not reset another test's
+/// tenant while that tenant is still setting them (PostgreSQL answers "tuple concurrently
+/// updated" to the loser).
+static GUARD_PASSES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn what_a_tenant_persists_beyond_the_rules_is_reset_and_reported() {
+    let _one_pass_at_a_time = GUARD_PASSES.lock().await;
     let p = platform();
     let svc = p.tenants();
     let t = tenant_with(&svc, "persister", 4, None).await;
@@ -663,4 +669,64 @@ async fn the_connection_budget_refuses_limits_the_host_cannot_keep() {
     );
     drop((first, second));
     platform.down().unwrap();
+}
+
+/// Durability is the host's: a tenant that persists `synchronous_commit = off` (or `local`, or
+/// `remote_write`) for its role or database would lose acknowledged commits on a crash or a
+/// failover, without its clients knowing. The guard pass resets it; a stronger value stays, and
+/// a session may still `SET` it for itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_cannot_persist_commits_weaker_than_the_hosts() {
+    let _one_pass_at_a_time = GUARD_PASSES.lock().await;
+    let p = platform();
+    let svc = p.tenants();
+    let t = tenant_with(&svc, "durable", 4, None).await;
+    let (db, role) = (t.tenant.database_name.as_str(), t.tenant.username.as_str());
+    let session = own_session(&t).await;
+    for sql in [
+        format!("ALTER ROLE \"{role}\" SET synchronous_commit = off"),
+        format!("ALTER DATABASE \"{db}\" SET synchronous_commit = local"),
+        format!("ALTER ROLE \"{role}\" IN DATABASE \"{db}\" SET synchronous_commit = remote_apply"),
+    ] {
+        session
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    drop(session);
+    let report = svc.check_guard_rails().await.unwrap();
+    let mine: Vec<&String> = report
+        .repairs
+        .iter()
+        .filter(|r| r.contains("synchronous_commit") && (r.contains(role) || r.contains(db)))
+        .collect();
+    assert_eq!(mine.len(), 2, "{:?}", report.repairs);
+    let server = su("postgres").await;
+    let left: Vec<String> = server
+        .query(
+            "SELECT unnest(setconfig) FROM pg_db_role_setting s
+             WHERE s.setrole = (SELECT oid FROM pg_roles WHERE rolname = $1)
+                OR s.setdatabase = (SELECT oid FROM pg_database WHERE datname = $2)
+             ORDER BY 1",
+            &[&role, &db],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["synchronous_commit=remote_apply"], "{left:?}");
+    let session = own_session(&t).await;
+    session
+        .batch_execute("SET synchronous_commit = off")
+        .await
+        .unwrap();
+    let now: String = session
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(now, "off", "a session may still choose for itself");
+    drop(session);
+    remove(&svc, &t).await;
 }
