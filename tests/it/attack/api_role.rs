@@ -366,7 +366,7 @@ async fn the_api_role_cannot_make_itself_more_and_status_and_doctor_notice_if_it
     let as_superuser = pgaas::control_db::api_role::check(&mut st_conn, api).await;
     let status = pgaas::install::status::gather(
         &p.settings,
-        &pgaas::system::fake::FakeSystem::default(),
+        &pgaas::system::fake::FakeSystem::new(&[]),
         admin_options(),
     )
     .await;
