@@ -1,7 +1,8 @@
 //! `pgaas status` (and the original's `pg-status`): services, server version, connections and
 //! size per database, certificate days left, the last backup of each database, and whether the
-//! pg_hba.conf in force carries the generation the control DB recorded. Every part is gathered
-//! on its own, so a stopped server still leaves the rest of the report.
+//! pg_hba.conf in force carries the generation the control DB recorded, and whether the API role
+//! holds only what it needs (the one finding that fails the command). Every part is gathered on
+//! its own, so a stopped server still leaves the rest of the report.
 
 use std::{path::Path, time::Duration};
 

@@ -17,8 +17,8 @@ use tokio_postgres::{Client, NoTls, error::SqlState};
 
 use crate::harness::{TestPlatform, platform, psql};
 
-mod cli;
-mod crash;
+pub(crate) mod cli;
+pub(crate) mod crash;
 mod readme;
 
 fn service() -> TenantService {

@@ -370,6 +370,13 @@ async fn the_api_role_cannot_make_itself_more_and_status_and_doctor_notice_if_it
         admin_options(),
     )
     .await;
+    // `pgaas doctor` runs the reconciler too: one at a time with the tests that stage crashes.
+    let doctor = {
+        let _one_at_a_time = crate::isolation::crash::RECONCILER.lock().await;
+        tokio::task::spawn_blocking(|| crate::isolation::cli::pgaas(&["doctor"]))
+            .await
+            .unwrap()
+    };
     for sql in [
         format!("REVOKE pg_execute_server_program FROM \"{api}\""),
         format!("DROP ROLE {MIDDLE}"),
@@ -393,6 +400,18 @@ async fn the_api_role_cannot_make_itself_more_and_status_and_doctor_notice_if_it
         "as the superuser, status sees the same"
     );
     assert!(status.failed(), "pgaas status does not fail: {status:?}");
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    assert_eq!(
+        doctor.status.code(),
+        Some(1),
+        "pgaas doctor passed: {stdout}"
+    );
+    assert!(
+        stdout.contains("SECURITY: the API role")
+            && stdout.contains("pg_execute_server_program")
+            && stdout.contains("REVOKE"),
+        "{stdout}"
+    );
     let text = pgaas::install::status::render(&status);
     assert!(
         text.contains("API role: FAILED") && text.contains("pg_execute_server_program"),
