@@ -424,6 +424,53 @@ async fn the_api_role_cannot_make_itself_more_and_status_and_doctor_notice_if_it
         vec![],
         "revoked again, the check passes"
     );
+
+    // An install made by an earlier release (CREATEROLE, ADMIN on the tenant group): the check
+    // names both, and bootstrap run again takes them back.
+    for sql in [
+        format!("ALTER ROLE \"{api}\" CREATEROLE"),
+        format!("GRANT pgaas_tenants TO \"{api}\" WITH ADMIN OPTION"),
+    ] {
+        sqlx::query(&sql).execute(&mut su).await.unwrap();
+    }
+    let old = pgaas::control_db::api_role::check(&mut conn, api).await;
+    let password = p.settings.control_db_password().unwrap().unwrap();
+    let again = pgaas::control_db::bootstrap(&admin_options(), &p.settings, &password).await;
+    let after = pgaas::control_db::api_role::check(&mut conn, api).await;
+    let createrole: bool =
+        sqlx::query_scalar("SELECT rolcreaterole FROM pg_roles WHERE rolname = $1")
+            .bind(api)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+    if createrole {
+        sqlx::query(&format!("ALTER ROLE \"{api}\" NOCREATEROLE"))
+            .execute(&mut su)
+            .await
+            .unwrap();
+    }
+    let old = old.unwrap();
+    assert!(
+        old.iter().any(|p| p.what.contains("CREATEROLE"))
+            && old
+                .iter()
+                .any(|p| p.what.contains("ADMIN OPTION on role pgaas_tenants")),
+        "{old:?}"
+    );
+    again.expect("bootstrap runs again on an existing install");
+    assert!(!createrole, "bootstrap left CREATEROLE");
+    assert_eq!(
+        after.unwrap(),
+        vec![],
+        "bootstrap left the API role too much"
+    );
+    // And tenants are still made, changed and deleted through the functions.
+    let svc = p.tenants();
+    let t = tenant(&svc, "api-role-after").await;
+    svc.rotate_password(t.tenant.id, &pgaas::tenant::AuditContext::cli())
+        .await
+        .unwrap();
+    remove(&svc, &t).await;
 }
 
 /// The tenant the hostile calls aimed at still works as before.
