@@ -2,7 +2,8 @@
 //! answers and its migrations match this binary, then runs the reconciler (leaving anything
 //! younger than five minutes to a live API, which may still be working on it) and reports what it
 //! finished or undid, what it could not, and the tenant-named objects without a row, which it
-//! never drops. Exit 0 when nothing needs attention, 1 otherwise.
+//! never drops. It also checks that the API role holds nothing beyond what it needs
+//! (`control_db::api_role`). Exit 0 when nothing needs attention, 1 otherwise.
 
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
@@ -100,6 +101,7 @@ async fn diagnose(settings: Settings) -> anyhow::Result<Report> {
     }
     report.control_db = format!("reachable ({target})");
     check_migrations(&pool, &mut report).await;
+    check_api_role(&pool, &settings.control_db.user, &mut report).await;
 
     // With the host's hba applier, so a deletion the reconciler finishes also takes the
     // tenant's lines out of the access files.
@@ -183,6 +185,25 @@ async fn diagnose(settings: Settings) -> anyhow::Result<Report> {
     }
     pool.close().await;
     Ok(report)
+}
+
+/// Run as the API role itself: what it holds is what anything reaching its session holds.
+async fn check_api_role(pool: &sqlx::PgPool, api: &str, report: &mut Report) {
+    let checked = match pool.acquire().await {
+        Ok(mut conn) => control_db::api_role::check(&mut conn, api).await,
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(problems) => {
+            for p in problems {
+                report.problem(format!("SECURITY: {}", p.what), p.todo);
+            }
+        }
+        Err(e) => report.problem(
+            format!("what the API role {api} holds could not be checked: {e}"),
+            "see the error",
+        ),
+    }
 }
 
 async fn check_migrations(pool: &sqlx::PgPool, report: &mut Report) {

@@ -31,5 +31,9 @@ pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", status::render(&st));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if st.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

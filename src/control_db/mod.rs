@@ -4,6 +4,8 @@
 //! database_stats), `hba` (hba_state); each query beside the code that decides what it does.
 
 pub mod api_keys;
+pub mod api_role;
+mod privileged;
 
 use std::{path::Path, str::FromStr, time::Duration};
 
@@ -115,9 +117,10 @@ async fn database_exists(conn: &mut PgConnection, db: &str) -> Result<bool, sqlx
 
 /// Create (or bring up to date) the API role, the tenant group and the control database, as the
 /// superuser. Idempotent: each step checks before it acts. The API role gets exactly what it
-/// needs: CREATEDB, CREATEROLE, reloading configuration, reading pg_hba_file_rules and stats, and
-/// terminating tenant backends. Its password is set as a SCRAM verifier computed here, so the
-/// plaintext never reaches the server.
+/// needs: CREATEDB, reloading configuration, reading pg_hba_file_rules and stats, terminating
+/// tenant backends, and the `pgaas_priv` functions that make, change and drop tenant roles (it
+/// holds no CREATEROLE: see [`privileged`]). Its password is set as a SCRAM verifier computed
+/// here, so the plaintext never reaches the server.
 pub async fn bootstrap(
     admin_options: &PgConnectOptions,
     settings: &Settings,
@@ -150,20 +153,19 @@ pub async fn bootstrap(
     if role_exists(admin, api).await? {
         admin
             .execute(
-                format!("ALTER ROLE {api_q} LOGIN NOSUPERUSER CREATEDB CREATEROLE NOREPLICATION NOBYPASSRLS {password_sql}")
+                format!("ALTER ROLE {api_q} LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS {password_sql}")
                     .as_str(),
             )
             .await?;
     } else {
         admin
             .execute(
-                format!("CREATE ROLE {api_q} LOGIN NOSUPERUSER CREATEDB CREATEROLE NOREPLICATION NOBYPASSRLS {password_sql}")
+                format!("CREATE ROLE {api_q} LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS {password_sql}")
                     .as_str(),
             )
             .await?;
     }
     for stmt in [
-        format!("GRANT {group_q} TO {api_q} WITH ADMIN OPTION"),
         format!("GRANT pg_read_all_stats, pg_signal_backend TO {api_q}"),
         // Nobody but the superuser and the owner connects to the maintenance databases.
         "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC".to_string(),
@@ -187,11 +189,13 @@ pub async fn bootstrap(
             )
             .await?;
     }
-    // PostgreSQL 16+: the API may take the reserved slots (`reserved_connections`), so tenants
-    // at their limits never lock it out.
     let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
         .fetch_one(&mut *admin)
         .await?;
+    // An install made by an earlier release gave the API CREATEROLE and ADMIN on the group.
+    privileged::retire_api_privileges(admin, api, version).await?;
+    // PostgreSQL 16+: the API may take the reserved slots (`reserved_connections`), so tenants
+    // at their limits never lock it out.
     if version >= 160000 {
         admin
             .execute(format!("GRANT pg_use_reserved_connections TO {api_q}").as_str())
@@ -224,7 +228,7 @@ pub async fn bootstrap(
     // PgBouncer's auth_file needs the tenants' SCRAM verifiers, which only pg_authid holds. A
     // superuser-owned SECURITY DEFINER function in a schema the API role cannot change hands
     // exactly those to the API role alone: tenant-named login roles of the tenant group with
-    // no privilege beyond a tenant's (never the API role, which is a member of the group too).
+    // no privilege beyond a tenant's (never the API role, whatever it is a member of).
     let group_lit = crate::pg::quote::quote_literal(TENANT_GROUP)?;
     for stmt in [
         // Catalog objects are per database: the API reloads and validates from the control DB.
@@ -250,6 +254,9 @@ pub async fn bootstrap(
         "REVOKE ALL ON FUNCTION pgaas_priv.tenant_secrets() FROM PUBLIC".to_string(),
         format!("GRANT EXECUTE ON FUNCTION pgaas_priv.tenant_secrets() TO {api_q}"),
     ] {
+        control_conn.execute(stmt.as_str()).await?;
+    }
+    for stmt in privileged::function_statements(api)? {
         control_conn.execute(stmt.as_str()).await?;
     }
     control_conn.close().await?;

@@ -1,7 +1,8 @@
 //! `pgaas status` (and the original's `pg-status`): services, server version, connections and
 //! size per database, certificate days left, the last backup of each database, and whether the
-//! pg_hba.conf in force carries the generation the control DB recorded. Every part is gathered
-//! on its own, so a stopped server still leaves the rest of the report.
+//! pg_hba.conf in force carries the generation the control DB recorded, and whether the API role
+//! holds only what it needs (the one finding that fails the command). Every part is gathered on
+//! its own, so a stopped server still leaves the rest of the report.
 
 use std::{path::Path, time::Duration};
 
@@ -33,6 +34,16 @@ pub struct Status {
     pub archive: Option<crate::archive::status::BackupStatus>,
     /// Patroni's members and etcd's health, on a cluster node.
     pub cluster: Option<super::cluster_status::ClusterStatus>,
+    /// What the API role holds beyond what it needs (empty: nothing); `None` when not checked.
+    pub api_role: Option<Vec<crate::control_db::api_role::ApiRoleProblem>>,
+}
+
+impl Status {
+    /// Whether the report shows something that must fail the command: the API role holding
+    /// more than it needs.
+    pub fn failed(&self) -> bool {
+        self.api_role.as_ref().is_some_and(|p| !p.is_empty())
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -156,6 +167,8 @@ async fn database(
     )
     .fetch_all(&mut conn)
     .await?;
+    st.api_role =
+        Some(crate::control_db::api_role::check(&mut conn, &settings.control_db.user).await?);
     for (name, connections, size_bytes) in rows {
         let last_backup = last_backup(&settings.paths.backup_dir, &name);
         st.databases.push(DatabaseStatus {
@@ -290,6 +303,16 @@ pub fn render(st: &Status) -> String {
             ));
             for p in &a.problems {
                 out.push_str(&format!("  WARNING: {p}\n"));
+            }
+        }
+    }
+    match &st.api_role {
+        None => out.push_str("API role: not checked (PostgreSQL not reachable)\n"),
+        Some(p) if p.is_empty() => out.push_str("API role: holds only what it needs\n"),
+        Some(problems) => {
+            out.push_str("API role: FAILED, it holds more than it needs (anything reaching its session has it):\n");
+            for p in problems {
+                out.push_str(&format!("  {}\n    -> {}\n", p.what, p.todo));
             }
         }
     }

@@ -246,8 +246,7 @@ impl TenantService {
                 .await?;
             }
             if created.role {
-                conn.execute(format!("DROP ROLE IF EXISTS {}", ident(role.as_str())?).as_str())
-                    .await?;
+                super::roles::drop_role(conn, id, role.as_str()).await?;
             }
             sqlx::query("DELETE FROM databases WHERE id = $1 AND status = 'provisioning'")
                 .bind(id.as_uuid())
@@ -284,7 +283,8 @@ struct Created {
 /// the same ones as its baseline).
 pub struct ProvisionDdl {
     /// In one transaction: the role with its SCRAM verifier and limit, its ownership mark, and
-    /// the API role's membership (needed to create a database it owns).
+    /// the API role's membership (needed to create a database it owns), made by the control
+    /// DB's `pgaas_priv.create_tenant_role` (the API role holds no CREATEROLE).
     pub role: Vec<String>,
     /// Each on its own (`CREATE DATABASE` cannot run in a transaction): the database is created
     /// closed, so that until CONNECT is revoked from PUBLIC nobody may open a session in it (a
@@ -303,18 +303,14 @@ impl ProvisionDdl {
     ) -> Result<Self, TenantError> {
         let role_q = ident(role.as_str())?;
         let db_q = ident(db.as_str())?;
-        let group_q = ident(crate::model::TENANT_GROUP)?;
-        let verifier_q = crate::pg::quote::quote_literal(verifier)?;
         let comment = crate::pg::quote::quote_literal(&ownership_comment(id))?;
         Ok(Self {
-            role: vec![
-                format!(
-                    "CREATE ROLE {role_q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
-                     CONNECTION LIMIT {max} PASSWORD {verifier_q} IN ROLE {group_q}"
-                ),
-                format!("COMMENT ON ROLE {role_q} IS {comment}"),
-                format!("GRANT {role_q} TO CURRENT_USER"),
-            ],
+            role: vec![super::roles::create_statement(
+                id,
+                role.as_str(),
+                max,
+                verifier,
+            )?],
             database: vec![
                 format!(
                     "CREATE DATABASE {db_q} OWNER {role_q} CONNECTION LIMIT {max} ALLOW_CONNECTIONS false"

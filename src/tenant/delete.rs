@@ -331,9 +331,7 @@ impl TenantService {
         match comment {
             None => Ok(false),
             Some(Some(c)) if c == ownership_comment(id) => {
-                conn.execute(format!("DROP ROLE IF EXISTS {}", ident(role.as_str())?).as_str())
-                    .await?;
-                Ok(true)
+                super::roles::drop_role(conn, id, role.as_str()).await
             }
             Some(_) => Err(TenantError::Conflict(format!(
                 "role {} exists but was not created by pgaas for database {id}; left in place",

@@ -238,18 +238,15 @@ impl TenantService {
                 "unexpected setting name {name:?}"
             )));
         }
-        let sql = match (&row.role, &row.database) {
-            (Some(r), None) => format!("ALTER ROLE {} RESET {name}", ident(r)?),
-            (Some(r), Some(d)) => format!(
-                "ALTER ROLE {} IN DATABASE {} RESET {name}",
-                ident(r)?,
-                ident(d)?
-            ),
-            (None, Some(d)) => format!("ALTER DATABASE {} RESET {name}", ident(d)?),
-            (None, None) => return Ok(()),
-        };
         let mut tx = self.pool.begin().await?;
-        tx.execute(sql.as_str()).await?;
+        match (&row.role, &row.database) {
+            (Some(r), d) => super::roles::reset_setting(&mut tx, r, d.as_deref(), name).await?,
+            (None, Some(d)) => {
+                tx.execute(format!("ALTER DATABASE {} RESET {name}", ident(d)?).as_str())
+                    .await?;
+            }
+            (None, None) => return Ok(()),
+        }
         let id: Option<uuid::Uuid> = sqlx::query_scalar(
             "SELECT id FROM databases WHERE database_name = $1 OR username = $2 LIMIT 1",
         )
@@ -296,10 +293,7 @@ impl TenantService {
                     .await?;
                 }
                 if role_limit != want {
-                    conn.execute(
-                        format!("ALTER ROLE {} CONNECTION LIMIT {want}", ident(&role)?).as_str(),
-                    )
-                    .await?;
+                    super::roles::set_connection_limit(&mut conn, &role, want).await?;
                 }
                 Ok::<_, TenantError>(())
             }

@@ -19,6 +19,7 @@ mod lock;
 mod quota;
 mod read;
 mod reconcile;
+mod roles;
 mod row;
 mod shadow;
 mod stats;

@@ -32,14 +32,7 @@ impl TenantService {
         // holds nothing another tenant's request needs: the host-wide budget and access-file
         // locks are taken last, each for milliseconds.
         if let Some(n) = max {
-            tx.execute(
-                format!(
-                    "ALTER ROLE {} CONNECTION LIMIT {n}",
-                    ident(before.username.as_str())?
-                )
-                .as_str(),
-            )
-            .await?;
+            super::roles::set_connection_limit(&mut tx, before.username.as_str(), n).await?;
             tx.execute(
                 format!(
                     "ALTER DATABASE {} CONNECTION LIMIT {n}",
@@ -136,15 +129,7 @@ impl TenantService {
         let _gate = self.gate(id).await?;
         let mut tx = self.pool.begin().await?;
         let tenant = self.lock_active(&mut tx, id).await?;
-        tx.execute(
-            format!(
-                "ALTER ROLE {} PASSWORD {}",
-                ident(tenant.username.as_str())?,
-                crate::pg::quote::quote_literal(&verifier)?
-            )
-            .as_str(),
-        )
-        .await?;
+        super::roles::set_password(&mut tx, tenant.username.as_str(), &verifier).await?;
         sqlx::query("UPDATE databases SET password_hash = $2 WHERE id = $1")
             .bind(id.as_uuid())
             .bind(&hash)

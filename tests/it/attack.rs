@@ -2,6 +2,8 @@
 //! would try it, on both ports (PostgreSQL and PgBouncer). Each test names a rule and tries every
 //! way around it found in review and beside it; a hole that comes back fails here.
 //!
+//! - `api_role`: the API role's own session granting itself predefined roles, and the
+//!   `pgaas_priv` functions called with hostile input;
 //! - `pooler`: PgBouncer's admin console and auth file, empty and guessed passwords;
 //! - `neighbours`: one tenant against another, whatever it grants, on both ports alike;
 //! - `races`: a tenant polling for new databases while the API creates them, and creates cut
@@ -25,6 +27,7 @@ use crate::{
     harness::platform,
 };
 
+mod api_role;
 mod inputs;
 mod neighbours;
 mod operations;

@@ -17,8 +17,8 @@ use tokio_postgres::{Client, NoTls, error::SqlState};
 
 use crate::harness::{TestPlatform, platform, psql};
 
-mod cli;
-mod crash;
+pub(crate) mod cli;
+pub(crate) mod crash;
 mod readme;
 
 fn service() -> TenantService {
@@ -325,21 +325,23 @@ async fn no_tenant_password_reaches_the_server_log() {
         describe(&e)
     );
 
-    // The log is written by another process: wait until it shows this tenant's ALTER ROLE, which
-    // proves statement logging was on for exactly the statements that carry the verifier.
+    // The log is written by another process: wait until it shows the password change (the
+    // call and, on a line of its own, its parameters), which proves statement logging was on for
+    // exactly the statements that carry the verifier.
     let mut log = String::new();
     for _ in 0..50 {
         log = std::fs::read_to_string(&p.log_file).unwrap();
-        if log
-            .lines()
-            .any(|l| l.contains("ALTER ROLE") && l.contains(user))
+        if log.contains("pgaas_priv.set_tenant_password")
+            && log
+                .lines()
+                .any(|l| l.contains("parameters:") && l.contains(user))
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        log.contains("CREATE ROLE") && log.contains(user),
+        log.contains("pgaas_priv.create_tenant_role") && log.contains(user),
         "log_statement = 'all' not in force?"
     );
     assert!(

@@ -160,13 +160,15 @@ fn the_api_role_is_not_a_superuser_and_its_password_is_not_logged() {
     let (ok, out, err) = psql(
         &local,
         &format!(
-            "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = '{}'",
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls \
+             FROM pg_roles WHERE rolname = '{}'",
             p.settings.control_db.user
         ),
         &[],
     );
     assert!(ok, "{err}");
-    assert_eq!(out, "f|t|t");
+    // CREATEDB only: no CREATEROLE, which on PostgreSQL 15 grants any predefined role.
+    assert_eq!(out, "f|t|f|f|f");
     let password =
         std::fs::read_to_string(p.settings.control_db.password_file.as_ref().unwrap()).unwrap();
     assert!(password.trim().len() >= 24);

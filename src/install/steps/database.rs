@@ -132,6 +132,27 @@ pub fn control_db_check(cx: &mut Cx) -> Result<Plan> {
             )]);
         };
         let mut out = Vec::new();
+        // An install made by an earlier release: the API role still has CREATEROLE (or ADMIN
+        // on the tenant group), or the functions that replace it are missing.
+        let retire: bool = sqlx::query_scalar(
+            "SELECT r.rolcreaterole
+                    OR EXISTS (SELECT 1 FROM pg_auth_members m
+                               WHERE m.member = r.oid
+                                 AND m.roleid = (SELECT oid FROM pg_roles WHERE rolname = $2))
+                    OR to_regprocedure('pgaas_priv.drop_tenant_role(text, text)') IS NULL
+             FROM pg_roles r WHERE r.rolname = $1",
+        )
+        .bind(&settings.control_db.user)
+        .bind(crate::model::TENANT_GROUP)
+        .fetch_one(&mut conn)
+        .await?;
+        if retire {
+            out.push(format!(
+                "{BOOTSTRAP} {}: take back CREATEROLE and ADMIN on the tenant group, and \
+                 define the pgaas_priv functions that make tenant roles",
+                settings.control_db.user
+            ));
+        }
         let applied: Vec<i64> =
             sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                 .fetch_all(&mut conn)

@@ -6,7 +6,7 @@ use std::process::Output;
 use super::*;
 use crate::harness::pgaas_bin;
 
-pub(super) fn pgaas(args: &[&str]) -> Output {
+pub(crate) fn pgaas(args: &[&str]) -> Output {
     let config = platform().state_dir.join("pgaas.yaml");
     pgaas_bin()
         .arg("--config")

@@ -44,7 +44,7 @@ async fn fake_row(control: &Client, id: uuid::Uuid, suffix: &str, status: &str, 
 
 /// The two tests here run the reconciler on the shared platform (directly, and through
 /// `pgaas doctor`); one would finish the other's staged crash before it looks.
-static RECONCILER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static RECONCILER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..16].to_string()
