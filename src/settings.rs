@@ -1,8 +1,8 @@
 //! Typed settings for every pgaas command, and where they come from.
 //!
 //! Layers, lowest first: built-in defaults, the YAML file (`/etc/pgaas/pgaas.yaml` or `--config`),
-//! the original API's `.env` names (from a `.env` file in the working directory, then the process
-//! environment), `PGAAS_*` environment variables (`PGAAS_POSTGRES__PORT=5433`: `__` separates
+//! the original API's `.env` names (from an env file when asked for one, with `--env-file` or by
+//! `pgaas dev`, then the process environment), `PGAAS_*` environment variables (`PGAAS_POSTGRES__PORT=5433`: `__` separates
 //! levels), then command-line flags. Unknown keys are errors in every layer. Loading collects every
 //! problem it finds instead of stopping at the first, so `pgaas config check` can list them all with
 //! the file and line they come from.
@@ -273,13 +273,23 @@ impl fmt::Display for SettingsErrors {
     }
 }
 
+/// An env file to read, and whether its absence is an error (it is when the operator named it).
+#[derive(Clone, Debug)]
+pub struct EnvFile {
+    pub path: PathBuf,
+    pub required: bool,
+}
+
 /// Where to load settings from, and what the command line overrides.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// `--config FILE`; when `None`, [`DEFAULT_CONFIG_FILE`] is read if it exists.
     pub config_file: Option<PathBuf>,
-    /// Read `.env` in this directory (normally the working directory); `None` skips it.
-    pub dotenv_dir: Option<PathBuf>,
+    /// An env file (`KEY=value` lines) read before the process environment; `None` reads none.
+    /// Never the working directory's `.env` implicitly: a root command run from a directory
+    /// another user controls would take its settings (and send the control DB password to the
+    /// server it names).
+    pub env_file: Option<EnvFile>,
     /// Environment variables to consider (normally `std::env::vars()`).
     pub env: Vec<(String, String)>,
     /// Flag overrides as `(dotted.key, YAML scalar)`, highest precedence.
@@ -287,14 +297,23 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// What a command normally uses: the process environment and `.env` in the working directory.
+    /// What a command normally uses: the process environment (no env file).
     pub fn from_process(config_file: Option<PathBuf>) -> Self {
         Self {
             config_file,
-            dotenv_dir: std::env::current_dir().ok(),
+            env_file: None,
             env: std::env::vars().collect(),
             flags: Vec::new(),
         }
+    }
+
+    /// Also read this env file, which must exist (`--env-file FILE`).
+    pub fn env_file(mut self, path: PathBuf) -> Self {
+        self.env_file = Some(EnvFile {
+            path,
+            required: true,
+        });
+        self
     }
 
     pub fn flag(mut self, key: &str, value: impl ToString) -> Self {

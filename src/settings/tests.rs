@@ -6,7 +6,7 @@ fn opts(file: Option<PathBuf>, env: &[(&str, &str)]) -> LoadOptions {
     LoadOptions {
         // A path that never exists, so the machine's /etc/pgaas/pgaas.yaml can't leak into tests.
         config_file: Some(file.unwrap_or_else(|| PathBuf::from("/nonexistent/pgaas.yaml"))),
-        dotenv_dir: None,
+        env_file: None,
         env: env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -152,11 +152,38 @@ fn dotenv_file_is_read_and_the_environment_wins() {
         "DB_HOST=control.example.com\nDB_NAME=ctl\nAPI_KEY=0123456789abcdef0123456789abcdef-from-dotenv\n",
     );
     let mut o = opts(Some(write(&dir, "e.yaml", "")), &[("DB_NAME", "from_env")]);
-    o.dotenv_dir = Some(dir.path().to_path_buf());
+    o = o.env_file(dir.path().join(".env"));
     let s = Settings::load(&o).unwrap();
     assert_eq!(s.control_db.host, "control.example.com");
     assert_eq!(s.control_db.name, "from_env");
     assert!(s.api.api_key.is_some());
+}
+
+#[test]
+fn a_dotenv_in_the_working_directory_is_not_read_unless_named() {
+    // A command run as root from a directory another user controls must not take its `.env`
+    // (it would send the control DB password to the server that file names).
+    let o = LoadOptions::from_process(Some(PathBuf::from("/nonexistent/pgaas.yaml")));
+    assert!(o.env_file.is_none(), "{o:?}");
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir, ".env", "DB_HOST=192.0.2.1\n");
+    let mut o = opts(Some(write(&dir, "e.yaml", "")), &[]);
+    assert_eq!(
+        Settings::load(&o).unwrap().control_db.host,
+        "/var/run/postgresql"
+    );
+    o = o.env_file(dir.path().join(".env"));
+    assert_eq!(Settings::load(&o).unwrap().control_db.host, "192.0.2.1");
+}
+
+#[test]
+fn a_named_env_file_that_is_missing_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("prod.env");
+    let o = opts(Some(write(&dir, "e.yaml", "")), &[]).env_file(missing.clone());
+    let err = Settings::load(&o).unwrap_err().to_string();
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
 }
 
 #[test]

@@ -282,3 +282,47 @@ fn completions_and_man_pages_come_from_the_commands() {
         assert!(man.join(name).exists(), "{name} missing");
     }
 }
+
+/// A `.env` in the working directory of a root-run command was read: a local user's file could
+/// point `pgaas db list` at a server of its choosing, which then received the control DB
+/// password. Only `--env-file` (or `pgaas dev`) reads one now.
+#[test]
+fn a_dotenv_in_the_working_directory_is_ignored_unless_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "public_host: db.example.com\n");
+    // A host the command would otherwise use, and a value that makes `config check` fail, so
+    // whether the file was read shows in the exit code.
+    std::fs::write(
+        dir.path().join(".env"),
+        "DB_HOST=192.0.2.1\nDB_PORT=not-a-port\n",
+    )
+    .unwrap();
+    let check = |extra: &[&str]| {
+        pgaas_bin()
+            .current_dir(dir.path())
+            .args(["config", "check", "--config"])
+            .arg(&cfg)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = check(&[]);
+    assert!(
+        out.status.success(),
+        "the working directory's .env was read: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = check(&["--env-file", ".env"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DB_PORT"), "{err}");
+
+    let out = check(&["--env-file", "missing.env"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing.env") && err.contains("does not exist"),
+        "{err}"
+    );
+}

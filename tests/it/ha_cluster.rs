@@ -46,7 +46,7 @@ pub fn v4(last: u8) -> IpAddr {
 fn base_settings() -> Settings {
     Settings::load(&LoadOptions {
         config_file: Some(PathBuf::from("/dev/null")),
-        dotenv_dir: None,
+        env_file: None,
         env: Vec::new(),
         flags: Vec::new(),
     })
