@@ -17,6 +17,7 @@ mod validate;
 use std::{
     fmt,
     net::SocketAddr,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -392,13 +393,55 @@ impl Settings {
     }
 }
 
-/// Read a secret file; a missing file is `None`, anything else unreadable is an error.
+/// Read a secret file; a missing file is `None`, anything else unreadable is an error, and so is
+/// a file any group or other user may access (see [`InsecureSecretFile`]).
 pub fn read_secret_file(path: &Path) -> std::io::Result<Option<Secret>> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(Some(Secret::new(s.trim_end_matches(['\n', '\r'])))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // The mode of the file opened, not of whatever the path names a moment later.
+    check_secret_mode(path, file.metadata()?.mode(), credentials_dir().as_deref())?;
+    let mut s = String::new();
+    file.read_to_string(&mut s)?;
+    Ok(Some(Secret::new(s.trim_end_matches(['\n', '\r']))))
+}
+
+/// A secret file that a group or other users may read or write. pgaas writes every secret file
+/// 0600 and reads none through a group, so any group or other bit means someone loosened it (or
+/// copied it with a umask): refused rather than used, as PostgreSQL refuses its key.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path} holds a secret but its mode {mode:04o} lets others access it; refused: \
+     chmod 600 {path} (owned by the user that runs pgaas)",
+    path = path.display()
+)]
+pub struct InsecureSecretFile {
+    pub path: PathBuf,
+    pub mode: u32,
+}
+
+/// systemd's `LoadCredential=` directory (`$CREDENTIALS_DIRECTORY`): systemd makes its files
+/// readable by the service alone, whatever the source's mode.
+fn credentials_dir() -> Option<PathBuf> {
+    std::env::var_os("CREDENTIALS_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+fn check_secret_mode(path: &Path, mode: u32, credentials: Option<&Path>) -> std::io::Result<()> {
+    if mode & 0o077 == 0 || credentials.is_some_and(|d| path.starts_with(d)) {
+        return Ok(());
     }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        InsecureSecretFile {
+            path: path.to_path_buf(),
+            mode: mode & 0o7777,
+        },
+    ))
 }
 
 #[cfg(test)]

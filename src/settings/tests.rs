@@ -21,6 +21,18 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// A secret file as pgaas and an operator following the README write it: 0600.
+fn write_secret(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let p = write(dir, name, text);
+    chmod(&p, 0o600);
+    p
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
 #[test]
 fn a_missing_explicit_file_is_an_error_but_defaults_alone_load() {
     let err = Settings::load(&opts(None, &[])).unwrap_err();
@@ -232,13 +244,13 @@ fn line_lookup_follows_nesting() {
 #[test]
 fn every_secret_can_come_from_a_file() {
     let dir = tempfile::tempdir().unwrap();
-    let key = write(
+    let key = write_secret(
         &dir,
         "api-key",
         "0123456789abcdef0123456789abcdef-from-a-file\n",
     );
-    let admin = write(&dir, "admin", "admin-secret\n");
-    let db = write(&dir, "db", "db-secret\n");
+    let admin = write_secret(&dir, "admin", "admin-secret\n");
+    let db = write_secret(&dir, "db", "db-secret\n");
     let empty = write(&dir, "t.yaml", "{}\n");
     let mut s = Settings::load(&opts(
         Some(empty.clone()),
@@ -277,6 +289,51 @@ fn every_secret_can_come_from_a_file() {
         Settings::load(&opts(Some(empty), &[("API_KEY_FILE", "/nonexistent/key")])).unwrap();
     let e = s.resolve_secret_files().unwrap_err();
     assert!(e.contains("/nonexistent/key"), "{e}");
+}
+
+#[test]
+fn secret_files_others_may_read_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_secret(&dir, "db", "db-secret\n");
+    assert_eq!(
+        read_secret_file(&file).unwrap().unwrap().expose(),
+        "db-secret"
+    );
+    for mode in [0o644, 0o640, 0o604, 0o620, 0o660] {
+        chmod(&file, mode);
+        let err = read_secret_file(&file).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("chmod 600 {}", file.display())),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{mode:04o}")), "{text}");
+        // The commands that read `*_FILE` settings say the same.
+        let mut s = Settings::load(&opts(
+            Some(write(&dir, "t.yaml", "{}\n")),
+            &[("API_KEY_FILE", file.to_str().unwrap())],
+        ))
+        .unwrap();
+        let e = s.resolve_secret_files().unwrap_err();
+        assert!(e.contains("chmod 600"), "{e}");
+    }
+    chmod(&file, 0o400);
+    read_secret_file(&file).unwrap().unwrap();
+}
+
+#[test]
+fn systemd_credentials_are_read_whatever_their_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "control-db-password", "pw\n");
+    chmod(&file, 0o644);
+    check_secret_mode(&file, 0o100644, Some(dir.path())).unwrap();
+    check_secret_mode(
+        &file,
+        0o100644,
+        Some(std::path::Path::new("/run/credentials/x")),
+    )
+    .unwrap_err();
 }
 
 #[test]

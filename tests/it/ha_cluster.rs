@@ -711,6 +711,11 @@ impl Cluster {
             if let (true, Some(s3)) = (node.settings.archive.enabled, &node.settings.archive.s3) {
                 let pass = secrets.backup.as_ref().unwrap().expose();
                 std::fs::write(&s3.cipher_pass_file, pass).unwrap();
+                std::fs::set_permissions(
+                    &s3.cipher_pass_file,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .unwrap();
                 pgaas::archive::prepare_dirs(&node.settings, &owner).unwrap();
                 pgaas::archive::write_secrets(&node.settings, (owner.uid, owner.gid)).unwrap();
             }
