@@ -326,3 +326,24 @@ fn a_dotenv_in_the_working_directory_is_ignored_unless_named() {
         "{err}"
     );
 }
+
+/// A restore instant with multibyte characters panicked the time parser (a byte index inside
+/// "é"); it is a usage error like any other malformed instant.
+#[test]
+fn a_restore_time_with_multibyte_characters_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "public_host: db.example.com\n");
+    for time in ["éé", "2026-11-29 14:32:00+é"] {
+        let out = pgaas_bin()
+            .args(["restore", "db_0123456789abcdef", "--time", time, "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{time}: {err}");
+        assert!(
+            err.contains("is not a time with its offset") && !err.contains("panicked"),
+            "{time}: {err}"
+        );
+    }
+}
