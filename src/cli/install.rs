@@ -156,9 +156,8 @@ pub fn run(config: super::Sources, args: Args) -> anyhow::Result<ExitCode> {
             "pgaas install changes the system and must run as root: sudo pgaas install ... (or --dry-run to see the plan)"
         );
     }
-    // Only the settings file and flags: the environment of an interactive shell must not end
-    // up in the host's settings file.
-    // An env file is read only when named with --env-file.
+    // Only the settings file, flags and an env file named with --env-file: the environment of
+    // an interactive shell must not end up in the host's settings file.
     let mut options = config.without_environment();
     if let Some(v) = args.pg_version {
         options = options.flag("postgres.version", v);
