@@ -119,7 +119,7 @@ async fn run(dir: PathBuf) {
     let creates = env_num("BENCH_CREATES", 40);
     let mut base = Settings::load(&LoadOptions {
         config_file: Some(PathBuf::from("/dev/null")),
-        dotenv_dir: None,
+        env_file: None,
         env: Vec::new(),
         flags: Vec::new(),
     })

@@ -106,7 +106,7 @@ fn main() -> Res<()> {
 async fn run(n: usize, secs: u64, dir: &Path, teardown: &mut Teardown) -> Res<()> {
     let mut base = Settings::load(&LoadOptions {
         config_file: Some(PathBuf::from("/dev/null")),
-        dotenv_dir: None,
+        env_file: None,
         env: Vec::new(),
         flags: Vec::new(),
     })

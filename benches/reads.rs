@@ -59,7 +59,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 fn settings_from(file: &Path) -> Res<Settings> {
     let mut s = Settings::load(&LoadOptions {
         config_file: Some(file.to_path_buf()),
-        dotenv_dir: None,
+        env_file: None,
         env: Vec::new(),
         flags: Vec::new(),
     })
@@ -247,7 +247,7 @@ async fn run(dir: &Path, teardown: &mut Teardown) -> Res<()> {
     let clients = env_num("BENCH_CLIENTS", 16) as usize;
     let mut base = Settings::load(&LoadOptions {
         config_file: Some(PathBuf::from("/dev/null")),
-        dotenv_dir: None,
+        env_file: None,
         env: Vec::new(),
         flags: Vec::new(),
     })

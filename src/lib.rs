@@ -17,6 +17,8 @@ pub mod hba;
 pub mod host;
 pub mod install;
 pub mod model;
+#[cfg(test)]
+mod parse_proptests;
 pub mod pg;
 pub mod render;
 pub mod settings;

@@ -1,8 +1,8 @@
 //! Typed settings for every pgaas command, and where they come from.
 //!
 //! Layers, lowest first: built-in defaults, the YAML file (`/etc/pgaas/pgaas.yaml` or `--config`),
-//! the original API's `.env` names (from a `.env` file in the working directory, then the process
-//! environment), `PGAAS_*` environment variables (`PGAAS_POSTGRES__PORT=5433`: `__` separates
+//! the original API's `.env` names (from an env file when asked for one, with `--env-file` or by
+//! `pgaas dev`, then the process environment), `PGAAS_*` environment variables (`PGAAS_POSTGRES__PORT=5433`: `__` separates
 //! levels), then command-line flags. Unknown keys are errors in every layer. Loading collects every
 //! problem it finds instead of stopping at the first, so `pgaas config check` can list them all with
 //! the file and line they come from.
@@ -17,6 +17,7 @@ mod validate;
 use std::{
     fmt,
     net::SocketAddr,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -280,13 +281,23 @@ impl fmt::Display for SettingsErrors {
     }
 }
 
+/// An env file to read, and whether its absence is an error (it is when the operator named it).
+#[derive(Clone, Debug)]
+pub struct EnvFile {
+    pub path: PathBuf,
+    pub required: bool,
+}
+
 /// Where to load settings from, and what the command line overrides.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// `--config FILE`; when `None`, [`DEFAULT_CONFIG_FILE`] is read if it exists.
     pub config_file: Option<PathBuf>,
-    /// Read `.env` in this directory (normally the working directory); `None` skips it.
-    pub dotenv_dir: Option<PathBuf>,
+    /// An env file (`KEY=value` lines) read before the process environment; `None` reads none.
+    /// Never the working directory's `.env` implicitly: a root command run from a directory
+    /// another user controls would take its settings (and send the control DB password to the
+    /// server it names).
+    pub env_file: Option<EnvFile>,
     /// Environment variables to consider (normally `std::env::vars()`).
     pub env: Vec<(String, String)>,
     /// Flag overrides as `(dotted.key, YAML scalar)`, highest precedence.
@@ -294,14 +305,23 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// What a command normally uses: the process environment and `.env` in the working directory.
+    /// What a command normally uses: the process environment (no env file).
     pub fn from_process(config_file: Option<PathBuf>) -> Self {
         Self {
             config_file,
-            dotenv_dir: std::env::current_dir().ok(),
+            env_file: None,
             env: std::env::vars().collect(),
             flags: Vec::new(),
         }
+    }
+
+    /// Also read this env file, which must exist (`--env-file FILE`).
+    pub fn env_file(mut self, path: PathBuf) -> Self {
+        self.env_file = Some(EnvFile {
+            path,
+            required: true,
+        });
+        self
     }
 
     pub fn flag(mut self, key: &str, value: impl ToString) -> Self {
@@ -380,13 +400,55 @@ impl Settings {
     }
 }
 
-/// Read a secret file; a missing file is `None`, anything else unreadable is an error.
+/// Read a secret file; a missing file is `None`, anything else unreadable is an error, and so is
+/// a file any group or other user may access (see [`InsecureSecretFile`]).
 pub fn read_secret_file(path: &Path) -> std::io::Result<Option<Secret>> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(Some(Secret::new(s.trim_end_matches(['\n', '\r'])))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // The mode of the file opened, not of whatever the path names a moment later.
+    check_secret_mode(path, file.metadata()?.mode(), credentials_dir().as_deref())?;
+    let mut s = String::new();
+    file.read_to_string(&mut s)?;
+    Ok(Some(Secret::new(s.trim_end_matches(['\n', '\r']))))
+}
+
+/// A secret file that a group or other users may read or write. pgaas writes every secret file
+/// 0600 and reads none through a group, so any group or other bit means someone loosened it (or
+/// copied it with a umask): refused rather than used, as PostgreSQL refuses its key.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path} holds a secret but its mode {mode:04o} lets others access it; refused: \
+     chmod 600 {path} (owned by the user that runs pgaas)",
+    path = path.display()
+)]
+pub struct InsecureSecretFile {
+    pub path: PathBuf,
+    pub mode: u32,
+}
+
+/// systemd's `LoadCredential=` directory (`$CREDENTIALS_DIRECTORY`): systemd makes its files
+/// readable by the service alone, whatever the source's mode.
+fn credentials_dir() -> Option<PathBuf> {
+    std::env::var_os("CREDENTIALS_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+fn check_secret_mode(path: &Path, mode: u32, credentials: Option<&Path>) -> std::io::Result<()> {
+    if mode & 0o077 == 0 || credentials.is_some_and(|d| path.starts_with(d)) {
+        return Ok(());
     }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        InsecureSecretFile {
+            path: path.to_path_buf(),
+            mode: mode & 0o7777,
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -79,11 +79,12 @@ async fn create(
     if !state.settings.archive.enabled {
         return Err(archive_error(ArchiveError::Disabled, "targetTime"));
     }
-    state.tenants.get(id).await?;
+    // The body is checked before the database is asked anything.
     let raw = body
         .target_time
         .ok_or_else(|| ApiError::invalid("targetTime", "is required"))?;
     let time = archive::parse_time(&raw).map_err(|e| archive_error(e, "targetTime"))?;
+    state.tenants.get(id).await?;
     if let Some(into) = &body.into {
         if into.len() > 63 || into.chars().any(char::is_control) {
             return Err(ApiError::invalid(
@@ -221,4 +222,48 @@ pub fn endpoints() -> Vec<Endpoint> {
             },
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::{body::Body, http::Request};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A restore instant with multibyte characters panicked the time parser (a byte index
+    /// inside "é"); it is answered 422 naming the field, before any database is asked (the
+    /// pool here points at no server).
+    #[tokio::test]
+    async fn a_target_time_with_multibyte_characters_is_a_422() {
+        let key = "0123456789abcdef0123456789abcdef-restores-test";
+        let mut settings = crate::settings::Settings::default();
+        settings.api.api_key = Some(crate::settings::Secret::new(key));
+        settings.archive.enabled = true;
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host("192.0.2.1")
+            .port(1);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_millis(200))
+            .connect_lazy_with(options);
+        let app = crate::api::app(AppState::new(pool, Arc::new(settings)));
+        for time in ["éé", "2026-11-29 14:32:00+é", "😀"] {
+            let request = Request::post(format!("/api/databases/{}/restore", Uuid::nil()))
+                .header("X-API-Key", key)
+                .header("content-type", "application/json")
+                .body(Body::from(json!({ "targetTime": time }).to_string()))
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{time}: {body}");
+            assert_eq!(body["field"], "targetTime", "{body}");
+            let message = body["message"].as_str().unwrap_or_default();
+            assert!(message.contains("is not a time with its offset"), "{body}");
+        }
+    }
 }

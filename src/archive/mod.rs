@@ -253,15 +253,15 @@ pub async fn bootstrap(
 pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, ArchiveError> {
     let t = text.trim();
     let mut normal = t.replacen(' ', "T", 1);
-    // +HH or -HH at the end: add the minutes.
-    let bytes = normal.as_bytes();
-    if bytes.len() > 3 {
-        let tail = &normal[normal.len() - 3..];
-        if (tail.starts_with('+') || tail.starts_with('-'))
-            && tail[1..].chars().all(|c| c.is_ascii_digit())
-        {
-            normal.push_str(":00");
-        }
+    // +HH or -HH at the end: add the minutes. By characters, not a byte index: the text is the
+    // client's, and a byte index can fall inside a multibyte character ("éé" panicked here).
+    let mut tail = normal.chars().rev().take(3);
+    let hour_only = normal.len() > 3
+        && tail.next().is_some_and(|c| c.is_ascii_digit())
+        && tail.next().is_some_and(|c| c.is_ascii_digit())
+        && tail.next().is_some_and(|c| c == '+' || c == '-');
+    if hour_only {
+        normal.push_str(":00");
     }
     chrono::DateTime::parse_from_rfc3339(&normal)
         .map(|t| t.with_timezone(&chrono::Utc))
@@ -320,7 +320,15 @@ mod tests {
             parse_time("2026-11-29 14:32:00.5+00").unwrap(),
             want + chrono::Duration::milliseconds(500)
         );
-        for bad in ["2026-11-29 14:32:00", "yesterday", "", "2026-11-29"] {
+        for bad in [
+            "2026-11-29 14:32:00",
+            "yesterday",
+            "",
+            "2026-11-29",
+            "éé",
+            "2026-11-29 14:32:00+é",
+            "2026-11-29 14:32:00é0",
+        ] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
     }

@@ -2,7 +2,7 @@
 //! the same service as the API, so the change is in force (pg_hba.conf and PgBouncer's written,
 //! validated, reloaded) when the command returns.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use crate::{
     model::AllowEntry,
@@ -28,7 +28,7 @@ pub struct DenyArgs {
     pub entry: String,
 }
 
-pub fn allow(config: Option<PathBuf>, a: AllowArgs) -> anyhow::Result<ExitCode> {
+pub fn allow(config: super::Sources, a: AllowArgs) -> anyhow::Result<ExitCode> {
     run(config, |svc| async move {
         let tenant = svc.find(&a.database).await?;
         let entry = AllowEntry::parse(&a.cidr)?;
@@ -46,7 +46,7 @@ pub fn allow(config: Option<PathBuf>, a: AllowArgs) -> anyhow::Result<ExitCode> 
     })
 }
 
-pub fn deny(config: Option<PathBuf>, a: DenyArgs) -> anyhow::Result<ExitCode> {
+pub fn deny(config: super::Sources, a: DenyArgs) -> anyhow::Result<ExitCode> {
     run(config, |svc| async move {
         let tenant = svc.find(&a.database).await?;
         let row = svc.find_allowed(tenant.id, &a.entry).await?;
@@ -70,7 +70,7 @@ pub fn deny(config: Option<PathBuf>, a: DenyArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn run<F, Fut>(config: Option<PathBuf>, f: F) -> anyhow::Result<ExitCode>
+fn run<F, Fut>(config: super::Sources, f: F) -> anyhow::Result<ExitCode>
 where
     F: FnOnce(crate::tenant::TenantService) -> Fut,
     Fut: std::future::Future<Output = Result<(), TenantError>>,

@@ -338,8 +338,8 @@ pub(super) async fn worker(settings: &Settings) -> Result<ExitCode, ArchiveError
 }
 
 /// `pgaas worker` from the command line.
-pub(super) fn run_worker(config: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
-    let settings = match super::load_settings(crate::settings::LoadOptions::from_process(config)) {
+pub(super) fn run_worker(config: super::Sources) -> anyhow::Result<ExitCode> {
+    let settings = match super::load_settings(config.with_environment()) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };

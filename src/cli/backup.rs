@@ -4,7 +4,7 @@
 //! `--json`), so scripts can read it. A failed database does not stop `--all`, but makes the exit
 //! status 1.
 
-use std::{path::PathBuf, process::ExitCode, time::Instant};
+use std::{process::ExitCode, time::Instant};
 
 use chrono::Utc;
 
@@ -12,7 +12,7 @@ use crate::{
     backup::{
         BackupError, BackupFile, Backups, Checksum, Login, Target, superuser_connect, targets,
     },
-    settings::{LoadOptions, Settings, is_plain_identifier},
+    settings::{Settings, is_plain_identifier},
     tenant::size_pretty,
 };
 
@@ -84,8 +84,8 @@ pub struct PruneArgs {
     pub dry_run: bool,
 }
 
-pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
-    let settings = match super::load_settings(LoadOptions::from_process(config)) {
+pub fn run(config: super::Sources, cmd: Command) -> anyhow::Result<ExitCode> {
+    let settings = match super::load_settings(config.with_environment()) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };

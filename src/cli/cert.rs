@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use crate::{
     acme::{self, ChallengeKind, IssueReport, ReloadOutcome, RenewReport, Served, ServedCheck},
-    settings::{LoadOptions, Settings},
+    settings::Settings,
 };
 
 const EXIT_CODES: &str = "\
@@ -155,8 +155,8 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
-    let settings = match super::load_settings(LoadOptions::from_process(config)) {
+pub fn run(config: super::Sources, cmd: Command) -> anyhow::Result<ExitCode> {
+    let settings = match super::load_settings(config.with_environment()) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };

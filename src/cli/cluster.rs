@@ -2,14 +2,13 @@
 //! replication, rewind and API roles' passwords and the local CA), to be copied by the
 //! operator to the other nodes before `pgaas install` runs on each.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 
 use crate::{
     model::{Secret, cluster::ClusterSecrets},
     pg::tls::LocalCa,
-    settings::LoadOptions,
 };
 
 #[derive(Debug, clap::Subcommand)]
@@ -29,20 +28,15 @@ pub struct SwitchoverArgs {
     pub to: Option<String>,
 }
 
-pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
+pub fn run(config: super::Sources, cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Secrets => secrets(config),
         Command::Switchover(args) => switchover(config, args),
     }
 }
 
-fn load(config: Option<PathBuf>) -> Result<crate::settings::Settings, ExitCode> {
-    let settings = super::load_settings(LoadOptions {
-        config_file: config,
-        dotenv_dir: None,
-        env: Vec::new(),
-        flags: Vec::new(),
-    })?;
+fn load(config: super::Sources) -> Result<crate::settings::Settings, ExitCode> {
+    let settings = super::load_settings(config.without_environment())?;
     if !settings.cluster.enabled() {
         eprintln!(
             "error: this host's settings have no cluster (cluster.name, cluster.node, cluster.nodes); \
@@ -67,7 +61,7 @@ async fn members(
     Ok(members.into_iter().map(|m| (m.name, m.role)).collect())
 }
 
-fn switchover(config: Option<PathBuf>, args: SwitchoverArgs) -> anyhow::Result<ExitCode> {
+fn switchover(config: super::Sources, args: SwitchoverArgs) -> anyhow::Result<ExitCode> {
     let settings = match load(config) {
         Ok(s) => s,
         Err(code) => return Ok(code),
@@ -152,13 +146,8 @@ fn switchover(config: Option<PathBuf>, args: SwitchoverArgs) -> anyhow::Result<E
     })
 }
 
-fn secrets(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let settings = match super::load_settings(LoadOptions {
-        config_file: config,
-        dotenv_dir: None,
-        env: Vec::new(),
-        flags: Vec::new(),
-    }) {
+fn secrets(config: super::Sources) -> anyhow::Result<ExitCode> {
+    let settings = match super::load_settings(config.without_environment()) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };

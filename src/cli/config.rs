@@ -5,21 +5,22 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Subcommand;
 
-use crate::settings::{LoadOptions, Settings};
+use crate::settings::Settings;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate the settings (file, .env, environment); exit 2 on any problem.
+    /// Validate the settings (file, --env-file, environment); exit 2 on any problem.
     Check,
 }
 
-pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
+pub fn run(config: super::Sources, cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Check => {
             let shown = config
+                .config
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(crate::settings::DEFAULT_CONFIG_FILE));
-            match Settings::load(&LoadOptions::from_process(config)) {
+            match Settings::load(&config.with_environment()) {
                 Ok(_) => {
                     println!("settings OK ({})", shown.display());
                     Ok(ExitCode::SUCCESS)

@@ -6,7 +6,6 @@
 
 use std::{
     io::{BufRead, IsTerminal, Write},
-    path::PathBuf,
     process::ExitCode,
 };
 
@@ -104,7 +103,7 @@ pub struct DeleteArgs {
     pub yes: bool,
 }
 
-pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
+pub fn run(config: super::Sources, cmd: Command) -> anyhow::Result<ExitCode> {
     super::with_control_db(config, |settings, pool| async move {
         // With the host's hba applier, so deleting a listed tenant takes its lines out too.
         let service: TenantService = super::host_tenants(pool, settings);

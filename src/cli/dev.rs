@@ -7,7 +7,7 @@ use anyhow::Context;
 use crate::{
     api::{self, AppState},
     dev::{DevOptions, DevPlatform, install_deps},
-    settings::LoadOptions,
+    settings::EnvFile,
 };
 
 #[derive(Debug, clap::Args)]
@@ -33,8 +33,17 @@ pub struct Args {
     pub exit_after_start: bool,
 }
 
-pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
-    let mut settings = match super::load_settings(LoadOptions::from_process(config)) {
+pub fn run(config: super::Sources, args: Args) -> anyhow::Result<ExitCode> {
+    let mut options = config.with_environment();
+    if options.env_file.is_none() {
+        // A developer's `.env` next to the checkout, as the original API read it; only here:
+        // `pgaas dev` runs as the developer, in the developer's own directory.
+        options.env_file = Some(EnvFile {
+            path: PathBuf::from(".env"),
+            required: false,
+        });
+    }
+    let mut settings = match super::load_settings(options) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };

@@ -5,14 +5,14 @@
 //! never drops. It also checks that the API role holds nothing beyond what it needs
 //! (`control_db::api_role`). Exit 0 when nothing needs attention, 1 otherwise.
 
-use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, process::ExitCode, sync::Arc, time::Duration};
 
 use serde::Serialize;
 
 use crate::{
     control_db,
     model::TenantStatus,
-    settings::{LoadOptions, Settings},
+    settings::Settings,
     tenant::{ListQuery, ReconcileReport},
 };
 
@@ -62,8 +62,8 @@ impl Report {
     }
 }
 
-pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
-    let settings = match super::load_settings(LoadOptions::from_process(config)) {
+pub fn run(config: super::Sources, args: Args) -> anyhow::Result<ExitCode> {
+    let settings = match super::load_settings(config.with_environment()) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };

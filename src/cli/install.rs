@@ -15,7 +15,7 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::{
     install::{self, Cx, TlsMode, host},
-    settings::{LoadOptions, Settings},
+    settings::Settings,
     system::RealSystem,
 };
 
@@ -149,21 +149,16 @@ fn tls_mode(args: &Args, settings: &Settings, interactive: bool) -> anyhow::Resu
     acme(domain, email)
 }
 
-pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(config: super::Sources, args: Args) -> anyhow::Result<ExitCode> {
     let is_root = nix::unistd::Uid::effective().is_root();
     if !is_root && !args.dry_run {
         bail!(
             "pgaas install changes the system and must run as root: sudo pgaas install ... (or --dry-run to see the plan)"
         );
     }
-    // Only the settings file and flags: the environment of an interactive shell must not end
-    // up in the host's settings file.
-    let mut options = LoadOptions {
-        config_file: config,
-        dotenv_dir: None,
-        env: Vec::new(),
-        flags: Vec::new(),
-    };
+    // Only the settings file, flags and an env file named with --env-file: the environment of
+    // an interactive shell must not end up in the host's settings file.
+    let mut options = config.without_environment();
     if let Some(v) = args.pg_version {
         options = options.flag("postgres.version", v);
     }

@@ -3,7 +3,7 @@
 //! revoking write an audit row in the same transaction, with the CLI as the actor. Also the
 //! plain-text table layout the operator commands share.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -55,7 +55,7 @@ pub struct RevokeArgs {
     pub key: String,
 }
 
-pub fn run(config: Option<PathBuf>, cmd: Command) -> anyhow::Result<ExitCode> {
+pub fn run(config: super::Sources, cmd: Command) -> anyhow::Result<ExitCode> {
     super::with_control_db(config, |_settings, pool| async move {
         let result = match cmd {
             Command::Create(a) => create(&pool, a).await,

@@ -32,11 +32,45 @@ use crate::settings::{LoadOptions, Settings};
     about = "Self-hosted PostgreSQL-as-a-service in one binary"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub sources: Sources,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where a command's settings come from, besides the process environment.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Sources {
     /// Settings file (default /etc/pgaas/pgaas.yaml when it exists).
     #[arg(long, global = true, env = "PGAAS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    #[command(subcommand)]
-    pub command: Command,
+    /// Read environment variables (KEY=value lines, the original API's `.env`) from this file;
+    /// the process environment wins. No command reads a `.env` unless told, except `pgaas dev`,
+    /// which reads the working directory's.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+}
+
+impl Sources {
+    /// The settings file, the env file when named, and the process environment.
+    pub(crate) fn with_environment(&self) -> LoadOptions {
+        self.add_env_file(LoadOptions::from_process(self.config.clone()))
+    }
+
+    /// The settings file and the env file when named, without the process environment.
+    pub(crate) fn without_environment(&self) -> LoadOptions {
+        self.add_env_file(LoadOptions {
+            config_file: self.config.clone(),
+            ..LoadOptions::default()
+        })
+    }
+
+    fn add_env_file(&self, options: LoadOptions) -> LoadOptions {
+        match &self.env_file {
+            Some(path) => options.env_file(path.clone()),
+            None => options,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,23 +127,23 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Dev(args) => dev::run(cli.config, args),
-        Command::Serve(args) => serve::run(cli.config, args),
-        Command::Render(args) => render::run(cli.config, args),
-        Command::Config(cmd) => config::run(cli.config, cmd),
-        Command::Db(cmd) => db::run(cli.config, cmd),
-        Command::Allow(args) => allow::allow(cli.config, args),
-        Command::Deny(args) => allow::deny(cli.config, args),
-        Command::Key(cmd) => key::run(cli.config, cmd),
-        Command::Doctor(args) => doctor::run(cli.config, args),
-        Command::Cert(cmd) => cert::run(cli.config, cmd),
-        Command::Install(args) => install::run(cli.config, args),
-        Command::Status(args) => status::run(cli.config, args),
-        Command::Cluster(cmd) => cluster::run(cli.config, cmd),
-        Command::Uninstall(args) => uninstall::run(cli.config, args),
-        Command::Worker => archive::run_worker(cli.config),
-        Command::Backup(cmd) => backup::run(cli.config, cmd),
-        Command::Restore(args) => restore::run(cli.config, args),
+        Command::Dev(args) => dev::run(cli.sources, args),
+        Command::Serve(args) => serve::run(cli.sources, args),
+        Command::Render(args) => render::run(cli.sources, args),
+        Command::Config(cmd) => config::run(cli.sources, cmd),
+        Command::Db(cmd) => db::run(cli.sources, cmd),
+        Command::Allow(args) => allow::allow(cli.sources, args),
+        Command::Deny(args) => allow::deny(cli.sources, args),
+        Command::Key(cmd) => key::run(cli.sources, cmd),
+        Command::Doctor(args) => doctor::run(cli.sources, args),
+        Command::Cert(cmd) => cert::run(cli.sources, cmd),
+        Command::Install(args) => install::run(cli.sources, args),
+        Command::Status(args) => status::run(cli.sources, args),
+        Command::Cluster(cmd) => cluster::run(cli.sources, cmd),
+        Command::Uninstall(args) => uninstall::run(cli.sources, args),
+        Command::Worker => archive::run_worker(cli.sources),
+        Command::Backup(cmd) => backup::run(cli.sources, cmd),
+        Command::Restore(args) => restore::run(cli.sources, args),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
     };
@@ -241,15 +275,12 @@ pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) ->
 
 /// What every control-DB command does around its work: load the settings (their problems are
 /// the exit code), start a runtime, open the pool as the API role, run `f`, close the pool.
-pub(crate) fn with_control_db<F, Fut>(
-    config: Option<std::path::PathBuf>,
-    f: F,
-) -> anyhow::Result<ExitCode>
+pub(crate) fn with_control_db<F, Fut>(config: Sources, f: F) -> anyhow::Result<ExitCode>
 where
     F: FnOnce(std::sync::Arc<crate::settings::Settings>, sqlx::PgPool) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {
-    let settings = match load_settings(crate::settings::LoadOptions::from_process(config)) {
+    let settings = match load_settings(config.with_environment()) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };

@@ -11,7 +11,6 @@ use crate::{
     hba::HbaPolicy,
     pg::binaries::PgBinaries,
     render::{self, HostFacts, RenderInputs},
-    settings::LoadOptions,
 };
 
 #[derive(Debug, clap::Args)]
@@ -30,8 +29,8 @@ pub struct Args {
     pub memory_mb: Option<u64>,
 }
 
-pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
-    let settings = match super::load_settings(LoadOptions::from_process(config)) {
+pub fn run(config: super::Sources, args: Args) -> anyhow::Result<ExitCode> {
+    let settings = match super::load_settings(config.with_environment()) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };

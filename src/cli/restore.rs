@@ -12,7 +12,6 @@ use std::{
 
 use crate::{
     backup::{BackupError, Backups, RestoreMode, superuser_connect, targets},
-    settings::LoadOptions,
     tenant::size_pretty,
 };
 
@@ -43,8 +42,8 @@ pub struct Args {
     pub yes: bool,
 }
 
-pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
-    let settings = match super::load_settings(LoadOptions::from_process(config)) {
+pub fn run(config: super::Sources, args: Args) -> anyhow::Result<ExitCode> {
+    let settings = match super::load_settings(config.with_environment()) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };

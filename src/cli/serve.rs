@@ -1,13 +1,12 @@
 //! `pgaas serve`: the REST API against an existing cluster and control database.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
 
 use crate::{
     api::{self, AppState},
     control_db,
-    settings::LoadOptions,
 };
 
 #[derive(Debug, clap::Args)]
@@ -17,8 +16,8 @@ pub struct Args {
     pub listen: Option<SocketAddr>,
 }
 
-pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
-    let mut options = LoadOptions::from_process(config);
+pub fn run(config: super::Sources, args: Args) -> anyhow::Result<ExitCode> {
+    let mut options = config.with_environment();
     if let Some(l) = args.listen {
         options = options.flag("api.listen", l);
     }

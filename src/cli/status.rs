@@ -1,11 +1,11 @@
 //! `pgaas status` (also installed as `pg-status`): services, version, connections and sizes per
 //! database, certificate days left, last backups, hba generation.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use sqlx::postgres::PgConnectOptions;
 
-use crate::{install::status, settings::LoadOptions, system::RealSystem};
+use crate::{install::status, system::RealSystem};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -14,8 +14,8 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
-    let settings = match super::load_settings(LoadOptions::from_process(config)) {
+pub fn run(config: super::Sources, args: Args) -> anyhow::Result<ExitCode> {
+    let settings = match super::load_settings(config.with_environment()) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };

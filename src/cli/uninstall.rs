@@ -4,7 +4,6 @@
 
 use std::{
     io::{BufRead, IsTerminal, Write},
-    path::PathBuf,
     process::ExitCode,
     sync::Arc,
 };
@@ -13,7 +12,6 @@ use anyhow::bail;
 
 use crate::{
     install::{self, Cx, TlsMode, manifest::Manifest, uninstall},
-    settings::LoadOptions,
     system::RealSystem,
 };
 
@@ -38,14 +36,11 @@ fn read_line(prompt: &str) -> String {
     line.trim().to_string()
 }
 
-pub fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(config: super::Sources, args: Args) -> anyhow::Result<ExitCode> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("pgaas uninstall must run as root: sudo pgaas uninstall");
     }
-    let options = LoadOptions {
-        config_file: config,
-        ..LoadOptions::default()
-    };
+    let options = config.without_environment();
     let settings = match super::load_settings(options) {
         Ok(s) => s,
         Err(code) => return Ok(code),

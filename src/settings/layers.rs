@@ -121,8 +121,8 @@ pub(super) fn collect(options: &LoadOptions) -> Collected {
 
     // `.env` first, so the real environment overrides it (as the original's dotenv did).
     let mut env: Vec<(String, String)> = Vec::new();
-    if let Some(dir) = &options.dotenv_dir {
-        read_dotenv(&dir.join(".env"), &mut env, &mut problems);
+    if let Some(file) = &options.env_file {
+        read_dotenv(&file.path, file.required, &mut env, &mut problems);
     }
     env.extend(options.env.iter().cloned());
 
@@ -158,10 +158,25 @@ pub(super) fn collect(options: &LoadOptions) -> Collected {
     Collected { layers, problems }
 }
 
-fn read_dotenv(path: &Path, env: &mut Vec<(String, String)>, problems: &mut Vec<SettingsProblem>) {
+fn read_dotenv(
+    path: &Path,
+    required: bool,
+    env: &mut Vec<(String, String)>,
+    problems: &mut Vec<SettingsProblem>,
+) {
     let iter = match dotenvy::from_path_iter(path) {
         Ok(iter) => iter,
-        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            if required {
+                problems.push(SettingsProblem {
+                    source: Source::File(path.to_path_buf()),
+                    line: None,
+                    key: String::new(),
+                    message: "the env file (--env-file) does not exist; check its path".into(),
+                });
+            }
+            return;
+        }
         Err(e) => {
             problems.push(dotenv_problem(path, &e));
             return;

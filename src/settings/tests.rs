@@ -6,7 +6,7 @@ fn opts(file: Option<PathBuf>, env: &[(&str, &str)]) -> LoadOptions {
     LoadOptions {
         // A path that never exists, so the machine's /etc/pgaas/pgaas.yaml can't leak into tests.
         config_file: Some(file.unwrap_or_else(|| PathBuf::from("/nonexistent/pgaas.yaml"))),
-        dotenv_dir: None,
+        env_file: None,
         env: env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -19,6 +19,18 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     let p = dir.path().join(name);
     std::fs::write(&p, text).unwrap();
     p
+}
+
+/// A secret file as pgaas and an operator following the README write it: 0600.
+fn write_secret(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let p = write(dir, name, text);
+    chmod(&p, 0o600);
+    p
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 #[test]
@@ -152,11 +164,38 @@ fn dotenv_file_is_read_and_the_environment_wins() {
         "DB_HOST=control.example.com\nDB_NAME=ctl\nAPI_KEY=0123456789abcdef0123456789abcdef-from-dotenv\n",
     );
     let mut o = opts(Some(write(&dir, "e.yaml", "")), &[("DB_NAME", "from_env")]);
-    o.dotenv_dir = Some(dir.path().to_path_buf());
+    o = o.env_file(dir.path().join(".env"));
     let s = Settings::load(&o).unwrap();
     assert_eq!(s.control_db.host, "control.example.com");
     assert_eq!(s.control_db.name, "from_env");
     assert!(s.api.api_key.is_some());
+}
+
+#[test]
+fn a_dotenv_in_the_working_directory_is_not_read_unless_named() {
+    // A command run as root from a directory another user controls must not take its `.env`
+    // (it would send the control DB password to the server that file names).
+    let o = LoadOptions::from_process(Some(PathBuf::from("/nonexistent/pgaas.yaml")));
+    assert!(o.env_file.is_none(), "{o:?}");
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir, ".env", "DB_HOST=192.0.2.1\n");
+    let mut o = opts(Some(write(&dir, "e.yaml", "")), &[]);
+    assert_eq!(
+        Settings::load(&o).unwrap().control_db.host,
+        "/var/run/postgresql"
+    );
+    o = o.env_file(dir.path().join(".env"));
+    assert_eq!(Settings::load(&o).unwrap().control_db.host, "192.0.2.1");
+}
+
+#[test]
+fn a_named_env_file_that_is_missing_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("prod.env");
+    let o = opts(Some(write(&dir, "e.yaml", "")), &[]).env_file(missing.clone());
+    let err = Settings::load(&o).unwrap_err().to_string();
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
 }
 
 #[test]
@@ -205,13 +244,13 @@ fn line_lookup_follows_nesting() {
 #[test]
 fn every_secret_can_come_from_a_file() {
     let dir = tempfile::tempdir().unwrap();
-    let key = write(
+    let key = write_secret(
         &dir,
         "api-key",
         "0123456789abcdef0123456789abcdef-from-a-file\n",
     );
-    let admin = write(&dir, "admin", "admin-secret\n");
-    let db = write(&dir, "db", "db-secret\n");
+    let admin = write_secret(&dir, "admin", "admin-secret\n");
+    let db = write_secret(&dir, "db", "db-secret\n");
     let empty = write(&dir, "t.yaml", "{}\n");
     let mut s = Settings::load(&opts(
         Some(empty.clone()),
@@ -250,6 +289,51 @@ fn every_secret_can_come_from_a_file() {
         Settings::load(&opts(Some(empty), &[("API_KEY_FILE", "/nonexistent/key")])).unwrap();
     let e = s.resolve_secret_files().unwrap_err();
     assert!(e.contains("/nonexistent/key"), "{e}");
+}
+
+#[test]
+fn secret_files_others_may_read_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_secret(&dir, "db", "db-secret\n");
+    assert_eq!(
+        read_secret_file(&file).unwrap().unwrap().expose(),
+        "db-secret"
+    );
+    for mode in [0o644, 0o640, 0o604, 0o620, 0o660] {
+        chmod(&file, mode);
+        let err = read_secret_file(&file).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("chmod 600 {}", file.display())),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{mode:04o}")), "{text}");
+        // The commands that read `*_FILE` settings say the same.
+        let mut s = Settings::load(&opts(
+            Some(write(&dir, "t.yaml", "{}\n")),
+            &[("API_KEY_FILE", file.to_str().unwrap())],
+        ))
+        .unwrap();
+        let e = s.resolve_secret_files().unwrap_err();
+        assert!(e.contains("chmod 600"), "{e}");
+    }
+    chmod(&file, 0o400);
+    read_secret_file(&file).unwrap().unwrap();
+}
+
+#[test]
+fn systemd_credentials_are_read_whatever_their_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "control-db-password", "pw\n");
+    chmod(&file, 0o644);
+    check_secret_mode(&file, 0o100644, Some(dir.path())).unwrap();
+    check_secret_mode(
+        &file,
+        0o100644,
+        Some(std::path::Path::new("/run/credentials/x")),
+    )
+    .unwrap_err();
 }
 
 #[test]

@@ -282,3 +282,68 @@ fn completions_and_man_pages_come_from_the_commands() {
         assert!(man.join(name).exists(), "{name} missing");
     }
 }
+
+/// A `.env` in the working directory of a root-run command was read: a local user's file could
+/// point `pgaas db list` at a server of its choosing, which then received the control DB
+/// password. Only `--env-file` (or `pgaas dev`) reads one now.
+#[test]
+fn a_dotenv_in_the_working_directory_is_ignored_unless_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "public_host: db.example.com\n");
+    // A host the command would otherwise use, and a value that makes `config check` fail, so
+    // whether the file was read shows in the exit code.
+    std::fs::write(
+        dir.path().join(".env"),
+        "DB_HOST=192.0.2.1\nDB_PORT=not-a-port\n",
+    )
+    .unwrap();
+    let check = |extra: &[&str]| {
+        pgaas_bin()
+            .current_dir(dir.path())
+            .args(["config", "check", "--config"])
+            .arg(&cfg)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = check(&[]);
+    assert!(
+        out.status.success(),
+        "the working directory's .env was read: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = check(&["--env-file", ".env"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DB_PORT"), "{err}");
+
+    let out = check(&["--env-file", "missing.env"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing.env") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+/// A restore instant with multibyte characters panicked the time parser (a byte index inside
+/// "é"); it is a usage error like any other malformed instant.
+#[test]
+fn a_restore_time_with_multibyte_characters_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "public_host: db.example.com\n");
+    for time in ["éé", "2026-11-29 14:32:00+é"] {
+        let out = pgaas_bin()
+            .args(["restore", "db_0123456789abcdef", "--time", time, "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{time}: {err}");
+        assert!(
+            err.contains("is not a time with its offset") && !err.contains("panicked"),
+            "{time}: {err}"
+        );
+    }
+}

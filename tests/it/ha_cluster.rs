@@ -46,7 +46,7 @@ pub fn v4(last: u8) -> IpAddr {
 fn base_settings() -> Settings {
     Settings::load(&LoadOptions {
         config_file: Some(PathBuf::from("/dev/null")),
-        dotenv_dir: None,
+        env_file: None,
         env: Vec::new(),
         flags: Vec::new(),
     })
@@ -711,6 +711,11 @@ impl Cluster {
             if let (true, Some(s3)) = (node.settings.archive.enabled, &node.settings.archive.s3) {
                 let pass = secrets.backup.as_ref().unwrap().expose();
                 std::fs::write(&s3.cipher_pass_file, pass).unwrap();
+                std::fs::set_permissions(
+                    &s3.cipher_pass_file,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .unwrap();
                 pgaas::archive::prepare_dirs(&node.settings, &owner).unwrap();
                 pgaas::archive::write_secrets(&node.settings, (owner.uid, owner.gid)).unwrap();
             }

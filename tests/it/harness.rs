@@ -124,7 +124,7 @@ impl TestPlatform {
 pub fn test_settings() -> Settings {
     let mut s = Settings::load(&LoadOptions {
         config_file: Some(PathBuf::from("/dev/null")),
-        dotenv_dir: None,
+        env_file: None,
         env: Vec::new(),
         flags: Vec::new(),
     })
