@@ -44,7 +44,6 @@ const ALWAYS: &[&str] = &[
     "default_toast_compression",
     "default_transaction_deferrable",
     "default_transaction_isolation",
-    "default_transaction_read_only",
     "extra_float_digits",
     "from_collapse_limit",
     "geqo",
@@ -97,6 +96,14 @@ pub fn refused(name: &str, value: &str, limits: &LimitsSettings) -> Option<Strin
         // (`on`) or stronger, never weaker (`off` and `local` lose acknowledged commits on a
         // crash or a failover, `remote_write` on a crash of both machines). A session may still
         // `SET` it for itself, knowingly.
+        // Read-only may be persisted, never read-write: a persisted `off` has no use but to
+        // override the read-only default a storage quota sets.
+        "default_transaction_read_only" | "transaction_read_only" => {
+            match value.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" | "yes" | "1" => None,
+                _ => over("only `on` may be persisted (a storage quota sets it)"),
+            }
+        }
         "synchronous_commit" => match value.trim().to_ascii_lowercase().as_str() {
             "on" | "true" | "yes" | "1" | "remote_apply" => None,
             _ => over("weaker than the host's synchronous_commit = on"),
@@ -346,6 +353,8 @@ mod tests {
             ("synchronous_commit", "local"),
             ("synchronous_commit", "remote_write"),
             ("synchronous_commit", "0"),
+            ("default_transaction_read_only", "off"),
+            ("transaction_read_only", "false"),
         ] {
             assert!(refused(name, value, &l).is_some(), "{name}={value} kept");
         }
@@ -360,6 +369,7 @@ mod tests {
             ("lock_timeout", "5s"),
             ("synchronous_commit", "on"),
             ("synchronous_commit", "remote_apply"),
+            ("default_transaction_read_only", "on"),
         ] {
             assert_eq!(refused(name, value, &l), None, "{name}={value} reset");
         }

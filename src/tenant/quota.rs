@@ -16,6 +16,14 @@
 //!
 //! Each pass re-asserts what the state requires (a tenant may `ALTER DATABASE own RESET` the
 //! read-only default); every change of state writes an audit row.
+//!
+//! Every database the tenant's role owns (shadows, restore targets, kept copies) counts in its
+//! size and is restricted and closed with the main one. The tenant cannot stall or undo
+//! enforcement: its sessions (in any database) are ended before the catalog changes, so an open
+//! transaction holding its database's settings row no longer makes every pass wait and give up;
+//! a read-write default persisted for its role is reset while it is restricted; a database
+//! reopened behind enforcement's back is closed again by the next pass, and the session it let
+//! in is ended.
 
 use serde_json::json;
 use sqlx::Executor;
@@ -28,20 +36,48 @@ use crate::model::{QuotaState, TenantId};
 struct QuotaRow {
     id: uuid::Uuid,
     database_name: String,
+    username: String,
     max_size_mb: i64,
     size_bytes: Option<i64>,
     quota_state: String,
     allow_connections: bool,
     read_only_default: bool,
+    /// The other databases the tenant's role owns (shadows, restore targets, kept copies): they
+    /// count in its size, so they are restricted with the main one.
+    extra_names: Vec<String>,
+    extra_open: Vec<bool>,
+    extra_read_only: Vec<bool>,
+    /// Where the tenant's role persisted a read-only default other than `on` (`None`: for every
+    /// database), which would override the database's while it is restricted.
+    role_overrides: Vec<Option<String>>,
 }
 
 const SELECT_QUOTA: &str = "
-    SELECT t.id, t.database_name, t.max_size_mb, t.size_bytes, t.quota_state,
+    SELECT t.id, t.database_name, t.username, t.max_size_mb, t.size_bytes, t.quota_state,
            d.datallowconn AS allow_connections,
            EXISTS (SELECT 1 FROM pg_db_role_setting s
                    WHERE s.setdatabase = d.oid AND s.setrole = 0
-                     AND 'default_transaction_read_only=on' = ANY (s.setconfig)) AS read_only_default
+                     AND 'default_transaction_read_only=on' = ANY (s.setconfig)) AS read_only_default,
+           COALESCE(x.names, '{}') AS extra_names,
+           COALESCE(x.open, '{}') AS extra_open,
+           COALESCE(x.ro, '{}') AS extra_read_only,
+           COALESCE((SELECT array_agg(rd.datname::text) FROM pg_db_role_setting s
+                     LEFT JOIN pg_database rd ON rd.oid = s.setdatabase
+                     WHERE s.setrole = d.datdba AND EXISTS (
+                       SELECT 1 FROM unnest(s.setconfig) c
+                       WHERE c ~* '^(default_)?transaction_read_only='
+                         AND lower(c) NOT IN ('default_transaction_read_only=on',
+                                              'transaction_read_only=on'))), '{}') AS role_overrides
     FROM databases t JOIN pg_database d ON d.datname = t.database_name
+    LEFT JOIN LATERAL (
+        SELECT array_agg(o.datname::text ORDER BY o.datname) AS names,
+               array_agg(o.datallowconn ORDER BY o.datname) AS open,
+               array_agg(EXISTS (SELECT 1 FROM pg_db_role_setting s
+                                 WHERE s.setdatabase = o.oid AND s.setrole = 0
+                                   AND 'default_transaction_read_only=on' = ANY (s.setconfig))
+                         ORDER BY o.datname) AS ro
+        FROM pg_database o WHERE o.datdba = d.datdba AND o.oid <> d.oid AND NOT o.datistemplate
+    ) x ON true
     WHERE t.status = 'active'";
 
 /// A change of quota state, for the caller's report.
@@ -118,8 +154,18 @@ impl TenantService {
         // its own database), so the state decides both settings.
         let want_read_only = matches!(to, QuotaState::ReadOnly | QuotaState::Blocked);
         let want_connections = to != QuotaState::Blocked;
-        let catalog_ok =
-            row.read_only_default == want_read_only && row.allow_connections == want_connections;
+        let extras_ok = if want_read_only {
+            row.extra_read_only.iter().all(|r| *r)
+                && (want_connections || row.extra_open.iter().all(|o| !o))
+                && row.role_overrides.is_empty()
+        } else {
+            // Out of restriction, the extras are opened as the state changes (below), not
+            // every pass: a tenant may close or restrict its own shadow.
+            true
+        };
+        let catalog_ok = row.read_only_default == want_read_only
+            && row.allow_connections == want_connections
+            && extras_ok;
         if from == to && catalog_ok {
             return Ok(None);
         }
@@ -149,40 +195,37 @@ impl TenantService {
         from: QuotaState,
         to: QuotaState,
     ) -> Result<(), TenantError> {
-        let db = ident(&row.database_name)?;
         let restrict = matches!(to, QuotaState::ReadOnly | QuotaState::Blocked);
-        if restrict && !row.read_only_default {
-            conn.execute(
-                format!("ALTER DATABASE {db} SET default_transaction_read_only = on").as_str(),
-            )
-            .await?;
-        }
-        if !restrict && row.read_only_default {
-            conn.execute(
-                format!("ALTER DATABASE {db} RESET default_transaction_read_only").as_str(),
-            )
-            .await?;
-        }
-        if to == QuotaState::Blocked && row.allow_connections {
-            conn.execute(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false").as_str())
-                .await?;
-        }
-        if to != QuotaState::Blocked && !row.allow_connections {
-            conn.execute(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true").as_str())
-                .await?;
+        let was_restricted = matches!(from, QuotaState::ReadOnly | QuotaState::Blocked);
+        // The tenant's own sessions could hold the catalog rows enforcement changes (an open
+        // transaction that altered its database's settings) and stall it past its lock
+        // timeout: when restricting, they are ended first (they would be ended anyway), and a
+        // change that still meets a lock is retried after ending them again.
+        for attempt in 1..=3 {
+            if restrict {
+                terminate_role(conn, &row.username).await?;
+            }
+            match self
+                .apply_catalog(conn, row, restrict, was_restricted, to)
+                .await
+            {
+                Err(TenantError::Db(sqlx::Error::Database(e)))
+                    if e.code().as_deref() == Some("55P03") && attempt < 3 && restrict =>
+                {
+                    tracing::warn!(database = %row.database_name, "quota enforcement met the tenant's lock; ending its sessions again");
+                }
+                other => {
+                    other?;
+                    break;
+                }
+            }
         }
         // Sessions opened before the read-only default would stay writable: end them when the
-        // database becomes stricter.
-        let stricter = (restrict && !matches!(from, QuotaState::ReadOnly | QuotaState::Blocked))
+        // database becomes stricter, in every database of the tenant.
+        let stricter = (restrict && !was_restricted)
             || (to == QuotaState::Blocked && from != QuotaState::Blocked);
-        if stricter || (restrict && !row.read_only_default) {
-            sqlx::query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE datname = $1 AND pid <> pg_backend_pid()",
-            )
-            .bind(&row.database_name)
-            .execute(&mut *conn)
-            .await?;
+        if stricter || restrict {
+            terminate_role(conn, &row.username).await?;
         }
         if from != to {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -210,4 +253,100 @@ impl TenantService {
         }
         Ok(())
     }
+}
+
+/// End every session of `role`, in any database, waiting (up to 2 s each) until they are gone.
+async fn terminate_role(conn: &mut sqlx::PgConnection, role: &str) -> Result<(), TenantError> {
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid, 2000) FROM pg_stat_activity
+         WHERE usename = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(role)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl TenantService {
+    /// The catalog side of a quota state, on every database the tenant owns and its role.
+    async fn apply_catalog(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        row: &QuotaRow,
+        restrict: bool,
+        was_restricted: bool,
+        to: QuotaState,
+    ) -> Result<(), TenantError> {
+        let main = ident(&row.database_name)?;
+        if restrict && !row.read_only_default {
+            conn.execute(
+                format!("ALTER DATABASE {main} SET default_transaction_read_only = on").as_str(),
+            )
+            .await?;
+        }
+        if !restrict && row.read_only_default {
+            conn.execute(
+                format!("ALTER DATABASE {main} RESET default_transaction_read_only").as_str(),
+            )
+            .await?;
+        }
+        if to == QuotaState::Blocked && row.allow_connections {
+            conn.execute(format!("ALTER DATABASE {main} ALLOW_CONNECTIONS false").as_str())
+                .await?;
+        }
+        if to != QuotaState::Blocked && !row.allow_connections {
+            conn.execute(format!("ALTER DATABASE {main} ALLOW_CONNECTIONS true").as_str())
+                .await?;
+        }
+        let leaving = was_restricted && !restrict;
+        let unblocking = !restrict || to != QuotaState::Blocked;
+        for ((name, open), read_only) in row
+            .extra_names
+            .iter()
+            .zip(&row.extra_open)
+            .zip(&row.extra_read_only)
+        {
+            let db = ident(name)?;
+            if restrict && !read_only {
+                conn.execute(
+                    format!("ALTER DATABASE {db} SET default_transaction_read_only = on").as_str(),
+                )
+                .await?;
+            }
+            if leaving && *read_only {
+                conn.execute(
+                    format!("ALTER DATABASE {db} RESET default_transaction_read_only").as_str(),
+                )
+                .await?;
+            }
+            if to == QuotaState::Blocked && *open {
+                conn.execute(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false").as_str())
+                    .await?;
+            }
+            if unblocking && from_blocked(was_restricted, row) && !open {
+                conn.execute(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true").as_str())
+                    .await?;
+            }
+        }
+        if restrict {
+            for database in &row.role_overrides {
+                for setting in ["default_transaction_read_only", "transaction_read_only"] {
+                    super::roles::reset_setting(
+                        &mut *conn,
+                        &row.username,
+                        database.as_deref(),
+                        setting,
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the tenant was blocked: its extra databases were closed by enforcement then, and
+/// open again with the main one.
+fn from_blocked(was_restricted: bool, row: &QuotaRow) -> bool {
+    was_restricted && row.quota_state == QuotaState::Blocked.as_str()
 }

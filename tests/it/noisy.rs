@@ -730,3 +730,125 @@ async fn a_tenant_cannot_persist_commits_weaker_than_the_hosts() {
     drop(session);
     remove(&svc, &t).await;
 }
+
+/// A tenant's own session in `db` (one of its databases), over TLS like any client.
+async fn session_in(t: &Provisioned, db: &str) -> Result<tokio_postgres::Client, String> {
+    login(
+        platform().pg_port,
+        v4(1),
+        t.tenant.username.as_str(),
+        t.password.expose(),
+        db,
+    )
+    .await
+    .map_err(|e| format!("{e:?}"))
+}
+
+/// What a tenant over its quota tries so as to keep writing: a read-write default persisted for
+/// its role, an open transaction holding its database's settings row (enforcement used to wait
+/// on it and give up), a second database of its own (a shadow) outside the restriction, and,
+/// once blocked, reopening its database from elsewhere. None of it holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quota_holds_on_every_database_against_the_tenants_own_tricks() {
+    let p = platform();
+    let svc = p.tenants();
+    // The shadow counts in the size (a fresh database is about 7.5 MB): a 24 MB quota.
+    let t = tenant_with(&svc, "tricks", 6, Some(24)).await;
+    let (db, role) = (t.tenant.database_name.as_str(), t.tenant.username.as_str());
+    let (_, shadow, _) = svc
+        .create_shadow(t.tenant.id, &AuditContext::cli())
+        .await
+        .unwrap();
+    let server = su("postgres").await;
+    let shadow_mb = server
+        .query_one("SELECT pg_database_size($1::text)", &[&shadow])
+        .await
+        .unwrap()
+        .get::<_, i64>(0) as f64
+        / (1024.0 * 1024.0);
+    let writer = own_session(&t).await;
+    writer
+        .batch_execute(&format!(
+            "ALTER ROLE \"{role}\" SET default_transaction_read_only = off"
+        ))
+        .await
+        .unwrap();
+    let holder = own_session(&t).await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; ALTER DATABASE \"{db}\" SET work_mem = '8MB'"
+        ))
+        .await
+        .unwrap();
+    fill_to(&writer, 24.4 - shadow_mb).await.unwrap();
+    wait_for_state(&svc, &t, QuotaState::ReadOnly).await;
+    assert!(
+        holder.simple_query("SELECT 1").await.is_err(),
+        "the session holding the settings row outlived enforcement"
+    );
+    for name in [db, shadow.as_str()] {
+        let s = session_in(&t, name).await.unwrap();
+        let ro: String = s
+            .query_one("SHOW default_transaction_read_only", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(ro, "on", "{name}: a new session is not read-only");
+        let e = write_kb(&s, 64).await.unwrap_err();
+        assert!(format!("{e:?}").contains("read-only"), "{name}: {e:?}");
+    }
+    let overrides: i64 = server
+        .query_one(
+            "SELECT count(*) FROM pg_db_role_setting s, unnest(s.setconfig) c
+              WHERE s.setrole = $1::text::regrole AND c LIKE 'default_transaction_read_only=%'",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(overrides, 0, "the role-level read-write default survived");
+
+    // Past the grace, every database of the tenant closes, the shadow with the main one.
+    let w = session_in(&t, db).await.unwrap();
+    w.batch_execute("SET default_transaction_read_only = off")
+        .await
+        .unwrap();
+    let _ = fill_to(&w, 27.0 - shadow_mb).await;
+    wait_for_state(&svc, &t, QuotaState::Blocked).await;
+    for name in [db, shadow.as_str()] {
+        assert!(
+            session_in(&t, name).await.is_err(),
+            "{name} took a connection while its tenant is blocked"
+        );
+    }
+    // Reopened behind enforcement's back (a tenant could, from any database it still reached),
+    // it is closed again by the next pass, and the session it let in is ended.
+    server
+        .batch_execute(&format!(
+            "SET ROLE \"{role}\"; ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true; RESET ROLE"
+        ))
+        .await
+        .unwrap();
+    let sneaked = session_in(&t, db).await.unwrap();
+    let mut closed = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let open: bool = server
+            .query_one(
+                "SELECT datallowconn FROM pg_database WHERE datname = $1",
+                &[&db],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !open && sneaked.simple_query("SELECT 1").await.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the reopened database stayed open, or its session did"
+    );
+    remove(&svc, &t).await;
+}
