@@ -92,7 +92,97 @@ struct Members {
     members: Vec<Member>,
 }
 
+/// Why the primary acknowledges commits alone although the cluster runs in synchronous mode.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OneMachine {
+    /// No standby is a member of the cluster (its machine or its Patroni is down).
+    NoStandby,
+    /// Standbys are members, but none streams from the primary: `(name, Patroni's state)`.
+    StandbyDown(Vec<(String, String)>),
+    /// A standby streams but has not caught up: Patroni makes it synchronous once it has.
+    CatchingUp(Vec<String>),
+    /// Patroni names a synchronous standby, but the primary's PostgreSQL does not wait for it
+    /// yet (for a moment after a restart of the primary).
+    NotWaitingYet(String),
+}
+
+impl OneMachine {
+    fn explain(&self) -> String {
+        match self {
+            OneMachine::NoStandby => {
+                "no standby is in the cluster (its machine or Patroni is down)".into()
+            }
+            OneMachine::StandbyDown(down) => {
+                let names: Vec<String> = down.iter().map(|(n, s)| format!("{n} ({s})")).collect();
+                format!(
+                    "the standby is down: {} does not stream from the primary",
+                    names.join(", ")
+                )
+            }
+            OneMachine::CatchingUp(names) => format!(
+                "the standby is catching up: {} streams but is not synchronous yet (Patroni makes it so once it has caught up)",
+                names.join(", ")
+            ),
+            OneMachine::NotWaitingYet(name) => format!(
+                "Patroni names {name} the synchronous standby, but the primary's PostgreSQL does not wait for it yet. \
+                 This passes within seconds of a restart; if it lasts, see `journalctl -u patroni` on both nodes"
+            ),
+        }
+    }
+}
+
 impl ClusterStatus {
+    /// Whether, and why, the primary acknowledges commits on its own machine only while the
+    /// cluster is in (non-strict) synchronous mode; `None` outside synchronous mode, in strict
+    /// mode (commits wait instead), without a leader, or with a synchronous standby streaming.
+    pub fn one_machine_commits(&self) -> Option<OneMachine> {
+        if !self.synchronous || self.strict || self.patroni_error.is_some() {
+            return None;
+        }
+        let leader = self.members.iter().find(|m| m.role == "leader")?;
+        let standbys: Vec<&Member> = self
+            .members
+            .iter()
+            .filter(|m| m.name != leader.name)
+            .collect();
+        if standbys.is_empty() {
+            return Some(OneMachine::NoStandby);
+        }
+        // The primary's PostgreSQL waits for a standby: whatever Patroni's keys say yet.
+        if let Some(rep) = &self.replication
+            && rep.iter().any(Replication::synchronous)
+        {
+            return None;
+        }
+        let streams = |m: &Member| match &self.replication {
+            Some(rep) => rep.iter().any(|r| {
+                r.application_name == m.name && matches!(r.state.as_str(), "streaming" | "catchup")
+            }),
+            // The primary's own view is unknown: Patroni's word for the standby.
+            None => m.state == "streaming",
+        };
+        if let Some(named) = standbys.iter().find(|m| m.role == "sync_standby") {
+            return match &self.replication {
+                Some(rep) if !rep.iter().any(Replication::synchronous) => {
+                    Some(OneMachine::NotWaitingYet(named.name.clone()))
+                }
+                _ => None,
+            };
+        }
+        let (streaming, down): (Vec<&Member>, Vec<&Member>) =
+            standbys.into_iter().partition(|m| streams(m));
+        if !streaming.is_empty() {
+            return Some(OneMachine::CatchingUp(
+                streaming.iter().map(|m| m.name.clone()).collect(),
+            ));
+        }
+        Some(OneMachine::StandbyDown(
+            down.iter()
+                .map(|m| (m.name.clone(), m.state.clone()))
+                .collect(),
+        ))
+    }
+
     /// What an operator must hear about: a lone primary, no leader, an etcd without majority.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -114,25 +204,18 @@ impl ClusterStatus {
                          until a standby streams again (cluster.synchronous_strict)",
                         l.name
                     ));
-                } else if standbys == 0 {
+                } else if let Some(why) = self.one_machine_commits() {
+                    out.push(format!(
+                        "commits are acknowledged on {} only (one machine), without a synchronous standby: {}. \
+                         Commits acknowledged now are lost if {} fails before a standby has them",
+                        l.name,
+                        why.explain(),
+                        l.name
+                    ));
+                }
+                if standbys == 0 && !self.strict {
                     out.push(format!(
                         "{} is the primary and has no standby: a failure of it now stops every tenant",
-                        l.name
-                    ));
-                } else if self.synchronous && !sync {
-                    out.push(format!(
-                        "{} is committing without a synchronous standby: commits acknowledged now could be lost in a failover",
-                        l.name
-                    ));
-                } else if let (true, Some(rep)) = (self.synchronous, &self.replication)
-                    && !rep.iter().any(Replication::synchronous)
-                {
-                    // Patroni names the synchronous standby in etcd a moment before PostgreSQL
-                    // (after a restart of the primary, say) waits for it again.
-                    out.push(format!(
-                        "{} has a synchronous standby in Patroni's view, but its PostgreSQL does not stream to one \
-                         synchronously yet: commits acknowledged now could be lost in a failover. This passes \
-                         within seconds of a restart; if it lasts, see `journalctl -u patroni` on both nodes",
                         l.name
                     ));
                 }
@@ -430,7 +513,8 @@ mod tests {
         .unwrap();
         st.replication = live.streams_to();
         assert!(
-            st.warnings()[0].contains("does not stream to one synchronously yet"),
+            st.warnings()[0].contains("commits are acknowledged on db1 only (one machine)")
+                && st.warnings()[0].contains("does not wait for it yet"),
             "{:?}",
             st.warnings()
         );
@@ -440,7 +524,7 @@ mod tests {
         let none: PatroniNode =
             serde_json::from_str(r#"{"state": "running", "role": "master"}"#).unwrap();
         st.replication = none.streams_to();
-        assert!(st.warnings()[0].contains("does not stream"));
+        assert!(st.warnings()[0].contains("does not wait for it yet"));
         // PostgreSQL restarting under Patroni: what it streams to is unknown, not "nothing".
         let unknown: PatroniNode =
             serde_json::from_str(r#"{"state": "starting", "role": "master"}"#).unwrap();
@@ -463,7 +547,8 @@ mod tests {
         st.members[1].role = "replica".into();
         assert!(st.warnings()[0].contains("without a synchronous standby"));
         st.members.pop();
-        assert!(st.warnings()[0].contains("has no standby"));
+        assert!(st.warnings()[0].contains("no standby is in the cluster"));
+        assert!(st.warnings()[1].contains("has no standby"));
         st.strict = true;
         assert!(
             st.warnings()[0].contains("commits wait"),
@@ -481,5 +566,78 @@ mod tests {
             text.contains("Cluster main (this node: db1)") && text.contains("w UNREACHABLE"),
             "{text}"
         );
+    }
+
+    /// What `pgaas status` says about where commits are, and why, for each state a standby
+    /// passes through: down, streaming but behind, synchronous in Patroni's keys only, in sync.
+    #[test]
+    fn commits_on_one_machine_are_named_with_the_reason() {
+        let rep = |state: &str, sync_state: &str| {
+            Some(vec![Replication {
+                application_name: "db2".into(),
+                state: state.into(),
+                sync_state: sync_state.into(),
+            }])
+        };
+        let mut st = ClusterStatus {
+            name: "main".into(),
+            node: "db1".into(),
+            members: vec![member("db1", "leader"), member("db2", "replica")],
+            synchronous: true,
+            ..Default::default()
+        };
+        // The standby's PostgreSQL stopped: Patroni still lists it, the primary has no stream.
+        st.members[1].state = "stopped".into();
+        st.replication = Some(Vec::new());
+        assert_eq!(
+            st.one_machine_commits(),
+            Some(OneMachine::StandbyDown(vec![(
+                "db2".into(),
+                "stopped".into()
+            )]))
+        );
+        let w = &st.warnings()[0];
+        assert!(
+            w.contains("commits are acknowledged on db1 only (one machine)")
+                && w.contains("the standby is down: db2 (stopped)"),
+            "{w}"
+        );
+        // Back, replaying what it missed.
+        st.members[1].state = "streaming".into();
+        st.replication = rep("catchup", "async");
+        assert_eq!(
+            st.one_machine_commits(),
+            Some(OneMachine::CatchingUp(vec!["db2".into()]))
+        );
+        assert!(st.warnings()[0].contains("the standby is catching up: db2"));
+        // Caught up and streaming, Patroni has not named it yet; the primary's view unknown.
+        st.replication = None;
+        assert_eq!(
+            st.one_machine_commits(),
+            Some(OneMachine::CatchingUp(vec!["db2".into()]))
+        );
+        // Named in Patroni's keys, not yet waited for by PostgreSQL.
+        st.members[1].role = "sync_standby".into();
+        st.replication = rep("streaming", "async");
+        assert_eq!(
+            st.one_machine_commits(),
+            Some(OneMachine::NotWaitingYet("db2".into()))
+        );
+        // Synchronous: commits are on two machines, nothing to say.
+        st.replication = rep("streaming", "sync");
+        assert_eq!(st.one_machine_commits(), None);
+        assert!(st.warnings().is_empty(), "{:?}", st.warnings());
+        // PostgreSQL already waits for it although Patroni's key lags: two machines.
+        st.members[1].role = "replica".into();
+        assert_eq!(st.one_machine_commits(), None);
+        // The standby's machine is gone and its member key expired.
+        st.members.pop();
+        assert_eq!(st.one_machine_commits(), Some(OneMachine::NoStandby));
+        // Strict mode holds commits instead; asynchronous mode never waits for a standby.
+        st.strict = true;
+        assert_eq!(st.one_machine_commits(), None);
+        st.strict = false;
+        st.synchronous = false;
+        assert_eq!(st.one_machine_commits(), None);
     }
 }

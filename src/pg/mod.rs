@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod console;
 pub mod pgbouncer;
 pub mod quote;
+pub mod release;
 pub mod scram;
 pub mod systemd_cluster;
 pub mod tls;

@@ -265,6 +265,14 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
         "writes stopped for {outage:?} when the primary died"
     ));
     (primary, standby) = (standby, primary);
+    // Its standby gone, the new primary acknowledges commits on its machine alone, and
+    // `pgaas status` says so, and why.
+    nodes[primary]
+        .wait_status_says(&format!(
+            "commits are acknowledged on {} only (one machine)",
+            nodes[primary].name
+        ))
+        .await;
 
     // Every acknowledged write is on the new primary.
     let n = all_acknowledged_on(&nodes[primary], &writer_db, &acked).await;

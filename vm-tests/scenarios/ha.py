@@ -125,15 +125,29 @@ class Writer:
 
     def assert_none_lost(self, url):
         """Every acknowledged write is in the table as `url` (a primary, or a standby) reads it."""
-        have = set(int(x) for x in client.psql_ok(url, f"select id from {self.table}").split())
-        lost = [i for i, _ in self.acked if i not in have]
+        # The acknowledged list first, then the table: the writer may still run, and a write
+        # acknowledged after the SELECT's snapshot is not in what it returns.
+        acked = list(self.acked)
+        have = self._ids(url)
+        lost = [i for i, _ in acked if i not in have]
+        if not lost:
+            return
+        # Read again: a write there now was there before (the check would be wrong), one still
+        # missing is lost.
+        there_now = self._ids(url)
+        late = [i for i in lost if i in there_now]
         # Where each lost write and its acknowledged neighbours went (server, WAL position), and
         # when (monotonic seconds), so that a loss can be placed against the step's events.
-        when = dict(self.acked)
+        when = dict(acked)
         around = sorted({j for i in lost[:3] for j in when if abs(j - i) <= 2})
         detail = "; ".join(f"{j}{' LOST' if j in lost else ''} at {when[j]:.2f} on {self.where.get(j)}"
                            for j in around)
-        assert not lost, f"{self.table}: {len(lost)} acknowledged writes lost: {lost[:20]} ({detail})"
+        raise AssertionError(
+            f"{self.table}: {len(lost)} acknowledged writes missing from the first read: {lost[:20]}; "
+            f"a second read has {len(late)} of them: {late[:20]} ({detail})")
+
+    def _ids(self, url):
+        return set(int(x) for x in client.psql_ok(url, f"select id from {self.table}").split())
 
     def finish(self):
         self.stop = True

@@ -7,6 +7,7 @@ mod archive;
 pub(crate) mod cluster;
 mod database;
 mod files;
+mod release;
 mod render;
 mod services;
 

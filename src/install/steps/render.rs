@@ -272,6 +272,8 @@ fn files(cx: &mut Cx) -> Result<Vec<(ManagedFile, Attrs)>> {
 }
 
 pub fn check(cx: &mut Cx) -> Result<Plan> {
+    // Before any file that starts a service: the release the packages installed.
+    super::release::check(cx)?;
     let mut plan = Plan::default();
     for (f, attrs) in files(cx)? {
         let p = file_plan(cx, &f.path, f.contents.as_bytes(), &attrs, true)?;
