@@ -109,7 +109,10 @@ impl DevPlatform {
 
         let bouncer_bin = crate::pg::pgbouncer::find_binary();
         let changed = write_managed_files(&settings, &cluster, &owner, bouncer_bin.is_some())?;
-        if cluster.is_running() {
+        // What this run started, and so may stop if it fails: a cluster or PgBouncer that was
+        // already running (another `pgaas dev`, say) is never stopped because this start failed.
+        let started_cluster = !cluster.is_running();
+        if !started_cluster {
             if changed {
                 let mut conn = cluster.admin_connect("postgres").await?;
                 crate::pg::cluster::reload(&mut conn).await?;
@@ -156,13 +159,17 @@ impl DevPlatform {
         }
         progress("access rules: pg_hba.conf from the control DB");
         hba.sync(&pool).await?;
+        let mut started_bouncer = false;
         if let Some(p) = &pgbouncer {
             if !p.is_running() {
                 progress(&format!("starting PgBouncer on port {}", p.port));
                 if let Err(e) = p.start() {
-                    cluster.stop().ok();
+                    if started_cluster {
+                        cluster.stop().ok();
+                    }
                     return Err(e.into());
                 }
+                started_bouncer = true;
             }
         }
 
@@ -170,10 +177,16 @@ impl DevPlatform {
             match setup_archive(&settings, &cluster, &owner, &hba).await {
                 Ok(host) => Some(host),
                 Err(e) => {
-                    if let Some(p) = &pgbouncer {
+                    if let Some(p) = pgbouncer.as_ref().filter(|_| started_bouncer) {
                         p.stop();
                     }
-                    cluster.stop().ok();
+                    if started_cluster {
+                        cluster.stop().ok();
+                    } else {
+                        eprintln!(
+                            "  PostgreSQL was already running before this start, so it is left running"
+                        );
+                    }
                     return Err(e.context(
                         "continuous archiving could not be set up (archive.enabled: false turns it off)",
                     ));
