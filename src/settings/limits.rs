@@ -26,6 +26,11 @@ pub struct TenantSettings {
     /// Past its quota a tenant's new sessions are read-only; this much further (a share of the
     /// quota) its database refuses connections until the quota is raised.
     pub quota_grace_percent: u32,
+    /// How often the sizes of tenants with a quota and an open session are measured, and their
+    /// quota enforced, in milliseconds: a database without sessions does not grow, so only the
+    /// active ones are measured this often (every tenant's size is still refreshed every
+    /// `api.stats_size_interval_secs`).
+    pub quota_watch_interval_ms: u64,
     /// The widest IPv4 network an allow-list entry may name (`/8` by default): an allow-list
     /// restricts access, and "everyone" is an empty list, not `0.0.0.0/1` + `128.0.0.0/1`.
     pub allow_min_prefix_v4: u8,
@@ -46,6 +51,7 @@ impl Default for TenantSettings {
             max_size_mb_cap: 1024 * 1024,
             quota_warn_percent: 80,
             quota_grace_percent: 10,
+            quota_watch_interval_ms: 1000,
             allow_min_prefix_v4: 8,
             allow_min_prefix_v6: 16,
             allow_max_entries: 100,

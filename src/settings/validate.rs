@@ -314,6 +314,12 @@ pub(super) fn check(s: &Settings, layers: &[Layer], problems: &mut Vec<SettingsP
     if t.quota_grace_percent > 1000 {
         c.fail("tenants.quota_grace_percent", "must be at most 1000");
     }
+    if !(100..=600_000).contains(&t.quota_watch_interval_ms) {
+        c.fail(
+            "tenants.quota_watch_interval_ms",
+            "must be between 100 and 600000 (milliseconds)",
+        );
+    }
     let l = &s.limits;
     if l.max_work_mem_mb == 0 || l.max_maintenance_work_mem_mb == 0 {
         c.fail(

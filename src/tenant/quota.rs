@@ -137,8 +137,13 @@ impl TenantService {
 
     /// One tenant, now (after a PATCH of its quota).
     pub async fn enforce_quota(&self, tenant: &Tenant) -> Result<Option<QuotaChange>, TenantError> {
+        self.enforce_quota_id(tenant.id).await
+    }
+
+    /// One tenant by id, now.
+    pub async fn enforce_quota_id(&self, id: TenantId) -> Result<Option<QuotaChange>, TenantError> {
         let row: Option<QuotaRow> = sqlx::query_as(&format!("{SELECT_QUOTA} AND t.id = $1"))
-            .bind(tenant.id.as_uuid())
+            .bind(id.as_uuid())
             .fetch_optional(&self.pool)
             .await?;
         match row {

@@ -209,9 +209,25 @@ impl StatsCollector {
     }
 
     /// Run until the task is dropped: usage rows every interval; sizes, and the storage quotas
-    /// they decide, every size interval; the guard rails every `limits.check_interval_secs`.
+    /// they decide, every size interval; the guard rails every `limits.check_interval_secs`;
+    /// and, beside them, the quota watcher ([`TenantService::watch_quotas_once`]) every
+    /// `tenants.quota_watch_interval_ms`.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        let watcher = self.service.clone();
+        let watch_every =
+            Duration::from_millis(watcher.settings.tenants.quota_watch_interval_ms.max(100));
+        let watch = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(watch_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = watcher.watch_quotas_once().await {
+                    tracing::warn!(error = %crate::error_chain(&e), "quota watch pass failed");
+                }
+            }
+        });
         tokio::spawn(async move {
+            let _watch = AbortOnDrop(watch);
             let mut sizes = HashMap::new();
             let mut last_sizes: Option<Instant> = None;
             let mut last_guard: Option<Instant> = None;
@@ -220,18 +236,21 @@ impl StatsCollector {
             let mut tick = tokio::time::interval(self.interval);
             loop {
                 tick.tick().await;
-                let refresh = last_sizes.is_none_or(|t| t.elapsed() >= self.size_interval);
+                // Due within half a tick counts as due: a pass on a size interval equal to the
+                // tick's would otherwise run every other tick, twice as far apart as it says.
+                let refresh = last_sizes
+                    .is_none_or(|t| t.elapsed() + self.interval / 2 >= self.size_interval);
                 match self.collect_once(&mut sizes, refresh).await {
-                    Ok(_) if refresh => {
-                        last_sizes = Some(Instant::now());
-                        if let Err(e) = self.service.enforce_quotas().await {
-                            tracing::warn!(error = %crate::error_chain(&e), "storage quotas not enforced this pass");
-                        }
-                    }
+                    Ok(_) if refresh => last_sizes = Some(Instant::now()),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(error = %crate::error_chain(&e), "stats collection failed")
                     }
+                }
+                // Every tick, whatever was measured: what each quota state requires is put back
+                // (a database reopened or a read-only default reset behind enforcement's back).
+                if let Err(e) = self.service.enforce_quotas().await {
+                    tracing::warn!(error = %crate::error_chain(&e), "storage quotas not enforced this pass");
                 }
                 if last_guard.is_none_or(|t| t.elapsed() >= guard_interval) {
                     last_guard = Some(Instant::now());
@@ -241,6 +260,56 @@ impl StatsCollector {
                 }
             }
         })
+    }
+}
+
+/// Ends the watcher with the collector.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl TenantService {
+    /// One pass of the quota watcher: every tenant with a quota and a session open (in any of
+    /// its databases) is measured now, and a tenant whose state that changes is enforced at
+    /// once. A database nobody is connected to does not grow, so an idle host costs one cheap
+    /// query. Returns the tenants whose state changed.
+    pub async fn watch_quotas_once(&self) -> Result<Vec<TenantId>, TenantError> {
+        let rows: Vec<(uuid::Uuid, i64, i64, String)> = sqlx::query_as(&format!(
+            "WITH active AS (SELECT DISTINCT usename::text AS u FROM pg_stat_activity
+                              WHERE usename IS NOT NULL),
+                  measured AS (
+                SELECT t.id, pg_database_size(d.oid) + {EXTRA_SIZE} AS size
+                  FROM databases t JOIN pg_database d ON d.datname = t.database_name
+                 WHERE t.status = 'active' AND t.max_size_mb > 0
+                   AND t.username IN (SELECT u FROM active))
+             UPDATE databases t SET size_bytes = m.size
+               FROM measured m WHERE t.id = m.id
+             RETURNING t.id, m.size, t.max_size_mb, t.quota_state"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut changed = Vec::new();
+        for (id, size, max_mb, state) in rows {
+            let t = &self.settings.tenants;
+            let want =
+                QuotaState::for_size(size, max_mb, t.quota_warn_percent, t.quota_grace_percent);
+            if want.as_str() == state {
+                continue;
+            }
+            let id = TenantId::from_uuid(id);
+            match self.enforce_quota_id(id).await {
+                Ok(Some(_)) => changed.push(id),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(tenant = %id, error = %crate::error_chain(&e), "quota enforcement failed; retried next pass")
+                }
+            }
+        }
+        Ok(changed)
     }
 }
 

@@ -177,10 +177,12 @@ fn start() -> TestPlatform {
         .with_pooler_available(platform.pooler_available());
     state.tenants = platform.tenants();
     // Usage stats every second, so tests see the collector's rows and /metrics without waiting.
+    // Sizes of every tenant only every 10 minutes, as on a real host: a quota is enforced in
+    // the tests by the watcher (every `tenants.quota_watch_interval_ms`), as it must be there.
     let collector = pgaas::tenant::StatsCollector::new(
         state.tenants.clone(),
         std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(600),
     );
     {
         let _in_runtime = runtime.enter();
