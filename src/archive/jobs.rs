@@ -14,7 +14,7 @@ use super::{ArchiveError, Progress, restore::ArchiveHost};
 /// The channel the API notifies when it queues a job.
 pub const CHANNEL: &str = "pgaas_restore_jobs";
 /// First key of the per-job advisory locks.
-const LOCK_CLASS: i32 = 0x7067_6172; // "pgar"
+pub(super) const LOCK_CLASS: i32 = 0x7067_6172; // "pgar"
 
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct RestoreJob {
@@ -187,7 +187,8 @@ pub async fn run_claimed(
 /// Undo the jobs whose runner died: a database a restore made but never handed over is
 /// dropped, a tenant database closed for a swap is reopened, scratch clusters are stopped and
 /// removed, and the job fails saying so. Also reopens databases a swap renamed but a crash left
-/// closed. Returns the jobs undone.
+/// closed, and removes every scratch cluster no live runner owns (`leftovers`). Returns the
+/// jobs undone.
 pub async fn recover_interrupted(host: &ArchiveHost) -> Result<Vec<Uuid>, ArchiveError> {
     let mut conn = host.control().await?;
     let running: Vec<RestoreJob> = sqlx::query_as(&format!(
@@ -228,6 +229,9 @@ pub async fn recover_interrupted(host: &ArchiveHost) -> Result<Vec<Uuid>, Archiv
         undone.push(job.id);
     }
     reopen_closed(&mut conn).await?;
+    drop(conn);
+    // A job killed after it succeeded (or a drill killed anywhere) left its scratch cluster.
+    super::leftovers::sweep(host).await?;
     Ok(undone)
 }
 

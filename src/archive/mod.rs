@@ -23,6 +23,7 @@ pub mod drill;
 mod engine;
 pub mod info;
 pub mod jobs;
+pub mod leftovers;
 pub mod restore;
 pub mod scratch;
 pub mod status;
