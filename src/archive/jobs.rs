@@ -125,6 +125,49 @@ pub(super) async fn succeed(
     Ok(())
 }
 
+/// The API's account of a failed job: a fixed sentence per kind of failure, never the text of
+/// pg_restore, pgBackRest or the tenant's own functions (paths, RAISE messages), which stays in
+/// the job row, the audit row, the log and the CLI's output for the operator.
+pub fn summary(e: &ArchiveError) -> &'static str {
+    match e {
+        ArchiveError::OutsideWindow(_) => SUMMARIES[0],
+        ArchiveError::JobTimedOut { .. } => SUMMARIES[1],
+        ArchiveError::Backup(_) => SUMMARIES[2],
+        ArchiveError::Recovery(_) => SUMMARIES[3],
+        ArchiveError::Archiving(_) => SUMMARIES[4],
+        ArchiveError::NotFound(_) => SUMMARIES[5],
+        ArchiveError::Busy(_) => SUMMARIES[6],
+        ArchiveError::Invalid(_) => SUMMARIES[7],
+        _ => SUMMARIES[8],
+    }
+}
+
+const SUMMARIES: [&str; 10] = [
+    "the instant is outside the recoverable window",
+    "the job ran past its time limit; nothing was changed",
+    "the load of the recovered data failed; nothing was changed",
+    "the recovery of the backup to the instant failed; nothing was changed",
+    "WAL archiving is not keeping up; nothing was changed",
+    "the database no longer exists",
+    "the database is busy with another operation; ask again later",
+    "the restore cannot be carried out as asked (the new database's name is taken, or this host cannot run restores); nothing was changed",
+    "the restore failed on the host; nothing was changed",
+    INTERRUPTED,
+];
+
+const INTERRUPTED: &str = "interrupted: the process running it stopped; what it had made was removed and the database was not changed. Ask again";
+
+/// What an API client is told of a job's stored error: its summary line when it has one, a
+/// generic sentence otherwise (rows written before summaries were stored).
+pub fn public_error(stored: &str) -> String {
+    let first = stored.lines().next().unwrap_or_default();
+    if SUMMARIES.contains(&first) {
+        first.to_string()
+    } else {
+        "the restore failed on the host; the operator has the details".to_string()
+    }
+}
+
 pub(super) async fn fail(
     conn: &mut PgConnection,
     id: Uuid,
@@ -218,12 +261,7 @@ pub async fn recover_interrupted(host: &ArchiveHost) -> Result<Vec<Uuid>, Archiv
             .scratch_dir
             .join(format!("restore-{short}"));
         super::scratch::clean_leftovers_at(&dir, &host.bin, &host.engine.owner);
-        fail(
-            &mut conn,
-            job.id,
-            "interrupted: the process running it stopped; what it had made was removed and the database was not changed. Ask again",
-        )
-        .await?;
+        fail(&mut conn, job.id, INTERRUPTED).await?;
         release(&mut conn, job.id).await;
         tracing::warn!(job = %job.id, database = %job.database_name, "undid an interrupted restore");
         undone.push(job.id);

@@ -63,6 +63,10 @@ pub enum ArchiveError {
     Busy(String),
     #[error("recovery of the scratch cluster failed: {0}")]
     Recovery(String),
+    #[error(
+        "the job ran past archive.restore_job_timeout_secs ({secs} s) and was stopped; what it had made was removed and the database was not changed"
+    )]
+    JobTimedOut { secs: u64 },
     #[error("WAL archiving is not keeping up: {0}")]
     Archiving(String),
     #[error(transparent)]
