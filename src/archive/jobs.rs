@@ -297,8 +297,8 @@ async fn reopen_closed(conn: &mut PgConnection) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-/// The worker: run queued jobs as they come (woken by the API's notification, and every
-/// `poll` anyway), refresh the cached repository status every minute, until dropped. On a
+/// The worker: run queued jobs as they come (woken by the API's notification, when a job ends,
+/// and every `poll` anyway), up to `archive.restore_concurrency` at once, refresh the cached repository status every minute, until dropped. On a
 /// cluster's node it works only while the node is primary: a standby's control DB is
 /// read-only and its PostgreSQL archives nothing, so it waits there, and starts (undoing what
 /// the old primary's worker left half-done) when Patroni promotes it. A promotion also starts
@@ -409,6 +409,10 @@ async fn work_as_primary(host: &ArchiveHost, poll: Duration) -> Result<(), Archi
     let progress = super::log_progress();
     let mut last_status: Option<std::time::Instant> = None;
     let clustered = host.settings.cluster.enabled();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        host.settings.archive.restore_concurrency.max(1) as usize,
+    ));
+    let finished = std::sync::Arc::new(tokio::sync::Notify::new());
     loop {
         if clustered && host.is_standby().await? {
             return Ok(());
@@ -425,8 +429,19 @@ async fn work_as_primary(host: &ArchiveHost, poll: Duration) -> Result<(), Archi
         )
         .fetch_all(&mut conn)
         .await?;
+        drop(conn);
         for id in queued {
-            if let Some(job) = claim(&mut conn, id).await? {
+            // Each job on a connection of its own, which holds its lock; a tenant has at most
+            // one queued or running job (a unique index), so no two run for one tenant.
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let mut conn = host.control().await?;
+            let Some(job) = claim(&mut conn, id).await? else {
+                continue;
+            };
+            let (host, progress, finished) = (host.clone(), progress.clone(), finished.clone());
+            tokio::spawn(async move {
                 tracing::info!(job = %job.id, database = %job.database_name, "restore started");
                 match run_claimed(&host, &mut conn, &job, &progress).await {
                     Ok(_) => tracing::info!(job = %job.id, "restore succeeded"),
@@ -434,9 +449,13 @@ async fn work_as_primary(host: &ArchiveHost, poll: Duration) -> Result<(), Archi
                         tracing::error!(job = %job.id, error = %crate::error_chain(&e), "restore failed")
                     }
                 }
-            }
+                drop(permit);
+                finished.notify_one();
+            });
         }
-        drop(conn);
-        let _ = tokio::time::timeout(poll, listener.recv()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(poll, listener.recv()) => {}
+            _ = finished.notified() => {}
+        }
     }
 }

@@ -32,6 +32,9 @@ pub struct ArchiveSettings {
     /// WAL replay, dump, load, swap); past it the job is stopped and undone, so one tenant's
     /// stuck restore does not hold up every other restore on the host.
     pub restore_job_timeout_secs: u64,
+    /// Restore jobs the worker runs at once, each of a different tenant (a tenant has at most
+    /// one queued or running): one tenant's long restore does not hold up the others'.
+    pub restore_concurrency: u32,
     /// `archive_timeout`: an idle cluster still archives at least this often, which bounds
     /// what a dead host loses (the RPO) in seconds.
     pub archive_timeout_secs: u32,
@@ -68,6 +71,7 @@ impl Default for ArchiveSettings {
             lock_path: PathBuf::from("/var/spool/pgbackrest/lock"),
             scratch_dir: PathBuf::from("/var/lib/pgaas/scratch"),
             restore_job_timeout_secs: 12 * 3600,
+            restore_concurrency: 2,
             archive_timeout_secs: 60,
             retention_full: 2,
             retention_diff: 7,

@@ -507,3 +507,66 @@ async fn a_restore_past_its_time_limit_is_undone_and_clients_get_a_classified_re
     );
     assert!(all.contains("the operator has the details"), "{all}");
 }
+
+/// The worker ran one job at a time, so one tenant's long restore held up every other
+/// tenant's: restores of different tenants now run side by side (two by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_of_two_tenants_run_at_the_same_time() {
+    let ap = ArchivePlatform::up("concurrent", |_, _| {}).await;
+    let (a, b) = (ap.tenant("ca").await, ap.tenant("cb").await);
+    ap.backup("incr");
+    let (_, body) = ap
+        .api(
+            Method::GET,
+            &format!("/api/databases/{}/backups", b.tenant.id),
+            None,
+        )
+        .await;
+    let earliest: chrono::DateTime<chrono::Utc> = body["point_in_time"]["earliest"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    while chrono::Utc::now() <= earliest + chrono::Duration::seconds(1) {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let time = chrono::Utc::now().to_rfc3339();
+    let mut ids = Vec::new();
+    for t in [&a, &b] {
+        let (status, body) = ap
+            .api(
+                Method::POST,
+                &format!("/api/databases/{}/restore", t.tenant.id),
+                Some(json!({ "targetTime": time, "into": "side" })),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["data"]["id"].as_str().unwrap().to_string());
+    }
+    let su = ap.su(&ap.platform.settings.control_db.name).await;
+    let mut both_running = false;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let rows = su
+            .query(
+                "SELECT status FROM restore_jobs WHERE id::text = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .unwrap();
+        let statuses: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        if statuses.iter().filter(|s| *s == "running").count() == 2 {
+            both_running = true;
+        }
+        if statuses.iter().all(|s| s == "succeeded" || s == "failed") {
+            assert!(statuses.iter().all(|s| s == "succeeded"), "{statuses:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{statuses:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        both_running,
+        "the two tenants' restores ran at the same time"
+    );
+}
