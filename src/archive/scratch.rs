@@ -472,3 +472,54 @@ pub fn clean_leftovers_at(dir: &Path, bin: &PgBinaries, owner: &OsUser) -> bool 
     }
     remove_tree(dir).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> OsUser {
+        OsUser {
+            name: "me".into(),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        }
+    }
+
+    /// The cluster's OS user owns the scratch tree: a symlink it plants where root writes the
+    /// scratch server's configuration must not redirect root's write outside the tree.
+    #[test]
+    fn writes_into_the_scratch_tree_never_follow_a_planted_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, outside) = (tmp.path().join("restore-x"), tmp.path().join("outside"));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let precious = outside.join("pg_hba.conf");
+        std::fs::write(&precious, "keep me").unwrap();
+        // The file itself a symlink: replaced by a new file, the target untouched.
+        std::os::unix::fs::symlink(&precious, dir.join("data/pg_hba.conf")).unwrap();
+        write_fresh(
+            &dir,
+            &["data"],
+            "pg_hba.conf",
+            "local all all peer\n",
+            &me(),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+        let written = dir.join("data/pg_hba.conf");
+        assert!(!std::fs::symlink_metadata(&written).unwrap().is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(&written).unwrap(),
+            "local all all peer\n"
+        );
+        // A directory on the way a symlink: refused, nothing written through it.
+        std::fs::remove_dir_all(dir.join("data")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("data")).unwrap();
+        assert!(write_fresh(&dir, &["data"], "pg_hba.conf", "x", &me()).is_err());
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+        // Removing the tree removes the links, not what they point at.
+        remove_tree(&dir).unwrap();
+        assert!(!dir.exists());
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+    }
+}
