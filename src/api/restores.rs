@@ -137,12 +137,22 @@ async fn create(
     ))
 }
 
+/// A job as a client sees it: why it failed, classified; the raw detail (paths, tool output,
+/// text the tenant's own functions raise) is the operator's, in the log and the audit row.
+fn public(mut job: jobs::RestoreJob) -> jobs::RestoreJob {
+    job.error = job.error.as_deref().map(jobs::public_error);
+    job
+}
+
 async fn list(State(state): State<AppState>, TenantPath(id): TenantPath) -> Answer {
     state.tenants.get(id).await?;
     let mut conn = state.pool.acquire().await?;
-    let rows = jobs::list(&mut conn, *id.as_uuid())
+    let rows: Vec<_> = jobs::list(&mut conn, *id.as_uuid())
         .await
-        .map_err(|e| archive_error(e, "id"))?;
+        .map_err(|e| archive_error(e, "id"))?
+        .into_iter()
+        .map(public)
+        .collect();
     Ok((
         StatusCode::OK,
         Json(json!({ "success": true, "count": rows.len(), "data": rows })),
@@ -165,7 +175,7 @@ async fn get(
     }
     Ok((
         StatusCode::OK,
-        Json(json!({ "success": true, "data": row })),
+        Json(json!({ "success": true, "data": public(row) })),
     ))
 }
 

@@ -30,6 +30,12 @@ pub async fn run(host: &ArchiveHost, progress: &Progress) -> Result<DrillReport,
     let id: i64 = sqlx::query_scalar("INSERT INTO backup_drills DEFAULT VALUES RETURNING id")
         .fetch_one(&mut conn)
         .await?;
+    // Held while it runs: a scratch directory `drill-<id>` whose lock is free is left over.
+    sqlx::query("SELECT pg_advisory_lock($1, $2::int4)")
+        .bind(super::leftovers::DRILL_LOCK_CLASS)
+        .bind(i32::try_from(id).unwrap_or(i32::MAX))
+        .execute(&mut conn)
+        .await?;
     let started = Instant::now();
     let mut label = None;
     let outcome = drill(host, progress, id, &mut label).await;

@@ -14,7 +14,7 @@ use super::{ArchiveError, Progress, restore::ArchiveHost};
 /// The channel the API notifies when it queues a job.
 pub const CHANNEL: &str = "pgaas_restore_jobs";
 /// First key of the per-job advisory locks.
-const LOCK_CLASS: i32 = 0x7067_6172; // "pgar"
+pub(super) const LOCK_CLASS: i32 = 0x7067_6172; // "pgar"
 
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct RestoreJob {
@@ -125,6 +125,49 @@ pub(super) async fn succeed(
     Ok(())
 }
 
+/// The API's account of a failed job: a fixed sentence per kind of failure, never the text of
+/// pg_restore, pgBackRest or the tenant's own functions (paths, RAISE messages), which stays in
+/// the job row, the audit row, the log and the CLI's output for the operator.
+pub fn summary(e: &ArchiveError) -> &'static str {
+    match e {
+        ArchiveError::OutsideWindow(_) => SUMMARIES[0],
+        ArchiveError::JobTimedOut { .. } => SUMMARIES[1],
+        ArchiveError::Backup(_) => SUMMARIES[2],
+        ArchiveError::Recovery(_) => SUMMARIES[3],
+        ArchiveError::Archiving(_) => SUMMARIES[4],
+        ArchiveError::NotFound(_) => SUMMARIES[5],
+        ArchiveError::Busy(_) => SUMMARIES[6],
+        ArchiveError::Invalid(_) => SUMMARIES[7],
+        _ => SUMMARIES[8],
+    }
+}
+
+const SUMMARIES: [&str; 10] = [
+    "the instant is outside the recoverable window",
+    "the job ran past its time limit; nothing was changed",
+    "the load of the recovered data failed; nothing was changed",
+    "the recovery of the backup to the instant failed; nothing was changed",
+    "WAL archiving is not keeping up; nothing was changed",
+    "the database no longer exists",
+    "the database is busy with another operation; ask again later",
+    "the restore cannot be carried out as asked (the new database's name is taken, or this host cannot run restores); nothing was changed",
+    "the restore failed on the host; nothing was changed",
+    INTERRUPTED,
+];
+
+const INTERRUPTED: &str = "interrupted: the process running it stopped; what it had made was removed and the database was not changed. Ask again";
+
+/// What an API client is told of a job's stored error: its summary line when it has one, a
+/// generic sentence otherwise (rows written before summaries were stored).
+pub fn public_error(stored: &str) -> String {
+    let first = stored.lines().next().unwrap_or_default();
+    if SUMMARIES.contains(&first) {
+        first.to_string()
+    } else {
+        "the restore failed on the host; the operator has the details".to_string()
+    }
+}
+
 pub(super) async fn fail(
     conn: &mut PgConnection,
     id: Uuid,
@@ -187,7 +230,8 @@ pub async fn run_claimed(
 /// Undo the jobs whose runner died: a database a restore made but never handed over is
 /// dropped, a tenant database closed for a swap is reopened, scratch clusters are stopped and
 /// removed, and the job fails saying so. Also reopens databases a swap renamed but a crash left
-/// closed. Returns the jobs undone.
+/// closed, and removes every scratch cluster no live runner owns (`leftovers`). Returns the
+/// jobs undone.
 pub async fn recover_interrupted(host: &ArchiveHost) -> Result<Vec<Uuid>, ArchiveError> {
     let mut conn = host.control().await?;
     let running: Vec<RestoreJob> = sqlx::query_as(&format!(
@@ -217,17 +261,15 @@ pub async fn recover_interrupted(host: &ArchiveHost) -> Result<Vec<Uuid>, Archiv
             .scratch_dir
             .join(format!("restore-{short}"));
         super::scratch::clean_leftovers_at(&dir, &host.bin, &host.engine.owner);
-        fail(
-            &mut conn,
-            job.id,
-            "interrupted: the process running it stopped; what it had made was removed and the database was not changed. Ask again",
-        )
-        .await?;
+        fail(&mut conn, job.id, INTERRUPTED).await?;
         release(&mut conn, job.id).await;
         tracing::warn!(job = %job.id, database = %job.database_name, "undid an interrupted restore");
         undone.push(job.id);
     }
     reopen_closed(&mut conn).await?;
+    drop(conn);
+    // A job killed after it succeeded (or a drill killed anywhere) left its scratch cluster.
+    super::leftovers::sweep(host).await?;
     Ok(undone)
 }
 
@@ -255,8 +297,8 @@ async fn reopen_closed(conn: &mut PgConnection) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-/// The worker: run queued jobs as they come (woken by the API's notification, and every
-/// `poll` anyway), refresh the cached repository status every minute, until dropped. On a
+/// The worker: run queued jobs as they come (woken by the API's notification, when a job ends,
+/// and every `poll` anyway), up to `archive.restore_concurrency` at once, refresh the cached repository status every minute, until dropped. On a
 /// cluster's node it works only while the node is primary: a standby's control DB is
 /// read-only and its PostgreSQL archives nothing, so it waits there, and starts (undoing what
 /// the old primary's worker left half-done) when Patroni promotes it. A promotion also starts
@@ -367,6 +409,10 @@ async fn work_as_primary(host: &ArchiveHost, poll: Duration) -> Result<(), Archi
     let progress = super::log_progress();
     let mut last_status: Option<std::time::Instant> = None;
     let clustered = host.settings.cluster.enabled();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        host.settings.archive.restore_concurrency.max(1) as usize,
+    ));
+    let finished = std::sync::Arc::new(tokio::sync::Notify::new());
     loop {
         if clustered && host.is_standby().await? {
             return Ok(());
@@ -383,8 +429,19 @@ async fn work_as_primary(host: &ArchiveHost, poll: Duration) -> Result<(), Archi
         )
         .fetch_all(&mut conn)
         .await?;
+        drop(conn);
         for id in queued {
-            if let Some(job) = claim(&mut conn, id).await? {
+            // Each job on a connection of its own, which holds its lock; a tenant has at most
+            // one queued or running job (a unique index), so no two run for one tenant.
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let mut conn = host.control().await?;
+            let Some(job) = claim(&mut conn, id).await? else {
+                continue;
+            };
+            let (host, progress, finished) = (host.clone(), progress.clone(), finished.clone());
+            tokio::spawn(async move {
                 tracing::info!(job = %job.id, database = %job.database_name, "restore started");
                 match run_claimed(&host, &mut conn, &job, &progress).await {
                     Ok(_) => tracing::info!(job = %job.id, "restore succeeded"),
@@ -392,9 +449,13 @@ async fn work_as_primary(host: &ArchiveHost, poll: Duration) -> Result<(), Archi
                         tracing::error!(job = %job.id, error = %crate::error_chain(&e), "restore failed")
                     }
                 }
-            }
+                drop(permit);
+                finished.notify_one();
+            });
         }
-        drop(conn);
-        let _ = tokio::time::timeout(poll, listener.recv()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(poll, listener.recv()) => {}
+            _ = finished.notified() => {}
+        }
     }
 }

@@ -23,6 +23,7 @@ pub mod drill;
 mod engine;
 pub mod info;
 pub mod jobs;
+pub mod leftovers;
 pub mod restore;
 pub mod scratch;
 pub mod status;
@@ -62,6 +63,10 @@ pub enum ArchiveError {
     Busy(String),
     #[error("recovery of the scratch cluster failed: {0}")]
     Recovery(String),
+    #[error(
+        "the job ran past archive.restore_job_timeout_secs ({secs} s) and was stopped; what it had made was removed and the database was not changed"
+    )]
+    JobTimedOut { secs: u64 },
     #[error("WAL archiving is not keeping up: {0}")]
     Archiving(String),
     #[error(transparent)]

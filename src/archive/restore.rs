@@ -49,6 +49,8 @@ pub struct ArchiveHost {
     /// Writes the access files when a restore adds a database of a tenant's (absent: the job
     /// fails before changing anything that would need them).
     pub hba: Option<Arc<HbaApplier>>,
+    /// The longest one restore job may run (`archive.restore_job_timeout_secs`).
+    pub job_timeout: Duration,
 }
 
 impl ArchiveHost {
@@ -61,6 +63,7 @@ impl ArchiveHost {
             .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
         let backups = Backups::new(&settings)?;
         Ok(Self {
+            job_timeout: Duration::from_secs(settings.archive.restore_job_timeout_secs),
             settings,
             engine,
             bin,
@@ -322,13 +325,28 @@ pub async fn run(
     progress: &Progress,
 ) -> Result<RestoreJob, ArchiveError> {
     let mut made = Made::default();
-    let result = steps(host, conn, job, progress, &mut made).await;
+    // A wall-clock limit on the whole job: a step that hangs (a repository that stops
+    // answering, a replay that never ends) fails this job, undone as any failure is, and frees
+    // the worker for the other tenants' restores.
+    let result = match tokio::time::timeout(
+        host.job_timeout,
+        steps(host, conn, job, progress, &mut made),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(ArchiveError::JobTimedOut {
+            secs: host.job_timeout.as_secs(),
+        }),
+    };
     match result {
         Ok(()) => Ok(jobs::get(conn, job.id).await?),
         Err(e) => {
             undo(host, conn, job, &made).await;
             let message = e.to_string();
-            jobs::fail(conn, job.id, &message).await?;
+            // The summary for API clients first, the operator's detail (which may quote
+            // pg_restore, pgBackRest or a tenant's own RAISE text) after it.
+            jobs::fail(conn, job.id, &format!("{}\n{message}", jobs::summary(&e))).await?;
             let mut details = json!({
                 "database_name": job.database_name,
                 "target_time": job.target_time,

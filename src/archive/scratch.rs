@@ -89,14 +89,14 @@ impl Scratch {
         bin: &PgBinaries,
         superuser: &str,
     ) -> Result<Scratch, ArchiveError> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::DirBuilderExt;
         let io = |p: &Path| {
             let p = p.to_path_buf();
             move |source| ArchiveError::Io { path: p, source }
         };
         std::fs::create_dir_all(base).map_err(io(base))?;
         let dir = base.join(name);
-        if dir.exists() {
+        if std::fs::symlink_metadata(&dir).is_ok() {
             remove_tree(&dir)?;
         }
         let scratch = Scratch {
@@ -107,16 +107,24 @@ impl Scratch {
             superuser: superuser.to_string(),
             started: false,
         };
+        // Made fresh (a name planted since the removal is an error, never followed), its tree
+        // built while root still owns it, and handed over last: the cluster's OS user, which
+        // owns `base`, never gets a moment to swap a path for a symlink that root then chmods
+        // or chowns.
+        let mut builder = std::fs::DirBuilder::new();
+        builder.mode(0o700);
+        builder.create(&dir).map_err(io(&dir))?;
         for d in [
-            dir.clone(),
             scratch.socket_dir(),
             dir.join("ts"),
             dir.join("log"),
             dir.join("lock"),
+            dir.clone(),
         ] {
-            std::fs::create_dir_all(&d).map_err(io(&d))?;
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).map_err(io(&d))?;
-            owner.chown(&d)?;
+            if d != dir {
+                builder.create(&d).map_err(io(&d))?;
+            }
+            std::os::unix::fs::lchown(&d, Some(owner.uid), Some(owner.gid)).map_err(io(&d))?;
         }
         Ok(scratch)
     }
@@ -164,7 +172,6 @@ impl Scratch {
     /// Its own postgresql.conf, pg_hba.conf and pg_ident.conf: whatever came with the backup
     /// names the live cluster's port, sockets, certificates and access files.
     fn write_config(&self) -> Result<(), ArchiveError> {
-        let data = self.data_dir();
         let conf = format!(
             "# scratch cluster of a pgaas restore or drill; removed when it is done\n\
              listen_addresses = ''\n\
@@ -191,12 +198,7 @@ impl Scratch {
             ("pg_hba.conf", hba.to_string()),
             ("pg_ident.conf", ident),
         ] {
-            let path = data.join(name);
-            std::fs::write(&path, text).map_err(|source| ArchiveError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            self.owner.chown(&path)?;
+            write_fresh(&self.dir, &["data"], name, &text, &self.owner)?;
         }
         Ok(())
     }
@@ -227,12 +229,7 @@ impl Scratch {
             .env("PGBACKREST_LOCK_PATH", self.dir.join("lock"))
             .env("PGBACKREST_LOG_PATH", self.dir.join("log"));
         as_owner(&mut cmd, &self.owner)?;
-        let log = self.log_file();
-        std::fs::write(&log, "").map_err(|source| ArchiveError::Io {
-            path: log.clone(),
-            source,
-        })?;
-        self.owner.chown(&log)?;
+        write_fresh(&self.dir, &[], "server.log", "", &self.owner)?;
         run_command(&mut cmd, "pg_ctl start (scratch cluster)")?;
         self.started = true;
         let deadline = Instant::now() + timeout;
@@ -373,18 +370,80 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         // An error path: never leave a server running on the host.
         self.stop();
-        if self.dir.exists() {
+        if std::fs::symlink_metadata(&self.dir).is_ok() {
             let _ = remove_tree(&self.dir);
         }
     }
 }
 
-/// Remove a scratch tree; its files belong to the cluster's OS user, which root may remove.
-fn remove_tree(dir: &Path) -> Result<(), ArchiveError> {
-    std::fs::remove_dir_all(dir).map_err(|source| ArchiveError::Io {
+/// Remove a scratch tree; its files belong to the cluster's OS user, which root may remove. A
+/// symlink (at the top or anywhere below) is removed itself, never followed: `remove_dir_all`
+/// does not descend through symlinks (CVE-2022-21658 fixed), and a top-level symlink is removed
+/// with `remove_file`.
+pub(super) fn remove_tree(dir: &Path) -> Result<(), ArchiveError> {
+    let io = |source| ArchiveError::Io {
         path: dir.to_path_buf(),
         source,
-    })
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(e)),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(dir).map_err(io),
+        Ok(_) => std::fs::remove_file(dir).map_err(io),
+    }
+}
+
+/// Write `text` into a new file `<dir>/<sub...>/<name>` owned by `owner`, 0600, whatever the
+/// cluster's OS user (who owns the tree) put there: every directory on the way is opened
+/// without following a symlink, a file or symlink already at `name` is unlinked (never
+/// written through), and the file is created exclusively.
+fn write_fresh(
+    dir: &Path,
+    sub: &[&str],
+    name: &str,
+    text: &str,
+    owner: &OsUser,
+) -> Result<(), ArchiveError> {
+    use std::io::Write;
+
+    use nix::{
+        errno::Errno,
+        fcntl::{OFlag, open, openat},
+        sys::stat::Mode,
+        unistd::{UnlinkatFlags, unlinkat},
+    };
+    let path = sub
+        .iter()
+        .fold(dir.to_path_buf(), |p, s| p.join(s))
+        .join(name);
+    let io = |e: Errno| ArchiveError::Io {
+        path: path.clone(),
+        source: std::io::Error::from(e),
+    };
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut fd = open(dir, dir_flags, Mode::empty()).map_err(io)?;
+    for s in sub {
+        fd = openat(&fd, *s, dir_flags, Mode::empty()).map_err(io)?;
+    }
+    match unlinkat(&fd, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(io(e)),
+    }
+    let file = openat(
+        &fd,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(io)?;
+    let mut file = std::fs::File::from(file);
+    let ioe = |source| ArchiveError::Io {
+        path: path.clone(),
+        source,
+    };
+    file.write_all(text.as_bytes()).map_err(ioe)?;
+    std::os::unix::fs::fchown(&file, Some(owner.uid), Some(owner.gid)).map_err(ioe)?;
+    Ok(())
 }
 
 fn free_port() -> u16 {
@@ -394,25 +453,15 @@ fn free_port() -> u16 {
         .unwrap_or(54329)
 }
 
-/// Stop every scratch server left under `base` by a killed run and remove its directory.
-pub fn clean_leftovers(base: &Path, bin: &PgBinaries, owner: &OsUser) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return removed;
-    };
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        if dir.is_dir() && clean_leftovers_at(&dir, bin, owner) {
-            removed.push(dir);
-        }
-    }
-    removed
-}
-
 /// Stop the scratch server in `dir`, if one runs, and remove the directory; whether it is gone.
+/// The server is stopped by `pg_ctl` as the cluster's OS user (its pid file is that user's to
+/// write, so root never signals a pid read from it); a symlink at `dir` is removed, not followed.
 pub fn clean_leftovers_at(dir: &Path, bin: &PgBinaries, owner: &OsUser) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return true;
+    };
     let data = dir.join("data");
-    if data.join("postmaster.pid").exists() {
+    if meta.is_dir() && std::fs::symlink_metadata(data.join("postmaster.pid")).is_ok() {
         let mut cmd = Command::new(bin.tool("pg_ctl"));
         cmd.arg("-D")
             .arg(&data)
@@ -421,5 +470,56 @@ pub fn clean_leftovers_at(dir: &Path, bin: &PgBinaries, owner: &OsUser) -> bool 
             let _ = cmd.output();
         }
     }
-    !dir.exists() || std::fs::remove_dir_all(dir).is_ok()
+    remove_tree(dir).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> OsUser {
+        OsUser {
+            name: "me".into(),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        }
+    }
+
+    /// The cluster's OS user owns the scratch tree: a symlink it plants where root writes the
+    /// scratch server's configuration must not redirect root's write outside the tree.
+    #[test]
+    fn writes_into_the_scratch_tree_never_follow_a_planted_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, outside) = (tmp.path().join("restore-x"), tmp.path().join("outside"));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let precious = outside.join("pg_hba.conf");
+        std::fs::write(&precious, "keep me").unwrap();
+        // The file itself a symlink: replaced by a new file, the target untouched.
+        std::os::unix::fs::symlink(&precious, dir.join("data/pg_hba.conf")).unwrap();
+        write_fresh(
+            &dir,
+            &["data"],
+            "pg_hba.conf",
+            "local all all peer\n",
+            &me(),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+        let written = dir.join("data/pg_hba.conf");
+        assert!(!std::fs::symlink_metadata(&written).unwrap().is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(&written).unwrap(),
+            "local all all peer\n"
+        );
+        // A directory on the way a symlink: refused, nothing written through it.
+        std::fs::remove_dir_all(dir.join("data")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("data")).unwrap();
+        assert!(write_fresh(&dir, &["data"], "pg_hba.conf", "x", &me()).is_err());
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+        // Removing the tree removes the links, not what they point at.
+        remove_tree(&dir).unwrap();
+        assert!(!dir.exists());
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+    }
 }

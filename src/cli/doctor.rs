@@ -105,7 +105,7 @@ async fn diagnose(settings: Settings) -> anyhow::Result<Report> {
 
     // With the host's hba applier, so a deletion the reconciler finishes also takes the
     // tenant's lines out of the access files.
-    let service = super::host_tenants(pool.clone(), Arc::new(settings));
+    let service = super::host_tenants(pool.clone(), Arc::new(settings.clone()));
     match service.reconcile(STUCK_AFTER).await {
         Ok(r) => {
             explain_reconcile(&r, &mut report);
@@ -183,8 +183,48 @@ async fn diagnose(settings: Settings) -> anyhow::Result<Report> {
             "set postgres.version in the settings",
         ),
     }
+    if settings.archive.enabled {
+        check_scratch(&pool, &settings, &mut report).await;
+    }
     pool.close().await;
     Ok(report)
+}
+
+/// Scratch clusters of restores and drills that are no longer running: a copy of a tenant's
+/// data on disk, and perhaps a server, that nothing will remove until the worker restarts.
+async fn check_scratch(pool: &sqlx::PgPool, settings: &Settings, report: &mut Report) {
+    let found = match pool.acquire().await {
+        Ok(mut conn) => crate::archive::leftovers::find(&mut conn, &settings.archive.scratch_dir)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    };
+    let pg_ctl = crate::pg::binaries::PgBinaries::find(settings.postgres.version)
+        .map(|b| b.tool("pg_ctl").display().to_string())
+        .unwrap_or_else(|_| "pg_ctl".into());
+    let owner = &settings.postgres.os_user;
+    match found {
+        Ok(dirs) => {
+            for dir in dirs {
+                let d = dir.display();
+                report.problem(
+                    format!(
+                        "scratch directory {d} was left by a restore or drill that no longer runs; it may hold a copy of a tenant's data and a running scratch server"
+                    ),
+                    format!(
+                        "restart the worker (systemctl restart pgaas-worker), which removes it at its start; or as root: runuser -u {owner} -- {pg_ctl} -D {d}/data -m immediate stop; rm -rf -- {d}"
+                    ),
+                );
+            }
+        }
+        Err(e) => report.problem(
+            format!(
+                "the scratch directory {} could not be checked: {e:#}",
+                settings.archive.scratch_dir.display()
+            ),
+            "see the error",
+        ),
+    }
 }
 
 /// Run as the API role itself: what it holds is what anything reaching its session holds.

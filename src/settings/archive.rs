@@ -28,6 +28,13 @@ pub struct ArchiveSettings {
     /// Where scratch clusters for restores and drills are made (a directory of the cluster's
     /// OS user with room for one backup plus the WAL replayed).
     pub scratch_dir: PathBuf,
+    /// The longest a whole point-in-time restore job may run (window check, scratch restore,
+    /// WAL replay, dump, load, swap); past it the job is stopped and undone, so one tenant's
+    /// stuck restore does not hold up every other restore on the host.
+    pub restore_job_timeout_secs: u64,
+    /// Restore jobs the worker runs at once, each of a different tenant (a tenant has at most
+    /// one queued or running): one tenant's long restore does not hold up the others'.
+    pub restore_concurrency: u32,
     /// `archive_timeout`: an idle cluster still archives at least this often, which bounds
     /// what a dead host loses (the RPO) in seconds.
     pub archive_timeout_secs: u32,
@@ -63,6 +70,8 @@ impl Default for ArchiveSettings {
             log_path: PathBuf::from("/var/log/pgbackrest"),
             lock_path: PathBuf::from("/var/spool/pgbackrest/lock"),
             scratch_dir: PathBuf::from("/var/lib/pgaas/scratch"),
+            restore_job_timeout_secs: 12 * 3600,
+            restore_concurrency: 2,
             archive_timeout_secs: 60,
             retention_full: 2,
             retention_diff: 7,

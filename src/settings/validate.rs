@@ -558,6 +558,15 @@ fn check_archive(c: &mut Checker<'_>, a: &crate::settings::ArchiveSettings) {
             c.fail(key, "must not contain blanks, quotes, % or newlines (it is written into archive_command)");
         }
     }
+    if !(60..=7 * 86400).contains(&a.restore_job_timeout_secs) {
+        c.fail(
+            "archive.restore_job_timeout_secs",
+            "must be between 60 and 604800 (seconds)",
+        );
+    }
+    if !(1..=16).contains(&a.restore_concurrency) {
+        c.fail("archive.restore_concurrency", "must be between 1 and 16");
+    }
     if !(1..=3600).contains(&a.archive_timeout_secs) {
         c.fail(
             "archive.archive_timeout_secs",

@@ -29,6 +29,7 @@ use crate::{
     harness::{free_port, pgaas_bin, temp_state_dir, test_settings},
 };
 
+mod leftovers;
 mod offsite;
 mod operations;
 mod restore;

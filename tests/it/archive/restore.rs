@@ -360,3 +360,213 @@ async fn a_restore_cut_short_is_undone() {
     assert_eq!(j.status, "failed");
     assert!(j.error.unwrap().contains("interrupted"));
 }
+
+/// One tenant's stuck restore held up every restore on the host: the worker had no limit on a
+/// job. Past `archive.restore_job_timeout_secs` the job is stopped and undone, and an API
+/// client learns why in a classified sentence, never the tools' raw text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_past_its_time_limit_is_undone_and_clients_get_a_classified_reason() {
+    let ap = ArchivePlatform::up("joblimit", |_, _| {}).await;
+    let a = ap.tenant("t").await;
+    let db = a.tenant.database_name.as_str().to_string();
+    ap.backup("incr");
+    let (_, body) = ap
+        .api(
+            Method::GET,
+            &format!("/api/databases/{}/backups", a.tenant.id),
+            None,
+        )
+        .await;
+    let earliest: chrono::DateTime<chrono::Utc> = body["point_in_time"]["earliest"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    while chrono::Utc::now() <= earliest + chrono::Duration::seconds(1) {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let mut host = ap.platform.archive.clone().unwrap();
+    host.job_timeout = std::time::Duration::from_secs(3);
+    let mut conn = host.control().await.unwrap();
+    let job =
+        pgaas::archive::jobs::enqueue(&mut conn, *a.tenant.id.as_uuid(), chrono::Utc::now(), None)
+            .await
+            .unwrap();
+    let job = pgaas::archive::jobs::claim(&mut conn, job.id)
+        .await
+        .unwrap()
+        .unwrap();
+    // A job that hangs: its first step waits on its row, which another session holds (a
+    // repository that stops answering, a replay that never ends, look the same to the worker).
+    let (blocker, blocker_conn) = tokio_postgres::Config::new()
+        .host_path(&ap.platform.cluster.socket_dir)
+        .port(ap.pg_port())
+        .user(&ap.platform.cluster.superuser)
+        .dbname(&ap.platform.settings.control_db.name)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(blocker_conn);
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM restore_jobs WHERE id = '{}' FOR UPDATE",
+            job.id
+        ))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        blocker.batch_execute("COMMIT").await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let err =
+        pgaas::archive::jobs::run_claimed(&host, &mut conn, &job, &pgaas::archive::log_progress())
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, pgaas::archive::ArchiveError::JobTimedOut { .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    // Undone: nothing of it is left, the tenant's database is as it was and open.
+    let short = &job.id.simple().to_string()[..12];
+    let scratch = ap
+        .platform
+        .settings
+        .archive
+        .scratch_dir
+        .join(format!("restore-{short}"));
+    for _ in 0..600 {
+        if !scratch.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!scratch.exists(), "the scratch cluster was removed");
+    let su = ap.su("postgres").await;
+    let made: bool = su
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            &[&format!("{db}_r{}", &short[..8])],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!made, "no restored database was left");
+    ap.session(&a, None, ap.pg_port())
+        .await
+        .expect("the tenant's database is open");
+    let row = pgaas::archive::jobs::get(&mut conn, job.id).await.unwrap();
+    assert_eq!(row.status, "failed");
+    assert!(
+        row.error
+            .as_deref()
+            .unwrap()
+            .contains("archive.restore_job_timeout_secs"),
+        "the operator's detail is kept: {row:?}"
+    );
+    let (status, body) = ap
+        .api(
+            Method::GET,
+            &format!("/api/databases/{}/restore/{}", a.tenant.id, job.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["error"], "the job ran past its time limit; nothing was changed",
+        "{body}"
+    );
+    // A failure that quoted pg_restore (a path, the text a tenant's function raised): the
+    // client gets a sentence, not the text.
+    let su_control = ap.su(&ap.platform.settings.control_db.name).await;
+    su_control
+        .execute(
+            "INSERT INTO restore_jobs (database_id, database_name, target_time, status, error, finished_at)
+             VALUES ($1::text::uuid, $2, now(), 'failed', $3, now())",
+            &[
+                &a.tenant.id.to_string(),
+                &db,
+                &"pg_restore: error: could not execute query: ERROR:  tenant-secret-xyzzy\nCONTEXT: /var/lib/pgaas/scratch/restore-0123456789ab/data",
+            ],
+        )
+        .await
+        .unwrap();
+    let (status, body) = ap
+        .api(
+            Method::GET,
+            &format!("/api/databases/{}/restore", a.tenant.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let all = body.to_string();
+    assert!(
+        !all.contains("tenant-secret-xyzzy") && !all.contains("/var/lib/pgaas"),
+        "{all}"
+    );
+    assert!(all.contains("the operator has the details"), "{all}");
+}
+
+/// The worker ran one job at a time, so one tenant's long restore held up every other
+/// tenant's: restores of different tenants now run side by side (two by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_of_two_tenants_run_at_the_same_time() {
+    let ap = ArchivePlatform::up("concurrent", |_, _| {}).await;
+    let (a, b) = (ap.tenant("ca").await, ap.tenant("cb").await);
+    ap.backup("incr");
+    let (_, body) = ap
+        .api(
+            Method::GET,
+            &format!("/api/databases/{}/backups", b.tenant.id),
+            None,
+        )
+        .await;
+    let earliest: chrono::DateTime<chrono::Utc> = body["point_in_time"]["earliest"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    while chrono::Utc::now() <= earliest + chrono::Duration::seconds(1) {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let time = chrono::Utc::now().to_rfc3339();
+    let mut ids = Vec::new();
+    for t in [&a, &b] {
+        let (status, body) = ap
+            .api(
+                Method::POST,
+                &format!("/api/databases/{}/restore", t.tenant.id),
+                Some(json!({ "targetTime": time, "into": "side" })),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["data"]["id"].as_str().unwrap().to_string());
+    }
+    let su = ap.su(&ap.platform.settings.control_db.name).await;
+    let mut both_running = false;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let rows = su
+            .query(
+                "SELECT status FROM restore_jobs WHERE id::text = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .unwrap();
+        let statuses: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        if statuses.iter().filter(|s| *s == "running").count() == 2 {
+            both_running = true;
+        }
+        if statuses.iter().all(|s| s == "succeeded" || s == "failed") {
+            assert!(statuses.iter().all(|s| s == "succeeded"), "{statuses:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{statuses:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        both_running,
+        "the two tenants' restores ran at the same time"
+    );
+}
