@@ -18,6 +18,7 @@
 //! Drills ([`drill`]) restore the newest backup into a scratch cluster weekly and check that
 //! every database opens; [`status`] gathers what an operator needs to trust all of it.
 
+mod carry;
 pub mod cluster;
 pub mod drill;
 mod engine;

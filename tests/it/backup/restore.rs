@@ -116,6 +116,23 @@ async fn restore_into_a_new_database_copies_the_data_and_leaves_the_original_alo
         let out = pgaas(&backups, &["restore", db, "--into", bad]);
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
     }
+    // The names of the shadow database and of a copy an in-place restore keeps are refused,
+    // by name: what owns them would otherwise drop or trip over the restored data.
+    for (reserved, owner) in [
+        (format!("{db}_shadow"), "shadow database"),
+        (format!("{db}_20260101000000"), "keeps"),
+    ] {
+        let out = pgaas(&backups, &["restore", db, "--into", &reserved]);
+        assert_eq!(out.status.code(), Some(2), "{reserved}: {}", text(&out));
+        assert!(text(&out).contains(owner), "{reserved}: {}", text(&out));
+        assert_eq!(
+            su(
+                "postgres",
+                &format!("SELECT count(*) FROM pg_database WHERE datname = '{reserved}'")
+            ),
+            "0"
+        );
+    }
     let out = pgaas(&backups, &["restore", &t.id.to_string(), "--into", &copy]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
