@@ -425,6 +425,19 @@ async fn an_in_place_restore_keeps_the_connection_limit_settings_and_quota_defau
     let out = ap.cli(&["restore", &db, "--time", &pg_time(t), "--into", "shadow"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("shadow database"), "{}", text(&out));
+    // In place from the CLI asks, as a dump restore in place does: without a terminal,
+    // nothing happens without --yes.
+    let out = ap.cli(&["restore", &db, "--time", &pg_time(t)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--yes"), "{}", text(&out));
+    let (_, list) = ap
+        .api(
+            Method::GET,
+            &format!("/api/databases/{}/restore", a.tenant.id),
+            None,
+        )
+        .await;
+    assert_eq!(list["count"], 0, "no job was queued: {list}");
     let before = su.query_one(props, &[&db]).await.unwrap();
     let before: (i32, String, String) = (before.get(0), before.get(1), before.get(2));
     assert_eq!(before.0, 7);
