@@ -79,9 +79,18 @@ impl ArchiveError {
     /// Whether the request itself was wrong (the operator must change it), as opposed to the
     /// host failing.
     pub fn is_request_error(&self) -> bool {
+        use crate::tenant::TenantError;
         matches!(
             self,
-            ArchiveError::OutsideWindow(_) | ArchiveError::Invalid(_) | ArchiveError::NotFound(_)
+            ArchiveError::OutsideWindow(_)
+                | ArchiveError::Invalid(_)
+                | ArchiveError::NotFound(_)
+                | ArchiveError::Backup(BackupError::UnknownDatabase(_) | BackupError::Invalid(_))
+                | ArchiveError::Tenant(
+                    TenantError::NotFound(_)
+                        | TenantError::EntryNotFound(_)
+                        | TenantError::Validation(_)
+                )
         )
     }
 }

@@ -422,6 +422,9 @@ async fn an_in_place_restore_keeps_the_connection_limit_settings_and_quota_defau
             "{into}: {body}"
         );
     }
+    // A database nobody has is the operator's to correct: exit 2, like a malformed name.
+    let out = ap.cli(&["restore", "tenant_0000000000000000", "--time", &pg_time(t)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = ap.cli(&["restore", &db, "--time", &pg_time(t), "--into", "shadow"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("shadow database"), "{}", text(&out));
