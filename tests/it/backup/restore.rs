@@ -85,8 +85,27 @@ async fn backup_drop_a_table_restore_in_place_and_the_data_is_identical() {
         "0"
     );
 
+    // What the database is besides its data: a restore in place keeps it all, a quota's
+    // read-only default among it.
+    su(
+        "postgres",
+        &format!(
+            "ALTER DATABASE {db} CONNECTION LIMIT 4; ALTER DATABASE {db} SET application_name = 'kept_app'; ALTER DATABASE {db} SET default_transaction_read_only = on"
+        ),
+    );
+    let props = format!(
+        "SELECT d.datconnlimit || ' ' || pg_get_userbyid(d.datdba) || ' ' || array_to_string(s.setconfig, '|')
+         FROM pg_database d JOIN pg_db_role_setting s ON s.setdatabase = d.oid AND s.setrole = 0
+         WHERE d.datname = '{db}'"
+    );
+    let props_before = su("postgres", &props);
     let out = pgaas(&backups, &["restore", db, "--yes"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(su("postgres", &props), props_before);
+    su(
+        "postgres",
+        &format!("ALTER DATABASE {db} RESET default_transaction_read_only"),
+    );
     assert_eq!(checksum(db), before);
     assert_eq!(
         su(
