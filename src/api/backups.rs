@@ -44,12 +44,37 @@ async fn usable(state: &AppState, id: crate::model::TenantId) -> Result<Tenant, 
     }
 }
 
+/// Whether an in-place point-in-time restore of the tenant is swapping its database (the job
+/// runs and has closed the database): a dump then cannot connect, and asking again shortly
+/// succeeds.
+async fn swapping(state: &AppState, tenant: &Tenant) -> Result<bool, ApiError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM restore_jobs j
+                        WHERE j.database_id = $1 AND j.status = 'running' AND j.into_name IS NULL)
+            AND EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = $2 AND NOT d.datallowconn)",
+    )
+    .bind(tenant.id.as_uuid())
+    .bind(tenant.database_name.as_str())
+    .fetch_one(&state.pool)
+    .await?)
+}
+
+fn busy_restoring(tenant: &Tenant) -> ApiError {
+    ApiError::Busy(format!(
+        "Database {} is being restored in place; try again in a moment",
+        tenant.id
+    ))
+}
+
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
     TenantPath(id): TenantPath,
 ) -> Answer {
     let tenant = usable(&state, id).await?;
+    if swapping(&state, &tenant).await? {
+        return Err(busy_restoring(&tenant));
+    }
     let ctx = caller.audit();
     let resource = id.to_string();
     let database = tenant.database_name.as_str().to_owned();
@@ -67,6 +92,7 @@ async fn create(
     .map_err(|e| ApiError::Internal(e.into()))?;
     let file = match result {
         Ok(f) => f,
+        Err(_) if swapping(&state, &tenant).await? => return Err(busy_restoring(&tenant)),
         Err(e) => {
             tracing::error!(tenant = %id, error = %e, "API-triggered backup failed");
             let details =

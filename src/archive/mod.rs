@@ -18,6 +18,7 @@
 //! Drills ([`drill`]) restore the newest backup into a scratch cluster weekly and check that
 //! every database opens; [`status`] gathers what an operator needs to trust all of it.
 
+mod carry;
 pub mod cluster;
 pub mod drill;
 mod engine;
@@ -83,9 +84,18 @@ impl ArchiveError {
     /// Whether the request itself was wrong (the operator must change it), as opposed to the
     /// host failing.
     pub fn is_request_error(&self) -> bool {
+        use crate::tenant::TenantError;
         matches!(
             self,
-            ArchiveError::OutsideWindow(_) | ArchiveError::Invalid(_) | ArchiveError::NotFound(_)
+            ArchiveError::OutsideWindow(_)
+                | ArchiveError::Invalid(_)
+                | ArchiveError::NotFound(_)
+                | ArchiveError::Backup(BackupError::UnknownDatabase(_) | BackupError::Invalid(_))
+                | ArchiveError::Tenant(
+                    TenantError::NotFound(_)
+                        | TenantError::EntryNotFound(_)
+                        | TenantError::Validation(_)
+                )
         )
     }
 }

@@ -26,7 +26,7 @@ use sqlx::{Executor, PgConnection};
 use uuid::Uuid;
 
 use super::{
-    ArchiveError, Engine, Progress,
+    ArchiveError, Engine, Progress, carry,
     info::Info,
     jobs::{self, RestoreJob},
     scratch::{HotStandbyFloor, Scratch, Target},
@@ -111,6 +111,11 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// The name a restore `--into` creates: `<database>_<suffix>`, or the full name when it already
 /// starts with the tenant's database name and `_`.
 pub fn into_name(database: &str, into: &str) -> Result<String, ArchiveError> {
+    if into == database {
+        return Err(ArchiveError::Invalid(format!(
+            "\"into\" names {database} itself; leave it out to restore {database} in place"
+        )));
+    }
     let full = if into.starts_with(&format!("{database}_")) {
         into.to_string()
     } else {
@@ -125,6 +130,11 @@ pub fn into_name(database: &str, into: &str) -> Result<String, ArchiveError> {
     if !suffix_ok || !is_plain_identifier(&full) {
         return Err(ArchiveError::Invalid(format!(
             "\"into\" must be a suffix of 1-24 characters from a-z, 0-9 and _ (such as before_drop, giving {database}_before_drop), or such a full name; at most 63 characters in all"
+        )));
+    }
+    if let Some(why) = crate::model::reserved_companion(&full) {
+        return Err(ArchiveError::Invalid(format!(
+            "\"into\" would make {full}, which is {why}; choose another name"
         )));
     }
     Ok(full)
@@ -609,9 +619,13 @@ async fn swap(
     let db = &tenant.database_name;
     let kept = format!("{db}_{}", Utc::now().format("%Y%m%d%H%M%S"));
     let (db_q, kept_q, restored_q) = (ident(db)?, ident(&kept)?, ident(restored)?);
+    let props = carry::read(conn, db).await?;
     conn.execute(format!("ALTER DATABASE {db_q} ALLOW_CONNECTIONS false").as_str())
         .await?;
-    made.closed = Some(db.clone());
+    if props.allow_connections {
+        // A database its quota blocked stays closed when a failed restore is undone.
+        made.closed = Some(db.clone());
+    }
     for attempt in 1.. {
         sqlx::query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -625,12 +639,13 @@ async fn swap(
                 .await?;
             tx.execute(format!("ALTER DATABASE {restored_q} RENAME TO {db_q}").as_str())
                 .await?;
-            Ok::<_, sqlx::Error>(())
+            carry::carry(&mut tx, &kept, db, &props).await?;
+            Ok::<_, ArchiveError>(())
         }
         .await;
         match renamed {
             Ok(()) => {}
-            Err(sqlx::Error::Database(e))
+            Err(ArchiveError::Sql(sqlx::Error::Database(e)))
                 if e.code().as_deref() == Some("55006") && attempt < 20 =>
             {
                 // A session got in between the terminate and the rename; end it again.
@@ -638,7 +653,7 @@ async fn swap(
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
         sqlx::query(
             "INSERT INTO tenant_databases (name, database_id, purpose) VALUES ($1, $2, 'replaced')",
@@ -678,9 +693,12 @@ async fn swap(
         }
         break;
     }
-    // The kept database is the tenant's to read (and the operator's to drop).
-    conn.execute(format!("ALTER DATABASE {kept_q} ALLOW_CONNECTIONS true").as_str())
-        .await?;
+    // The kept database is the tenant's to read (and the operator's to drop); one its quota
+    // blocked stays closed, as it was.
+    if props.allow_connections {
+        conn.execute(format!("ALTER DATABASE {kept_q} ALLOW_CONNECTIONS true").as_str())
+            .await?;
+    }
     Ok(())
 }
 

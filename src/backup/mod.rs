@@ -187,6 +187,12 @@ impl Backups {
         ] {
             cmd.env_remove(var);
         }
+        if tool == "pg_restore" {
+            // A database past its quota defaults to read-only (`tenant/quota.rs`); a restore
+            // the operator asked for writes anyway, for its own session only, and leaves the
+            // default, like every other database setting, as it was.
+            cmd.env("PGOPTIONS", "-c default_transaction_read_only=off");
+        }
         cmd.env("PGAPPNAME", format!("pgaas-{tool}"))
             .env("PGCONNECT_TIMEOUT", "10")
             .arg("--no-password")
@@ -224,7 +230,9 @@ impl Backups {
             .port(self.port)
             .username(&self.superuser)
             .database(database)
-            .application_name("pgaas-restore");
+            .application_name("pgaas-restore")
+            // Dropping the load role writes in the restored database, read-only or not.
+            .options([("default_transaction_read_only", "off")]);
         <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
             .await
             .map_err(|source| BackupError::Connect {

@@ -100,6 +100,11 @@ impl Backups {
                         "{new:?} is not a usable database name: use 1-63 characters from a-z, 0-9 and _, starting with a letter or _"
                     )));
                 }
+                if let Some(why) = crate::model::reserved_companion(new) {
+                    return Err(BackupError::Invalid(format!(
+                        "{new} is {why}; choose another name for --into"
+                    )));
+                }
                 if exists(conn, new).await? {
                     return Err(BackupError::Invalid(format!(
                         "database {new} already exists; choose a name that is not taken (pg_restore never writes into a database it did not create)"

@@ -224,6 +224,7 @@ pub(super) async fn restore_tenant(
     db: &str,
     time: &str,
     into: Option<&str>,
+    yes: bool,
 ) -> Result<ExitCode, ArchiveError> {
     let time = archive::parse_time(time)?;
     let host = host(settings)?;
@@ -250,6 +251,17 @@ pub(super) async fn restore_tenant(
         &host.engine.repos,
     )
     .await?;
+    // In place replaces the database: asked like a dump restore in place, after every check.
+    if into.is_none()
+        && !yes
+        && !super::restore::confirmed(
+            &target.database,
+            "Its sessions end and it goes back to that instant; its current data is kept under a dated name.",
+        )
+        .map_err(|e| ArchiveError::Invalid(format!("reading the confirmation: {e}")))?
+    {
+        return Ok(ExitCode::from(2));
+    }
     let job = archive::jobs::enqueue(&mut conn, *tenant.as_uuid(), time, into.as_deref()).await?;
     let Some(job) = archive::jobs::claim(&mut conn, job.id).await? else {
         return Err(ArchiveError::Busy(format!(

@@ -169,7 +169,7 @@ async fn revoke(pool: &sqlx::PgPool, a: RevokeArgs) -> anyhow::Result<ExitCode> 
             "error: no API key {}; `pgaas key list` shows them",
             a.key.trim()
         );
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(2));
     };
     if key.revoked_at.is_some() {
         println!(

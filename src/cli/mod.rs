@@ -294,13 +294,14 @@ where
 }
 
 /// Turn tenant-service errors into messages that say what to do, with the whole chain of
-/// causes, and the exit code scripts can test: 2 for a value the operator must change, 1 for
-/// everything else.
+/// causes, and the exit code scripts can test: 2 for a value the operator must change (an
+/// unknown database or entry among them), 1 for everything else.
 pub(crate) fn explain(e: crate::tenant::TenantError) -> anyhow::Result<ExitCode> {
     use crate::tenant::TenantError;
     let (hint, code) = match &e {
         TenantError::Validation(_) => (None, 2),
-        TenantError::NotFound(_) => (Some("`pgaas db list` shows the ids"), 1),
+        TenantError::NotFound(_) => (Some("`pgaas db list` shows the ids"), 2),
+        TenantError::EntryNotFound(_) => (Some("`pgaas allow list DB` shows the entries"), 2),
         TenantError::Db(_) => (
             Some("is PostgreSQL running and the settings file right? `pgaas doctor` checks"),
             1,

@@ -2,7 +2,8 @@
 //! The dump's checksum is verified before anything is touched; `--into` restores into a new
 //! database owned by the same role and leaves the original alone; in place, the dump's objects
 //! are dropped and recreated in one transaction, after a typed confirmation on a terminal (or
-//! `--yes`; without a terminal, `--yes` is required).
+//! `--yes`; without a terminal, `--yes` is required). A point-in-time restore in place (`--time`
+//! without `--into`) asks the same way.
 
 use std::{
     io::{BufRead, IsTerminal, Write},
@@ -58,6 +59,7 @@ pub fn run(config: super::Sources, args: Args) -> anyhow::Result<ExitCode> {
                 db,
                 time,
                 args.into.as_deref(),
+                args.yes,
             )),
             None => unreachable!("clap requires DB or --cluster"),
         };
@@ -91,7 +93,14 @@ pub fn run(config: super::Sources, args: Args) -> anyhow::Result<ExitCode> {
             file.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
             size_pretty(i64::try_from(file.size_bytes).unwrap_or(i64::MAX))
         );
-        if mode == RestoreMode::InPlace && !args.yes && !confirmed(&target.database)? {
+        if mode == RestoreMode::InPlace
+            && !args.yes
+            && !confirmed(
+                &target.database,
+                "Every object in the dump is dropped and recreated; changes made since the dump are lost.",
+            )
+            .map_err(|e| BackupError::Invalid(format!("reading the confirmation: {e}")))?
+        {
             return Ok(ExitCode::from(2));
         }
         backups.restore(&mut conn, &target, &file, &mode).await?;
@@ -110,8 +119,9 @@ pub fn run(config: super::Sources, args: Args) -> anyhow::Result<ExitCode> {
     result.or_else(|e| Ok(super::backup::explain(&e)))
 }
 
-/// Ask on a terminal; refuse outright without one.
-fn confirmed(database: &str) -> Result<bool, BackupError> {
+/// Ask on a terminal for the database's name, after saying what an in-place restore of it
+/// loses; refuse outright without a terminal. Shared by the dump and point-in-time restores.
+pub(super) fn confirmed(database: &str, consequence: &str) -> std::io::Result<bool> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         eprintln!(
@@ -120,15 +130,12 @@ fn confirmed(database: &str) -> Result<bool, BackupError> {
         return Ok(false);
     }
     eprint!(
-        "Restore {database} in place? Every object in the dump is dropped and recreated; changes made since the dump are lost.\n\
+        "Restore {database} in place? {consequence}\n\
          Type the database name to confirm: "
     );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
-    stdin
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|e| BackupError::Invalid(format!("reading the confirmation: {e}")))?;
+    stdin.lock().read_line(&mut answer)?;
     if answer.trim() != database {
         eprintln!("not confirmed; nothing was changed");
         return Ok(false);

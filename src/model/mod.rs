@@ -19,7 +19,7 @@ pub use ids::TenantId;
 pub use input::{FriendlyName, OwnerEmail, ValidationError};
 pub use names::{
     DbName, LEGACY_ROLE_PREFIX, LOAD_GROUP, RoleName, TENANT_DB_PREFIX, TENANT_GROUP,
-    generate_tenant_names,
+    generate_tenant_names, reserved_companion,
 };
 pub use secret::{Secret, TenantPassword};
 pub use status::{QuotaState, TenantStatus};

@@ -110,8 +110,43 @@ impl RoleName {
     }
 }
 
+/// Why `name` is reserved for a database pgaas makes beside a tenant's own, or `None`: the
+/// shadow (`<db>_shadow`) and a copy an in-place restore keeps (`<db>_<YYYYMMDDHHMMSS>`). A
+/// restore that took one of these names
+/// would later be dropped or refused by what owns it, so restore targets never take them.
+pub fn reserved_companion(name: &str) -> Option<&'static str> {
+    let (_, suffix) = name.rsplit_once('_')?;
+    if suffix == "shadow" {
+        Some("the name of a tenant's shadow database (<database>_shadow)")
+    } else if suffix.len() == 14 && suffix.chars().all(|c| c.is_ascii_digit()) {
+        Some("the name of a copy an in-place restore keeps (<database>_<YYYYMMDDHHMMSS>)")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn companion_names_are_reserved_and_others_are_not() {
+        for name in [
+            "tenant_0123456789abcdef_shadow",
+            "tenant_0123456789abcdef_20261208014400",
+            "copy_shadow",
+        ] {
+            assert!(reserved_companion(name).is_some(), "{name}");
+        }
+        for name in [
+            "tenant_0123456789abcdef_before_drop",
+            "tenant_0123456789abcdef_shadowed",
+            "tenant_0123456789abcdef_2026",
+            "tenant_0123456789abcdef_rxyz",
+            "shadow",
+        ] {
+            assert_eq!(reserved_companion(name), None, "{name}");
+        }
+    }
+
     use std::collections::HashSet;
 
     use super::*;

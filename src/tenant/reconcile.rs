@@ -81,9 +81,17 @@ impl TenantService {
         if !report.finished_deletions.is_empty() || !report.undone_provisions.is_empty() {
             self.refresh_pooler().await;
         }
+        // A tenant's databases are its main one, those recorded beside it (shadow, restored,
+        // kept by an in-place restore), and any other under its name's prefix that its role
+        // owns (a dump restored `--into` a new name); none of them is an orphan.
         report.orphan_databases = sqlx::query_scalar(
             "SELECT datname FROM pg_database d WHERE starts_with(datname, $1)
-               AND NOT EXISTS (SELECT 1 FROM databases t WHERE t.database_name = d.datname) ORDER BY 1",
+               AND NOT EXISTS (SELECT 1 FROM databases t WHERE t.database_name = d.datname)
+               AND NOT EXISTS (SELECT 1 FROM tenant_databases x WHERE x.name = d.datname)
+               AND NOT EXISTS (SELECT 1 FROM databases t JOIN pg_roles r ON r.rolname = t.username
+                               WHERE starts_with(d.datname, t.database_name || '_')
+                                 AND d.datdba = r.oid)
+             ORDER BY 1",
         )
         .bind(TENANT_DB_PREFIX)
         .fetch_all(&self.pool)

@@ -45,6 +45,18 @@ impl TenantService {
         let name = shadow_name(tenant.database_name.as_str());
         let (db_q, role_q) = (ident(&name)?, ident(tenant.username.as_str())?);
         let mut conn = self.pool.acquire().await?;
+        // A database of the tenant's under this name (an older restore's `into`) is data, not
+        // a leftover: refuse rather than drop it.
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT purpose FROM tenant_databases WHERE name = $1")
+                .bind(&name)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(purpose) = recorded {
+            return Err(TenantError::Conflict(format!(
+                "{name} already exists as a database of the tenant's ({purpose}); rename or drop it (`pgaas db drop-extra {name}`) before asking for a shadow database"
+            )));
+        }
         // A database by this name without its row is what a crash between the two left: nobody
         // can have used it (it is closed to everyone until the row opens it), so it goes.
         conn.execute(format!("DROP DATABASE IF EXISTS {db_q} WITH (FORCE)").as_str())
@@ -105,12 +117,11 @@ impl TenantService {
         let Some(name) = self.shadow_of(id).await? else {
             return Ok(false);
         };
-        let db_q = ident(&name)?;
         let mut conn = self.pool.acquire().await?;
         // The database first: if this fails the row (and so the access lines) still describe
-        // it; once it is gone, a line naming it admits nobody.
-        conn.execute(format!("DROP DATABASE IF EXISTS {db_q} WITH (FORCE)").as_str())
-            .await?;
+        // it; once it is gone, a line naming it admits nobody. Dropped as a tenant's main
+        // database is: its tenant may have marked it IS_TEMPLATE, which DROP refuses.
+        self.drop_database(&mut conn, &name).await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         sqlx::query("DELETE FROM tenant_databases WHERE name = $1")
             .bind(&name)

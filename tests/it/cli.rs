@@ -143,6 +143,22 @@ fn config_check_names_the_file_and_line_of_every_problem() {
         "{err}"
     );
 
+    // A file with no settings in it is the wrong file, not a valid one.
+    for empty in ["", "\n  \n", "# pgaas settings\n---\n"] {
+        let cfg = write_config(dir.path(), empty);
+        let out = pgaas_bin()
+            .args(["config", "check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{empty:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&cfg.display().to_string()) && err.contains("settings file"),
+            "{empty:?}: {err}"
+        );
+    }
+
     let good = write_config(dir.path(), "public_host: db.example.com\n");
     let out = pgaas_bin()
         .args(["config", "check", "--config"])

@@ -20,6 +20,7 @@ use crate::harness::{TestPlatform, platform, psql};
 pub(crate) mod cli;
 pub(crate) mod crash;
 mod readme;
+mod shadow;
 
 fn service() -> TenantService {
     let p = platform();

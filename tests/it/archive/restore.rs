@@ -570,3 +570,129 @@ async fn restores_of_two_tenants_run_at_the_same_time() {
         "the two tenants' restores ran at the same time"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_place_restore_keeps_the_connection_limit_settings_and_quota_default() {
+    let ap = ArchivePlatform::up("pitr-keeps", |_, _| {}).await;
+    let a = ap.tenant("k").await;
+    let db = a.tenant.database_name.as_str().to_string();
+    ap.backup("incr");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let pg = ap.pg_port();
+    let sa = ap.session(&a, None, pg).await.unwrap();
+    sa.batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 5)")
+        .await
+        .unwrap();
+    let t = instant(&sa).await;
+    // The operator's limit, the tenant's own database settings (a list value among them), and
+    // the read-only default a quota sets.
+    let (status, body) = ap
+        .api(
+            Method::PATCH,
+            &format!("/api/databases/{}", a.tenant.id),
+            Some(json!({ "maxConnections": 7 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sa.batch_execute(&format!(
+        "ALTER DATABASE {db} SET search_path = \"$user\", public, \"Odd, one\"; ALTER DATABASE {db} SET application_name = 'kept_app'"
+    ))
+    .await
+    .unwrap();
+    let su = ap.su("postgres").await;
+    su.batch_execute(&format!(
+        "ALTER DATABASE {db} SET default_transaction_read_only = on"
+    ))
+    .await
+    .unwrap();
+    let props = "SELECT d.datconnlimit, pg_get_userbyid(d.datdba)::text,
+                        (SELECT array_to_string(s.setconfig, '|') FROM pg_db_role_setting s
+                          WHERE s.setdatabase = d.oid AND s.setrole = 0)
+                 FROM pg_database d WHERE d.datname = $1";
+    // Restore targets never take the name of the shadow, of a kept copy, or the database's own.
+    for into in [
+        "shadow".to_string(),
+        format!("{db}_shadow"),
+        "20260101000000".to_string(),
+        db.clone(),
+    ] {
+        let (status, body) = ap
+            .api(
+                Method::POST,
+                &format!("/api/databases/{}/restore", a.tenant.id),
+                Some(json!({ "targetTime": t.to_rfc3339(), "into": into })),
+            )
+            .await;
+        assert_eq!(status, 422, "{into}: {body}");
+        let message = body.to_string();
+        assert!(
+            message.contains("shadow database")
+                || message.contains("restore keeps")
+                || message.contains("in place"),
+            "{into}: {body}"
+        );
+    }
+    // A database nobody has is the operator's to correct: exit 2, like a malformed name.
+    let out = ap.cli(&["restore", "tenant_0000000000000000", "--time", &pg_time(t)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = ap.cli(&["restore", &db, "--time", &pg_time(t), "--into", "shadow"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("shadow database"), "{}", text(&out));
+    // In place from the CLI asks, as a dump restore in place does: without a terminal,
+    // nothing happens without --yes.
+    let out = ap.cli(&["restore", &db, "--time", &pg_time(t)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--yes"), "{}", text(&out));
+    let (_, list) = ap
+        .api(
+            Method::GET,
+            &format!("/api/databases/{}/restore", a.tenant.id),
+            None,
+        )
+        .await;
+    assert_eq!(list["count"], 0, "no job was queued: {list}");
+    let before = su.query_one(props, &[&db]).await.unwrap();
+    let before: (i32, String, String) = (before.get(0), before.get(1), before.get(2));
+    assert_eq!(before.0, 7);
+
+    let (status, body) = ap
+        .api(
+            Method::POST,
+            &format!("/api/databases/{}/restore", a.tenant.id),
+            Some(json!({ "targetTime": t.to_rfc3339() })),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let job = body["data"]["id"].as_str().unwrap().to_string();
+    let done = ap.wait_job(&a, &job).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    let after = su.query_one(props, &[&db]).await.unwrap();
+    let after: (i32, String, Option<String>) = (after.get(0), after.get(1), after.get(2));
+    assert_eq!(after.0, 7, "the connection limit stays");
+    assert_eq!(after.1, before.1, "the owner stays");
+    assert_eq!(
+        after.2.as_deref(),
+        Some(before.2.as_str()),
+        "every database setting stays"
+    );
+    let s = ap.session(&a, None, pg).await.unwrap();
+    assert_eq!(count(&s, "t").await.unwrap(), 5);
+    let row = s
+        .query_one(
+            "SELECT current_setting('search_path'), current_setting('application_name'), current_setting('default_transaction_read_only')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        got,
+        (
+            "\"$user\", public, \"Odd, one\"".to_string(),
+            "kept_app".to_string(),
+            "on".to_string()
+        ),
+        "a new session of the tenant sees its settings and the quota's read-only default"
+    );
+}

@@ -75,3 +75,50 @@ async fn api_backups_are_made_listed_audited_and_need_a_key() {
     assert_eq!(listed.len(), 1, "still one: the 401s made nothing");
     remove(&t).await;
 }
+
+/// A backup asked for while an in-place point-in-time restore swaps the database (the job
+/// running, the database closed) is busy, not an internal error: 409 with Retry-After.
+#[tokio::test]
+async fn a_backup_during_an_in_place_restore_swap_is_busy() {
+    let p = platform();
+    let t = tenant("swap").await;
+    let (db, id) = (t.database_name.as_str(), t.id.to_string());
+    let control = &p.settings.control_db.name;
+    su(
+        control,
+        &format!(
+            "INSERT INTO restore_jobs (database_id, database_name, target_time, status)
+             VALUES ('{id}', '{db}', now(), 'running')"
+        ),
+    );
+    su(
+        "postgres",
+        &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"),
+    );
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/databases/{id}/backups", p.base_url))
+        .header("X-API-Key", &p.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    assert!(res.headers().get("retry-after").is_some());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "busy", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("restored in place"),
+        "{body}"
+    );
+    su(
+        "postgres",
+        &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"),
+    );
+    su(
+        control,
+        &format!("UPDATE restore_jobs SET status = 'failed' WHERE database_id = '{id}'"),
+    );
+    remove(&t).await;
+}

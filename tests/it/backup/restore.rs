@@ -85,8 +85,27 @@ async fn backup_drop_a_table_restore_in_place_and_the_data_is_identical() {
         "0"
     );
 
+    // What the database is besides its data: a restore in place keeps it all, a quota's
+    // read-only default among it.
+    su(
+        "postgres",
+        &format!(
+            "ALTER DATABASE {db} CONNECTION LIMIT 4; ALTER DATABASE {db} SET application_name = 'kept_app'; ALTER DATABASE {db} SET default_transaction_read_only = on"
+        ),
+    );
+    let props = format!(
+        "SELECT d.datconnlimit || ' ' || pg_get_userbyid(d.datdba) || ' ' || array_to_string(s.setconfig, '|')
+         FROM pg_database d JOIN pg_db_role_setting s ON s.setdatabase = d.oid AND s.setrole = 0
+         WHERE d.datname = '{db}'"
+    );
+    let props_before = su("postgres", &props);
     let out = pgaas(&backups, &["restore", db, "--yes"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(su("postgres", &props), props_before);
+    su(
+        "postgres",
+        &format!("ALTER DATABASE {db} RESET default_transaction_read_only"),
+    );
     assert_eq!(checksum(db), before);
     assert_eq!(
         su(
@@ -115,6 +134,23 @@ async fn restore_into_a_new_database_copies_the_data_and_leaves_the_original_alo
     for bad in ["Bad-Name", "postgres", db] {
         let out = pgaas(&backups, &["restore", db, "--into", bad]);
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+    }
+    // The names of the shadow database and of a copy an in-place restore keeps are refused,
+    // by name: what owns them would otherwise drop or trip over the restored data.
+    for (reserved, owner) in [
+        (format!("{db}_shadow"), "shadow database"),
+        (format!("{db}_20260101000000"), "keeps"),
+    ] {
+        let out = pgaas(&backups, &["restore", db, "--into", &reserved]);
+        assert_eq!(out.status.code(), Some(2), "{reserved}: {}", text(&out));
+        assert!(text(&out).contains(owner), "{reserved}: {}", text(&out));
+        assert_eq!(
+            su(
+                "postgres",
+                &format!("SELECT count(*) FROM pg_database WHERE datname = '{reserved}'")
+            ),
+            "0"
+        );
     }
     let out = pgaas(&backups, &["restore", &t.id.to_string(), "--into", &copy]);
     assert!(out.status.success(), "{}", text(&out));

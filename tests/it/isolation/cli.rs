@@ -135,8 +135,9 @@ fn cli_db_create_list_show_delete() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // An unknown database is the operator's to correct, like any other bad argument.
     let out = pgaas(&["db", "show", &id]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
     let (ok, _, _) = tenant_psql(&user, &password, &db, "SELECT 1");
     assert!(!ok, "deleted tenant still connects");
@@ -236,7 +237,7 @@ fn cli_key_create_list_revoke() {
     // Again: idempotent.
     assert!(pgaas(&["key", "revoke", &id]).status.success());
     let out = pgaas(&["key", "revoke", "00000000"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let out = pgaas(&["key", "revoke", "nonsense"]);
     assert_eq!(out.status.code(), Some(2));
 }

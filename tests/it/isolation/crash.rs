@@ -219,3 +219,56 @@ async fn doctor_reports_an_orphan_and_leaves_it() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_knows_a_tenants_shadow_restored_kept_and_copied_databases() {
+    let _one_at_a_time = RECONCILER.lock().await;
+    let svc = platform().tenants();
+    let ctx = AuditContext::cli();
+    let a = create(&svc, "doctor-own", Some(3)).await;
+    let (db, role) = (a.tenant.database_name.as_str(), a.tenant.username.as_str());
+    let (_, shadow, _) = svc.create_shadow(a.tenant.id, &ctx).await.unwrap();
+    // What restores leave: a point-in-time restore's new database and the copy an in-place one
+    // keeps (both recorded), and a dump restored into a new name (owned by the tenant's role).
+    let (restored, kept, copy) = (
+        format!("{db}_before_drop"),
+        format!("{db}_20260101000000"),
+        format!("{db}_copy"),
+    );
+    let su = superuser("postgres").await;
+    let control = superuser(&platform().settings.control_db.name).await;
+    for (name, purpose) in [
+        (&restored, Some("restore")),
+        (&kept, Some("replaced")),
+        (&copy, None),
+    ] {
+        su.batch_execute(&format!("CREATE DATABASE {name} OWNER {role}"))
+            .await
+            .unwrap();
+        if let Some(purpose) = purpose {
+            control
+                .execute(
+                    "INSERT INTO tenant_databases (name, database_id, purpose) VALUES ($1, $2::text::uuid, $3)",
+                    &[name, &a.tenant.id.to_string(), &purpose],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let out = tokio::task::spawn_blocking(|| pgaas(&["doctor"]))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in [&shadow, &restored, &kept, &copy] {
+        assert!(
+            !stdout.contains(name.as_str()),
+            "doctor calls {name} an orphan:\n{stdout}"
+        );
+        assert!(database_exists(name).await);
+    }
+    // The unrecorded copy is the operator's to drop before the tenant goes.
+    su.batch_execute(&format!("DROP DATABASE {copy} WITH (FORCE)"))
+        .await
+        .unwrap();
+    svc.delete(a.tenant.id, &ctx).await.unwrap();
+}
