@@ -152,7 +152,8 @@ impl TenantService {
         }
     }
 
-    async fn enforce_row(&self, row: QuotaRow) -> Result<Option<QuotaChange>, TenantError> {
+    /// What `row` needs: `None` when its state and catalog are as they should be.
+    fn plan(&self, row: &QuotaRow) -> Result<Option<(QuotaState, QuotaState)>, TenantError> {
         let from: QuotaState = row.quota_state.parse()?;
         let to = self.quota_state_for(row.size_bytes, row.max_size_mb);
         // An active tenant's database is closed only by this enforcement (a session cannot close
@@ -171,7 +172,11 @@ impl TenantService {
         let catalog_ok = row.read_only_default == want_read_only
             && row.allow_connections == want_connections
             && extras_ok;
-        if from == to && catalog_ok {
+        Ok((from != to || !catalog_ok).then_some((from, to)))
+    }
+
+    async fn enforce_row(&self, row: QuotaRow) -> Result<Option<QuotaChange>, TenantError> {
+        if self.plan(&row)?.is_none() {
             return Ok(None);
         }
         let id = TenantId::from_uuid(row.id);
@@ -179,9 +184,27 @@ impl TenantService {
         let Some(mut lock) = self.try_work_lock(id).await? else {
             return Ok(None);
         };
-        let result = self.apply_quota(lock.conn(), &row, from, to).await;
+        // Read again under the lock: the watcher and the pass may both have seen the change,
+        // and only the first to get here makes it (one audit row per change).
+        let result = async {
+            let fresh: Option<QuotaRow> = sqlx::query_as(&format!("{SELECT_QUOTA} AND t.id = $1"))
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *lock.conn())
+                .await?;
+            let Some(row) = fresh else {
+                return Ok(None);
+            };
+            let Some((from, to)) = self.plan(&row)? else {
+                return Ok(None);
+            };
+            self.apply_quota(lock.conn(), &row, from, to).await?;
+            Ok::<_, TenantError>(Some((row, from, to)))
+        }
+        .await;
         lock.release().await;
-        result?;
+        let Some((row, from, to)) = result? else {
+            return Ok(None);
+        };
         if from != to {
             tracing::info!(database = %row.database_name, %from, %to, "storage quota state changed");
         }

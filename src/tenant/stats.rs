@@ -167,11 +167,17 @@ impl StatsCollector {
         let mut snap = StatsSnapshot::default();
         let mut ids = Vec::with_capacity(rows.len());
         let mut size_col = Vec::with_capacity(rows.len());
+        // The rows' sizes are written only for what this pass measured: the quota watcher
+        // measures active tenants more often, and a cached size must not overwrite its.
+        let mut measured_ids = Vec::new();
+        let mut measured_sizes = Vec::new();
         let mut conn_col = Vec::with_capacity(rows.len());
         let mut query_col = Vec::with_capacity(rows.len());
         for (id, name, conns, queries, size) in rows {
             if let Some(size) = size {
                 sizes.insert(name.clone(), size);
+                measured_ids.push(id);
+                measured_sizes.push(size);
             }
             let size = sizes.get(&name).copied().unwrap_or(0);
             snap.per_tenant.insert(name, (size, conns));
@@ -196,8 +202,8 @@ impl StatsCollector {
              FROM unnest($1::uuid[], $2::bigint[]) AS u(id, size)
              WHERE t.id = u.id AND t.size_bytes IS DISTINCT FROM u.size",
         )
-        .bind(&ids)
-        .bind(&size_col)
+        .bind(&measured_ids)
+        .bind(&measured_sizes)
         .execute(pool)
         .await?;
         // Forget deleted tenants.

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["tenant", "backup"],
     &["archive", "acme"],
     &["install", "dev", "api"],
-    &["cli"],
+    &["cli", "parse_proptests"],
 ];
 
 fn layer(module: &str) -> Option<usize> {
