@@ -823,13 +823,21 @@ async fn a_quota_holds_on_every_database_against_the_tenants_own_tricks() {
     }
     // Reopened behind enforcement's back (a tenant could, from any database it still reached),
     // it is closed again by the next pass, and the session it let in is ended.
-    server
-        .batch_execute(&format!(
-            "SET ROLE \"{role}\"; ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true; RESET ROLE"
-        ))
-        .await
-        .unwrap();
-    let sneaked = session_in(&t, db).await.unwrap();
+    // The next pass may close it before the session is in: reopen until one gets in.
+    let mut sneaked = None;
+    for _ in 0..40 {
+        server
+            .batch_execute(&format!(
+                "SET ROLE \"{role}\"; ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true; RESET ROLE"
+            ))
+            .await
+            .unwrap();
+        if let Ok(s) = session_in(&t, db).await {
+            sneaked = Some(s);
+            break;
+        }
+    }
+    let sneaked = sneaked.expect("no session got into the reopened database");
     let mut closed = false;
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_millis(250)).await;

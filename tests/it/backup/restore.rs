@@ -85,8 +85,13 @@ async fn backup_drop_a_table_restore_in_place_and_the_data_is_identical() {
         "0"
     );
 
-    // What the database is besides its data: a restore in place keeps it all, a quota's
-    // read-only default among it.
+    // What the database is besides its data: a restore in place keeps it all, a read-only
+    // default among it (the tenant has no quota here, so quota enforcement, which would reset a
+    // read-only default on a tenant under its quota, leaves it alone).
+    su(
+        &crate::harness::platform().settings.control_db.name,
+        &format!("UPDATE databases SET max_size_mb = 0 WHERE database_name = '{db}'"),
+    );
     su(
         "postgres",
         &format!(
