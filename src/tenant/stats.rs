@@ -225,9 +225,10 @@ impl StatsCollector {
         let watch = tokio::spawn(async move {
             let mut tick = tokio::time::interval(watch_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut was_active = Vec::new();
             loop {
                 tick.tick().await;
-                if let Err(e) = watcher.watch_quotas_once().await {
+                if let Err(e) = watcher.watch_quotas_once(&mut was_active).await {
                     tracing::warn!(error = %crate::error_chain(&e), "quota watch pass failed");
                 }
             }
@@ -280,22 +281,34 @@ impl Drop for AbortOnDrop {
 
 impl TenantService {
     /// One pass of the quota watcher: every tenant with a quota and a session open (in any of
-    /// its databases) is measured now, and a tenant whose state that changes is enforced at
-    /// once. A database nobody is connected to does not grow, so an idle host costs one cheap
-    /// query. Returns the tenants whose state changed.
-    pub async fn watch_quotas_once(&self) -> Result<Vec<TenantId>, TenantError> {
+    /// its databases), or one open at the last pass (`was_active`, updated here: a tenant that
+    /// wrote and disconnected between two passes is measured once more), is measured now, and
+    /// a tenant whose state that changes is enforced at once. A database nobody is connected
+    /// to does not grow, so an idle host costs one cheap query. Returns the tenants whose state
+    /// changed.
+    pub async fn watch_quotas_once(
+        &self,
+        was_active: &mut Vec<String>,
+    ) -> Result<Vec<TenantId>, TenantError> {
+        let active: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT usename::text FROM pg_stat_activity WHERE usename IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut watched = active.clone();
+        watched.append(was_active);
+        *was_active = active;
         let rows: Vec<(uuid::Uuid, i64, i64, String)> = sqlx::query_as(&format!(
-            "WITH active AS (SELECT DISTINCT usename::text AS u FROM pg_stat_activity
-                              WHERE usename IS NOT NULL),
-                  measured AS (
+            "WITH measured AS (
                 SELECT t.id, pg_database_size(d.oid) + {EXTRA_SIZE} AS size
                   FROM databases t JOIN pg_database d ON d.datname = t.database_name
                  WHERE t.status = 'active' AND t.max_size_mb > 0
-                   AND t.username IN (SELECT u FROM active))
+                   AND t.username = ANY($1))
              UPDATE databases t SET size_bytes = m.size
                FROM measured m WHERE t.id = m.id
              RETURNING t.id, m.size, t.max_size_mb, t.quota_state"
         ))
+        .bind(&watched)
         .fetch_all(&self.pool)
         .await?;
         let mut changed = Vec::new();

@@ -492,14 +492,23 @@ async fn a_dead_primary_is_replaced_with_nothing_acknowledged_lost_and_the_rules
     );
     assert_eq!(sync(Some(secrets.patroni.expose())).await.len(), 2);
     let config = format!("http://{}:{}/config", nodes[primary].addr, ports.patroni);
-    let live: serde_json::Value = http
-        .get(&config)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The change went to the standby's Patroni; the primary's learns it from etcd within a
+    // loop or two.
+    let mut live = serde_json::Value::Null;
+    for _ in 0..50 {
+        live = http
+            .get(&config)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if live["maximum_lag_on_failover"] == json!(changed.cluster.maximum_lag_on_failover_bytes) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert_eq!(
         live["maximum_lag_on_failover"],
         json!(changed.cluster.maximum_lag_on_failover_bytes),
