@@ -107,17 +107,27 @@ impl LoadRole {
         terminate(admin, &self.name).await?;
         let name_q = quote_ident(&self.name).map_err(sql_err)?;
         if let Some(db) = in_database {
-            let tenant_q = quote_ident(&self.tenant).map_err(sql_err)?;
-            db.execute(format!("REASSIGN OWNED BY {name_q} TO {tenant_q}").as_str())
-                .await?;
-            db.execute(format!("DROP OWNED BY {name_q}").as_str())
-                .await?;
+            release(db, &self.name, &self.tenant).await?;
         }
         admin
             .execute(format!("DROP ROLE IF EXISTS {name_q}").as_str())
             .await?;
         Ok(())
     }
+}
+
+/// In the database `conn` is in: what `role` owns goes to `tenant`, what was granted to it is
+/// revoked.
+async fn release(conn: &mut PgConnection, role: &str, tenant: &str) -> Result<(), BackupError> {
+    let (role_q, tenant_q) = (
+        quote_ident(role).map_err(sql_err)?,
+        quote_ident(tenant).map_err(sql_err)?,
+    );
+    conn.execute(format!("REASSIGN OWNED BY {role_q} TO {tenant_q}").as_str())
+        .await?;
+    conn.execute(format!("DROP OWNED BY {role_q}").as_str())
+        .await?;
+    Ok(())
 }
 
 /// End every session of `role` and wait (up to 10 s) until none is left.
@@ -181,7 +191,6 @@ pub async fn sweep(
         terminate(admin, &name).await?;
         let name_q = quote_ident(&name).map_err(sql_err)?;
         if let Some(tenant) = &tenant {
-            let tenant_q = quote_ident(tenant).map_err(sql_err)?;
             let dbs: Vec<String> = sqlx::query_scalar(
                 "SELECT d.datname::text FROM pg_database d JOIN pg_roles o ON o.oid = d.datdba
                   WHERE o.rolname = $1 AND d.datallowconn",
@@ -191,10 +200,7 @@ pub async fn sweep(
             .await?;
             for db in dbs {
                 let mut c = backups.superuser(&db).await?;
-                c.execute(format!("REASSIGN OWNED BY {name_q} TO {tenant_q}").as_str())
-                    .await?;
-                c.execute(format!("DROP OWNED BY {name_q}").as_str())
-                    .await?;
+                release(&mut c, &name, tenant).await?;
                 let _ = sqlx::Connection::close(c).await;
             }
         }

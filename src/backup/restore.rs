@@ -227,14 +227,13 @@ impl Backups {
         };
         let result = self.pg_restore_async(login, database, args, file).await;
         let name = role.name.clone();
-        let in_db = match self.superuser(database).await {
+        let mut in_db = match self.superuser(database).await {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::debug!(database, error = %e, "the restored database is not reachable");
                 None
             }
         };
-        let mut in_db = in_db;
         if let Err(e) = role.drop(conn, in_db.as_mut()).await {
             tracing::error!(role = %name, error = %e, "could not drop the load role; the next restore drops it once it expires");
         }

@@ -224,7 +224,6 @@ impl TenantService {
         to: QuotaState,
     ) -> Result<(), TenantError> {
         let restrict = matches!(to, QuotaState::ReadOnly | QuotaState::Blocked);
-        let was_restricted = matches!(from, QuotaState::ReadOnly | QuotaState::Blocked);
         // The tenant's own sessions could hold the catalog rows enforcement changes (an open
         // transaction that altered its database's settings) and stall it past its lock
         // timeout: when restricting, they are ended first (they would be ended anyway), and a
@@ -233,10 +232,7 @@ impl TenantService {
             if restrict {
                 terminate_role(conn, &row.username).await?;
             }
-            match self
-                .apply_catalog(conn, row, restrict, was_restricted, to)
-                .await
-            {
+            match self.apply_catalog(conn, row, restrict, from, to).await {
                 Err(TenantError::Db(sqlx::Error::Database(e)))
                     if e.code().as_deref() == Some("55P03") && attempt < 3 && restrict =>
                 {
@@ -248,11 +244,9 @@ impl TenantService {
                 }
             }
         }
-        // Sessions opened before the read-only default would stay writable: end them when the
-        // database becomes stricter, in every database of the tenant.
-        let stricter = (restrict && !was_restricted)
-            || (to == QuotaState::Blocked && from != QuotaState::Blocked);
-        if stricter || restrict {
+        // Sessions opened while the catalog changed would stay writable: end them again, in
+        // every database of the tenant.
+        if restrict {
             terminate_role(conn, &row.username).await?;
         }
         if from != to {
@@ -302,7 +296,7 @@ impl TenantService {
         conn: &mut sqlx::PgConnection,
         row: &QuotaRow,
         restrict: bool,
-        was_restricted: bool,
+        from: QuotaState,
         to: QuotaState,
     ) -> Result<(), TenantError> {
         let main = ident(&row.database_name)?;
@@ -326,8 +320,10 @@ impl TenantService {
             conn.execute(format!("ALTER DATABASE {main} ALLOW_CONNECTIONS true").as_str())
                 .await?;
         }
-        let leaving = was_restricted && !restrict;
-        let unblocking = !restrict || to != QuotaState::Blocked;
+        // The extras change back only as the state does: a tenant may close or restrict its
+        // own shadow, which a pass must not undo.
+        let leaving = matches!(from, QuotaState::ReadOnly | QuotaState::Blocked) && !restrict;
+        let unblocking = from == QuotaState::Blocked && to != QuotaState::Blocked;
         for ((name, open), read_only) in row
             .extra_names
             .iter()
@@ -351,7 +347,7 @@ impl TenantService {
                 conn.execute(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false").as_str())
                     .await?;
             }
-            if unblocking && from_blocked(was_restricted, row) && !open {
+            if unblocking && !open {
                 conn.execute(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true").as_str())
                     .await?;
             }
@@ -371,10 +367,4 @@ impl TenantService {
         }
         Ok(())
     }
-}
-
-/// Whether the tenant was blocked: its extra databases were closed by enforcement then, and
-/// open again with the main one.
-fn from_blocked(was_restricted: bool, row: &QuotaRow) -> bool {
-    was_restricted && row.quota_state == QuotaState::Blocked.as_str()
 }
